@@ -1,0 +1,35 @@
+from ipaddress import IPv4Network, IPv6Network, ip_network
+
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import NoDecode
+
+from shared.settings import CommonSettings
+
+
+class IngestSettings(CommonSettings):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    admin_key: SecretStr | None = Field(None, description="enables /admin/* when set; at least 16 characters")
+    install_daily_limit: int = Field(2000, ge=1, description="contributions per install per UTC day")
+    ip_daily_limit: int = Field(10000, ge=1, description="contributions per client IP per UTC day")
+    trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(
+        default_factory=list, description="peers whose X-Forwarded-For is believed, e.g. 10.0.0.0/8,127.0.0.1"
+    )
+    read_cache_seconds: float = Field(5.0, ge=0, le=300)
+    publish_timeout_seconds: float = Field(10.0, gt=0, le=120)
+
+    @field_validator("admin_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (or unset to disable admin endpoints)")
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [ip_network(part.strip(), strict=False) for part in value.split(",") if part.strip()]
+        return value

@@ -1,0 +1,58 @@
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    Uuid,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+from shared.db import metadata
+
+RUN_STATUSES = "('pending', 'running', 'succeeded', 'failed', 'skipped')"
+
+# A run is recorded (keyed by the request's message id) before the request is acked, so a training that
+# outlives the broker's 30-minute ack timeout is resumed from here rather than lost or started twice.
+training_runs = Table(
+    "training_runs",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("request_message_id", String(128), nullable=False, unique=True),
+    Column("snapshot_id", Uuid, ForeignKey("training_snapshots.id"), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("deadline_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("metrics", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("error", Text),
+    CheckConstraint(f"status IN {RUN_STATUSES}", name="known_status"),
+    Index("ix_training_runs_unfinished", "created_at", postgresql_where=text("status IN ('pending', 'running')")),
+)
+
+checkpoints = Table(
+    "checkpoints",
+    metadata,
+    Column("run_id", Uuid, ForeignKey("training_runs.id"), primary_key=True),
+    Column("model_kind", String(16), primary_key=True),
+    Column("epoch", Integer, nullable=False),
+    Column("blob_sha256", String(64), ForeignKey("blobs.sha256"), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("model_kind IN ('icon', 'screen')", name="known_model_kind"),
+)
+
+model_artifacts = Table(
+    "model_artifacts",
+    metadata,
+    Column("run_id", Uuid, ForeignKey("training_runs.id"), primary_key=True),
+    Column("path", String(255), primary_key=True),
+    Column("blob_sha256", String(64), ForeignKey("blobs.sha256"), nullable=False),
+)

@@ -1,0 +1,138 @@
+"""The acknowledgement rules every consumer gets from ``subscribe_events``, against the real broker."""
+
+import asyncio
+import contextlib
+import json
+
+from faststream.rabbit import RabbitBroker
+from sqlalchemy import text
+
+from shared.broker import DEAD_LETTER_REASON
+from shared.consumer import RetryPolicy, subscribe_events
+from shared.db import claim_message
+from shared.events import IconCropContributed, TrainingForceRequested
+from tests.utils.broker import queue_depth, wait_for_messages
+from tests.utils.images import make_png
+
+NO_WAIT = RetryPolicy(base_seconds=0.0, max_seconds=0.0)
+
+
+def icon_event(**overrides) -> IconCropContributed:
+    fields = dict(install_id="install-1", crop_sha256="ef" * 32, png=make_png(), slot="Deflector", label="X")
+    return IconCropContributed(**(fields | overrides))
+
+
+@contextlib.asynccontextmanager
+async def running_consumer(broker_url, topology, publisher, handlers, *, prefetch=10):
+    broker = RabbitBroker(broker_url, logger=None)
+    subscribe_events(broker, topology, "voting", handlers, publisher, prefetch=prefetch, retry=NO_WAIT)
+    await broker.start()
+    try:
+        yield
+    finally:
+        await broker.stop()
+
+
+async def eventually(condition, timeout=15.0):
+    async with asyncio.timeout(timeout):
+        while not await condition():
+            await asyncio.sleep(0.05)
+
+
+async def test_a_message_whose_handler_keeps_failing_ends_in_the_dead_letter_queue(
+    broker_url, topology, publisher, amqp_channel
+):
+    attempts: list[str] = []
+
+    async def always_fails(event):
+        attempts.append(event.message_id)
+        raise RuntimeError("database is on fire")
+
+    event = icon_event()
+    async with running_consumer(broker_url, topology, publisher, {IconCropContributed: always_fails}):
+        await publisher.publish(event)
+        [dead] = await wait_for_messages(amqp_channel, topology.dead_letter_queue("voting"), 1)
+    assert dead.message_id == event.message_id
+    assert dead.headers["x-first-death-reason"] == "delivery_limit"
+    # delivered once, then redelivered up to the limit, then dead-lettered: never an endless loop
+    assert len(attempts) == topology.delivery_limit + 1
+    assert await queue_depth(amqp_channel, topology.queue("voting")) == 0
+
+
+async def test_a_transient_failure_is_retried_and_then_succeeds(broker_url, topology, publisher, amqp_channel):
+    handled: list[str] = []
+
+    async def fails_once(event):
+        handled.append(event.message_id)
+        if len(handled) == 1:
+            raise ConnectionError("postgres restarting")
+
+    async with running_consumer(broker_url, topology, publisher, {IconCropContributed: fails_once}):
+        await publisher.publish(icon_event())
+
+        async def done():
+            return len(handled) == 2
+
+        await eventually(done)
+    assert await queue_depth(amqp_channel, topology.dead_letter_queue("voting")) == 0
+
+
+async def test_an_unknown_schema_version_is_dead_lettered_with_its_reason_and_the_rest_flows_on(
+    broker_url, topology, publisher, amqp_channel
+):
+    handled: list[str] = []
+
+    async def record(event):
+        handled.append(event.message_id)
+
+    future = json.loads(icon_event().to_json())
+    future["schema_version"] = 2
+    good = icon_event()
+    async with running_consumer(broker_url, topology, publisher, {IconCropContributed: record}):
+        await publisher.publish_raw(
+            topology.events_exchange, "contribution.icon_crop", json.dumps(future).encode(), message_id="future-1"
+        )
+        await publisher.publish(good)
+        [dead] = await wait_for_messages(amqp_channel, topology.dead_letter_queue("voting"), 1)
+
+        async def good_one_handled():
+            return handled == [good.message_id]
+
+        await eventually(good_one_handled)
+    assert dead.message_id == "future-1"
+    assert "unsupported schema_version 2 for contribution.icon_crop" in dead.headers[DEAD_LETTER_REASON]
+
+
+async def test_an_event_type_the_queue_does_not_handle_is_dead_lettered(broker_url, topology, publisher, amqp_channel):
+    async def record(event):
+        raise AssertionError("must not be called")
+
+    async with running_consumer(broker_url, topology, publisher, {IconCropContributed: record}):
+        await publisher.publish(TrainingForceRequested())
+        [dead] = await wait_for_messages(amqp_channel, topology.dead_letter_queue("voting"), 1)
+    assert "training.force_requested" in dead.headers[DEAD_LETTER_REASON]
+
+
+async def test_a_duplicate_message_id_is_processed_once(broker_url, topology, publisher, engine):
+    async with engine.begin() as connection:
+        await connection.execute(text("CREATE TABLE effects (message_id text NOT NULL)"))
+
+    async def count_once(event):
+        async with engine.begin() as connection:
+            if await claim_message(connection, "voting", event.message_id):
+                await connection.execute(text("INSERT INTO effects VALUES (:id)"), {"id": event.message_id})
+
+    event = icon_event()
+    async with running_consumer(broker_url, topology, publisher, {IconCropContributed: count_once}):
+        await asyncio.gather(*(publisher.publish(event) for _ in range(3)))
+        await publisher.publish(icon_event(message_id="other"))
+
+        async def all_processed():
+            async with engine.connect() as connection:
+                return await connection.scalar(text("SELECT count(*) FROM processed_messages")) == 2
+
+        await eventually(all_processed)
+        await asyncio.sleep(0.3)
+    async with engine.connect() as connection:
+        rows = (await connection.execute(text("SELECT message_id FROM effects ORDER BY 1"))).scalars().all()
+    assert rows == sorted([event.message_id, "other"])
