@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 DEAD_LETTER_REASON = "x-warp-dead-letter-reason"
 DEAD_LETTERED_FROM = "x-warp-dead-lettered-from"
+ORIGINAL_ROUTING_KEY = "x-warp-original-routing-key"
 
 
 class PublishFailed(RuntimeError):
@@ -53,6 +54,16 @@ class EventPublisher:
         if declare:
             await declare_topology(self._channel, self._topology)
 
+    async def connect_with_retry(self, *, declare: bool = True, delay: float = 2.0) -> None:
+        """Keep trying until RabbitMQ answers, so a service can start (and report not-ready) before it does."""
+        while True:
+            try:
+                await self.connect(declare=declare)
+                return
+            except (OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPError) as error:
+                log.warning("RabbitMQ not reachable yet (%r); retrying in %.0fs", error, delay)
+                await asyncio.sleep(delay)
+
     async def close(self) -> None:
         if self._connection is not None:
             await self._connection.close()
@@ -83,7 +94,10 @@ class EventPublisher:
         headers: Mapping[str, object] | None = None,
         timestamp: datetime | None = None,
     ) -> None:
-        """Publish and return only once the broker confirmed it; raise ``PublishFailed`` otherwise."""
+        """Publish and return only once the broker confirmed it; raise ``PublishFailed`` otherwise.
+
+        The message's ``type`` property carries the routing key, so a dead-lettered message can be replayed.
+        """
         if self._channel is None:
             raise BrokerUnavailable("publisher is not connected to RabbitMQ")
         message = aio_pika.Message(
@@ -108,7 +122,14 @@ class EventPublisher:
             raise BrokerUnavailable(f"message {message_id} not confirmed by RabbitMQ: {error!r}") from error
 
     async def dead_letter(
-        self, role: str, body: bytes, *, message_id: str, headers: Mapping[str, object], reason: str
+        self,
+        role: str,
+        body: bytes,
+        *,
+        message_id: str,
+        headers: Mapping[str, object],
+        reason: str,
+        routing_key: str,
     ) -> None:
         """Put a message that can never be processed into ``role``'s dead-letter queue, with the reason."""
         await self.publish_raw(
@@ -116,7 +137,12 @@ class EventPublisher:
             self._topology.queue(role),
             body,
             message_id=message_id,
-            headers={**headers, DEAD_LETTER_REASON: reason[:1000], DEAD_LETTERED_FROM: self._topology.queue(role)},
+            headers={
+                **headers,
+                DEAD_LETTER_REASON: reason[:1000],
+                DEAD_LETTERED_FROM: self._topology.queue(role),
+                ORIGINAL_ROUTING_KEY: routing_key,
+            },
         )
 
     async def _exchange(self, name: str) -> AbstractExchange:

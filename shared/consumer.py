@@ -60,7 +60,14 @@ def subscribe_events(
         except UndecodableEvent as problem:
             log.warning("dead-lettering message", extra={"message_id": message_id, "reason": str(problem)})
             try:
-                await publisher.dead_letter(role, message.body, message_id=message_id, headers=headers, reason=str(problem))
+                await publisher.dead_letter(
+                    role,
+                    message.body,
+                    message_id=message_id,
+                    headers=headers,
+                    reason=str(problem),
+                    routing_key=message.raw_message.routing_key or "",
+                )
             except Exception:
                 log.exception("could not dead-letter message; it goes back to the queue", extra={"message_id": message_id})
                 await message.nack(requeue=True)

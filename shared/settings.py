@@ -9,6 +9,8 @@ from typing import TypeVar
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from shared.topology import Topology
+
 ENV_PREFIX = "WARP_"
 _NAMESPACE = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
 
@@ -39,6 +41,9 @@ class CommonSettings(BaseSettings):
     )
     broker_namespace: str = Field(
         "warp", description="prefix of every exchange and queue name, so several deployments can share a vhost"
+    )
+    delivery_limit: int = Field(
+        10, ge=1, le=1000, description="deliveries of a failing message before it is dead-lettered"
     )
     blob_backend: BlobBackend = BlobBackend.POSTGRES
     log_level: str = "INFO"
@@ -73,6 +78,10 @@ class CommonSettings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return level
+
+
+    def topology(self) -> Topology:
+        return Topology(namespace=self.broker_namespace, delivery_limit=self.delivery_limit)
 
 
 def _redact(url: str) -> str:

@@ -6,7 +6,7 @@ import aiormq
 import pytest
 from aio_pika.abc import DeliveryMode
 
-from shared.broker import DEAD_LETTER_REASON, EventPublisher, UnroutableMessage
+from shared.broker import DEAD_LETTER_REASON, ORIGINAL_ROUTING_KEY, EventPublisher, UnroutableMessage
 from shared.events import IconCropContributed, TrainingRequested
 from shared.topology import Topology, declare_topology
 from tests.utils.broker import queue_depth, wait_for_messages
@@ -66,11 +66,14 @@ async def test_many_publishes_in_flight_each_get_their_own_confirm(publisher, to
 
 
 async def test_dead_letter_keeps_the_body_and_says_why(publisher, topology, amqp_channel):
-    await publisher.dead_letter("voting", b'{"x": 1}', message_id="m-2", headers={"h": "v"}, reason="because")
+    await publisher.dead_letter(
+        "voting", b'{"x": 1}', message_id="m-2", headers={"h": "v"}, reason="because", routing_key="contribution.x"
+    )
     [dead] = await wait_for_messages(amqp_channel, topology.dead_letter_queue("voting"), 1)
     assert dead.body == b'{"x": 1}'
     assert dead.headers[DEAD_LETTER_REASON] == "because"
     assert dead.headers["h"] == "v"
+    assert dead.headers[ORIGINAL_ROUTING_KEY] == "contribution.x"
 
 
 async def test_the_trainer_queue_feeds_a_single_active_consumer(publisher, topology, broker_url):

@@ -1,0 +1,128 @@
+"""Composition root of the ingest service: ``uvicorn --factory services.ingest.app:create_app``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.ingest.domain import ImageRejected
+from services.ingest.handlers import ContributionService, ServiceUnavailable
+from services.ingest.metrics import UNAVAILABLE
+from services.ingest.ratelimit import PostgresRateLimiter, Quota, QuotaExceeded
+from services.ingest.readmodels import ReadModels, ReadModelUnavailable
+from services.ingest.routes import router
+from services.ingest.settings import IngestSettings
+from shared.broker import EventPublisher
+from shared.db import create_engine
+from shared.logs import configure_logging
+from shared.settings import load_settings
+from shared.topology import Topology
+
+log = logging.getLogger(__name__)
+RETRY_AFTER_SECONDS = 5
+
+
+@dataclass
+class Runtime:
+    """Everything the routes need, built once per process in the lifespan."""
+
+    settings: IngestSettings
+    topology: Topology
+    publisher: EventPublisher
+    service: ContributionService
+    read_models: ReadModels
+    engine: AsyncEngine
+
+
+def _asyncpg_dsn(database_url: str) -> str:
+    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def create_app(settings: IngestSettings | None = None) -> FastAPI:
+    settings = settings or load_settings(IngestSettings)
+    configure_logging(settings, "ingest")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        topology = settings.topology()
+        publisher = EventPublisher(settings.broker_url, topology, confirm_timeout=settings.publish_timeout_seconds)
+        connecting = asyncio.create_task(publisher.connect_with_retry())
+        engine = create_engine(settings.database_url, pool_size=settings.database_pool_size)
+        pool = await asyncpg.create_pool(
+            _asyncpg_dsn(settings.database_url), min_size=0, max_size=settings.database_pool_size
+        )
+        limiter = PostgresRateLimiter(pool, Quota(settings.install_daily_limit, settings.ip_daily_limit))
+        app.state.runtime = Runtime(
+            settings=settings,
+            topology=topology,
+            publisher=publisher,
+            service=ContributionService(publisher, limiter),
+            read_models=ReadModels(engine, settings.read_cache_seconds),
+            engine=engine,
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(connecting), timeout=5)
+        try:
+            yield
+        finally:
+            # uvicorn has finished in-flight requests (and so their publishes) before this runs.
+            connecting.cancel()
+            await publisher.close()
+            await pool.close()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="warp-loop ingest",
+        version="1",
+        description="Accepts WARP client contributions (wire-compatible with the old backend, plus /v1) and "
+        "serves the model version, knowledge map and label vocabulary clients poll.",
+        lifespan=lifespan,
+    )
+    app.include_router(router)
+
+    @app.exception_handler(ImageRejected)
+    async def bad_image(request: Request, problem: ImageRejected) -> JSONResponse:
+        field = getattr(request.state, "image_field", "image")
+        return JSONResponse(
+            status_code=400, content={"detail": [{"loc": ["body", field], "msg": str(problem), "type": problem.code}]}
+        )
+
+    @app.exception_handler(QuotaExceeded)
+    async def over_quota(request: Request, exceeded: QuotaExceeded) -> JSONResponse:
+        now = datetime.now(UTC)
+        midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
+        return JSONResponse(
+            status_code=429,
+            content={"detail": str(exceeded), "scope": exceeded.scope, "limit": exceeded.limit},
+            headers={"Retry-After": str(int((midnight - now).total_seconds()) + 1)},
+        )
+
+    @app.exception_handler(ServiceUnavailable)
+    async def unavailable(request: Request, problem: ServiceUnavailable) -> JSONResponse:
+        UNAVAILABLE.labels(problem.dependency).inc()
+        return JSONResponse(
+            status_code=503,
+            content={"detail": f"{problem.dependency} unavailable, nothing was recorded; retry later"},
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
+    @app.exception_handler(ReadModelUnavailable)
+    async def read_unavailable(request: Request, problem: ReadModelUnavailable) -> JSONResponse:
+        UNAVAILABLE.labels("database").inc()
+        return JSONResponse(
+            status_code=503,
+            content={"detail": "database unavailable; retry later"},
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
+    return app

@@ -1,0 +1,152 @@
+"""Pure rules of accepting a contribution: text cleaning, image checks, contribution ids. No I/O."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import ipaddress
+import re
+import unicodedata
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TEXT_SLOTS = frozenset({"Ship Type", "Ship Tier"})
+POSITION_ONLY_SLOTS = frozenset({"Ship Name"})
+KNOWN_SCREEN_TYPES = ("SPACE_EQ", "GROUND_EQ", "TRAITS", "BOFFS", "SPECIALIZATIONS", "SPACE_MIXED", "GROUND_MIXED")
+_INSTALL_ID_DROP = re.compile(r"[^A-Za-z0-9_-]")
+_BASE64_LINE_BREAKS = re.compile(r"[\r\n]")
+_BASE64_STANDARD = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+_BASE64_URLSAFE = re.compile(r"[A-Za-z0-9_-]*={0,2}")
+
+
+class ImageRejected(ValueError):
+    """The image cannot be used; the message says why in words a client developer can act on, and ``code``
+    names the rule (a bounded set, used as a metrics label)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_bytes: int
+    min_width: int = 1
+    min_height: int = 1
+    max_pixels: int = 4096 * 4096
+    min_std: float = 10.0
+
+
+ICON_LIMITS = ImageLimits(max_bytes=150_000, min_width=16, min_height=16, max_pixels=1024 * 1024)
+TEXT_CROP_LIMITS = ImageLimits(max_bytes=150_000, min_width=50, min_height=10, max_pixels=1024 * 1024)
+KNOWLEDGE_LIMITS = ImageLimits(max_bytes=150_000, max_pixels=1024 * 1024)
+SCREENSHOT_LIMITS = ImageLimits(max_bytes=2_500_000, min_width=64, min_height=64, max_pixels=8192 * 8192)
+
+
+@dataclass(frozen=True)
+class CheckedImage:
+    data: bytes
+    sha256: str
+    width: int
+    height: int
+
+
+def clean_install_id(raw: str) -> str:
+    return _INSTALL_ID_DROP.sub("", raw)
+
+
+def clean_text(raw: str) -> str:
+    """Remove control characters (Unicode category C*) and surrounding white space."""
+    return "".join(ch for ch in raw if not unicodedata.category(ch).startswith("C")).strip()
+
+
+def is_printable_name(name: str) -> bool:
+    return bool(name) and all(ch.isprintable() for ch in name)
+
+
+def decode_base64(text: str) -> bytes:
+    """Standard or URL-safe base64; line breaks are tolerated, any other stray character is an error."""
+    compact = _BASE64_LINE_BREAKS.sub("", text)
+    alphabet = _BASE64_URLSAFE if ("-" in compact or "_" in compact) else _BASE64_STANDARD
+    if not alphabet.fullmatch(compact) or len(compact.rstrip("=")) % 4 == 1:
+        raise ImageRejected("not_base64", "image is not valid base64")
+    padded = compact + "=" * (-len(compact) % 4)
+    try:
+        return base64.b64decode(padded, altchars=b"-_" if alphabet is _BASE64_URLSAFE else None, validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageRejected("not_base64", "image is not valid base64") from None
+
+
+def check_png(data: bytes, limits: ImageLimits) -> CheckedImage:
+    """Accept only a complete, sane, non-uniform PNG within the limits; raise ``ImageRejected`` otherwise."""
+    if len(data) > limits.max_bytes:
+        raise ImageRejected("too_many_bytes", f"PNG is {len(data)} bytes; the limit is {limits.max_bytes}")
+    if not data.startswith(PNG_SIGNATURE):
+        raise ImageRejected("not_png", "not a PNG (the 8-byte PNG signature is missing)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=["PNG"])
+            width, height = image.size
+            if width * height > limits.max_pixels:
+                raise ImageRejected(
+                    "too_many_pixels", f"image is {width}x{height} pixels; the limit is {limits.max_pixels} pixels"
+                )
+            if width < limits.min_width or height < limits.min_height:
+                raise ImageRejected(
+                    "too_small",
+                    f"image is {width}x{height} pixels; at least {limits.min_width}x{limits.min_height} is required",
+                )
+            image.load()
+            pixels = np.asarray(image.convert("RGB"))
+    except ImageRejected:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageRejected("decompression_bomb", "PNG decompresses to more pixels than allowed") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ImageRejected("corrupt_png", f"PNG is truncated or corrupt ({error})") from None
+    std = float(pixels.std())
+    if std < limits.min_std:
+        raise ImageRejected(
+            "near_uniform", f"image is near-uniform (pixel standard deviation {std:.1f} < {limits.min_std:g})"
+        )
+    return CheckedImage(data=data, sha256=hashlib.sha256(data).hexdigest(), width=width, height=height)
+
+
+def contribution_id(kind: str, *parts: str) -> str:
+    """Deterministic id of a contribution: a resend of the same thing gets the same id (and message id)."""
+    return hashlib.sha256("\x1f".join((kind, *parts)).encode()).hexdigest()[:32]
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _trusted(address: str, proxies: Sequence[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in proxies)
+
+
+def client_ip(peer: str | None, forwarded_for: str | None, trusted_proxies: Sequence[Network]) -> str:
+    """The address quotas are charged to: the direct peer, unless it is a trusted proxy, in which case the
+    right-most ``X-Forwarded-For`` hop that is not itself a trusted proxy (left-most hops are client-written)."""
+    if peer is None:
+        return "unknown"
+    if not forwarded_for or not _trusted(peer, trusted_proxies):
+        return peer
+    for hop in reversed([part.strip() for part in forwarded_for.split(",") if part.strip()]):
+        if not _trusted(hop, trusted_proxies):
+            try:
+                return str(ipaddress.ip_address(hop))
+            except ValueError:
+                return peer
+    return peer
