@@ -42,9 +42,7 @@ class Event(BaseModel):
         return value.astimezone(UTC)
 
     def to_json(self) -> bytes:
-        body = self.model_dump(mode="json")
-        body["event_type"] = self.event_type
-        return json.dumps(body, separators=(",", ":")).encode()
+        return b'{"event_type":' + json.dumps(self.event_type).encode() + b"," + self.model_dump_json().encode()[1:]
 
 
 # --- contributions (ingest -> voting) -------------------------------------------------------------------------

@@ -5,6 +5,9 @@ import os
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
 ACCEPTED = Counter("warp_ingest_accepted_total", "Contributions accepted (broker-confirmed)", ["kind"])
 REJECTED = Counter("warp_ingest_rejected_total", "Contributions rejected", ["kind", "reason"])
 RATE_LIMITED = Counter("warp_ingest_rate_limited_total", "Requests refused by a daily quota", ["scope"])

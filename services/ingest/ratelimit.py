@@ -1,28 +1,38 @@
 """Per-install and per-IP daily quotas in Postgres, shared by every ingest process and surviving restarts.
 
-The hot path is one autocommitted statement per request on a plain asyncpg pool (no ORM, no explicit
-transaction): the conditional upsert takes the row lock, so two processes can never both take the last unit.
+Requests are grouped: while one statement is in flight, the requests arriving meanwhile wait for the next, and
+each group takes its quota in a single autocommitted statement (one round trip and one commit for many
+requests). The conditional upsert holds the row lock, so concurrent processes can never both take the last
+unit; keys are locked in sorted order, so two processes cannot deadlock. When a group's total does not fit a
+counter, the requests touching that counter are given back their units and retried one by one, so exactly
+the requests that fit are admitted.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Protocol
 
 import asyncpg
 
-_CONSUME = """
+Key = tuple[str, str, date]  # (scope, subject, day)
+
+_TAKE = """
 INSERT INTO rate_limit_counters AS c (scope, subject, day, count)
-VALUES ('install', $1, $3, $4), ('ip', $2, $3, $4)
+SELECT v.scope, v.subject, v.day, v.count
+FROM unnest($1::text[], $2::text[], $3::date[], $4::int[]) AS v(scope, subject, day, count)
+WHERE v.count <= CASE v.scope WHEN 'install' THEN $5::int ELSE $6::int END
 ON CONFLICT (scope, subject, day) DO UPDATE SET count = c.count + excluded.count
 WHERE c.count + excluded.count <= CASE c.scope WHEN 'install' THEN $5::int ELSE $6::int END
-RETURNING c.scope
+RETURNING c.scope, c.subject, c.day
 """
-_REFUND = """
-UPDATE rate_limit_counters SET count = greatest(count - $4, 0)
-WHERE day = $3 AND ((scope = 'install' AND subject = $1) OR (scope = 'ip' AND subject = $2))
-AND scope = ANY($5::text[])
+_GIVE_BACK = """
+UPDATE rate_limit_counters AS c SET count = greatest(c.count - v.count, 0)
+FROM unnest($1::text[], $2::text[], $3::date[], $4::int[]) AS v(scope, subject, day, count)
+WHERE c.scope = v.scope AND c.subject = v.subject AND c.day = v.day
 """
 
 
@@ -48,28 +58,90 @@ class RateLimiter(Protocol):
     async def refund(self, install_id: str, client_ip: str, units: int, day: date) -> None: ...
 
 
+@dataclass
+class _Claim:
+    install_id: str
+    client_ip: str
+    units: int
+    day: date
+    outcome: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+    def keys(self) -> tuple[Key, Key]:
+        return ("install", self.install_id, self.day), ("ip", self.client_ip, self.day)
+
+
+def _columns(units_by_key: dict[Key, int]) -> tuple[list, list, list, list]:
+    keys = sorted(units_by_key)
+    return [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [units_by_key[k] for k in keys]
+
+
 class PostgresRateLimiter:
     def __init__(self, pool: asyncpg.Pool, quota: Quota) -> None:
         self._pool = pool
         self._quota = quota
+        self._waiting: list[_Claim] = []
+        self._flushing = False
 
     async def consume(self, install_id: str, client_ip: str, units: int, day: date) -> None:
         """Take ``units`` from both quotas, or from neither and raise ``QuotaExceeded``."""
         for scope in ("install", "ip"):
             if units > self._quota.limit(scope):
                 raise QuotaExceeded(scope, self._quota.limit(scope))
-        rows = await self._pool.fetch(
-            _CONSUME, install_id, client_ip, day, units, self._quota.per_install, self._quota.per_ip
-        )
-        taken = {row["scope"] for row in rows}
-        if taken == {"install", "ip"}:
-            return
-        if taken:
-            # One quota had room and the other did not: give the taken units back (rare; a crash here
-            # over-counts by ``units``, the safe direction).
-            await self._pool.execute(_REFUND, install_id, client_ip, day, units, list(taken))
-        exceeded = "install" if "install" not in taken else "ip"
-        raise QuotaExceeded(exceeded, self._quota.limit(exceeded))
+        claim = _Claim(install_id, client_ip, units, day)
+        self._waiting.append(claim)
+        if not self._flushing:
+            self._flushing = True
+            asyncio.create_task(self._flush())
+        await claim.outcome
 
     async def refund(self, install_id: str, client_ip: str, units: int, day: date) -> None:
-        await self._pool.execute(_REFUND, install_id, client_ip, day, units, ["install", "ip"])
+        await self._give_back({key: units for key in _Claim(install_id, client_ip, units, day).keys()})
+
+    async def _flush(self) -> None:
+        try:
+            while self._waiting:
+                group, self._waiting = self._waiting, []
+                try:
+                    await self._take_for(group)
+                except Exception as error:
+                    for claim in group:
+                        if not claim.outcome.done():
+                            claim.outcome.set_exception(error)
+        finally:
+            self._flushing = False
+
+    async def _take_for(self, group: list[_Claim]) -> None:
+        wanted: dict[Key, int] = defaultdict(int)
+        for claim in group:
+            for key in claim.keys():
+                wanted[key] += claim.units
+        taken = await self._take(wanted)
+        retry = [claim for claim in group if not all(key in taken for key in claim.keys())]
+        if retry:
+            excess: dict[Key, int] = defaultdict(int)
+            for claim in retry:
+                for key in claim.keys():
+                    if key in taken:
+                        excess[key] += claim.units
+            if excess:
+                await self._give_back(excess)
+        for claim in group:
+            if claim not in retry:
+                claim.outcome.set_result(None)
+        for claim in retry:
+            single = dict.fromkeys(claim.keys(), claim.units)
+            got = await self._take(single)
+            if len(got) == 2:
+                claim.outcome.set_result(None)
+                continue
+            if got:
+                await self._give_back({key: claim.units for key in got})
+            scope = next(key[0] for key in claim.keys() if key not in got)
+            claim.outcome.set_exception(QuotaExceeded(scope, self._quota.limit(scope)))
+
+    async def _take(self, units_by_key: dict[Key, int]) -> set[Key]:
+        rows = await self._pool.fetch(_TAKE, *_columns(units_by_key), self._quota.per_install, self._quota.per_ip)
+        return {(row["scope"], row["subject"], row["day"]) for row in rows}
+
+    async def _give_back(self, units_by_key: dict[Key, int]) -> None:
+        await self._pool.execute(_GIVE_BACK, *_columns(units_by_key))
