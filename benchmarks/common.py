@@ -56,11 +56,9 @@ async def fresh_database(admin_url: str, name: str) -> str:
 
 
 def start_ingest(env: dict[str, str], port: int, workers: int) -> subprocess.Popen:
-    command = [
-        sys.executable, "-m", "uvicorn", "--factory", "services.ingest.app:create_app", "--host", "127.0.0.1",
-        "--port", str(port), "--workers", str(workers), "--no-access-log", "--log-level", "warning",
-    ]
-    return subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env})
+    """The production entry point (services.ingest.serve), on 127.0.0.1:port."""
+    settings = {"WARP_HOST": "127.0.0.1", "WARP_PORT": str(port), "WARP_HTTP_WORKERS": str(workers)}
+    return subprocess.Popen([sys.executable, "-m", "services.ingest.serve"], cwd=ROOT, env={**os.environ, **env, **settings})
 
 
 async def wait_ready(host: str, port: int, timeout: float = 60) -> None:
@@ -81,3 +79,24 @@ async def wait_ready(host: str, port: int, timeout: float = 60) -> None:
 
 def namespace() -> str:
     return f"bench{uuid.uuid4().hex[:8]}"
+
+
+async def histogram_summary(host: str, port: int, names: tuple[str, ...]) -> dict[str, str]:
+    """Read /metrics and give, per histogram, the share of observations within a few bucket bounds."""
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    text = (await reader.read()).decode()
+    writer.close()
+    summary = {}
+    for name in names:
+        buckets = {}
+        for line in text.splitlines():
+            if line.startswith(f"{name}_bucket{{") and 'le="' in line:
+                bound = line.split('le="')[1].split('"')[0]
+                buckets[bound] = buckets.get(bound, 0) + float(line.rsplit(" ", 1)[1])
+        total = buckets.get("+Inf", 0)
+        if total:
+            summary[name] = "  ".join(
+                f"<={float(b) * 1000:g}ms {100 * buckets[b] / total:.1f}%" for b in ("0.005", "0.01", "0.025", "0.05", "0.1")
+            )
+    return summary

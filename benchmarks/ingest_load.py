@@ -1,6 +1,7 @@
 """Load benchmark of the ingest service: realistic icon-crop contributions at a fixed concurrency.
 
-    .venv/bin/python benchmarks/ingest_load.py --concurrency 32 --duration 60
+    .venv/bin/python benchmarks/ingest_load.py --concurrency 32 --duration 60             # capacity
+    .venv/bin/python benchmarks/ingest_load.py --concurrency 32 --duration 60 --rate 1000 # latency at a load
 
 By default it starts its own ingest (uvicorn, --workers 2) against the local RabbitMQ and Postgres, in a
 throwaway database and broker namespace with quotas raised, so nothing else is touched. It prints accepted/s,
@@ -20,6 +21,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -28,7 +30,15 @@ import aio_pika
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import fresh_database, free_port, icon_crop, namespace, start_ingest, wait_ready  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    fresh_database,
+    free_port,
+    histogram_summary,
+    icon_crop,
+    namespace,
+    start_ingest,
+    wait_ready,
+)
 from shared.topology import Topology, delete_topology  # noqa: E402
 
 
@@ -57,12 +67,23 @@ async def read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def client(host, port, requests, stop_at, warm_until, latencies, statuses, all_statuses, counter) -> None:
+async def client(timeline, host, port, requests, stop_at, warm_until, latencies, statuses, all_statuses, counter, interval, offset) -> None:
+    """One keep-alive connection. With ``interval`` it sends on a fixed schedule (open loop) and measures latency
+    from the scheduled send time, so falling behind shows up as latency instead of hiding (no coordinated
+    omission); without it, it sends the next request as soon as the previous one is answered."""
     reader, writer = await asyncio.open_connection(host, port)
+    scheduled = time.monotonic() + offset
     try:
         while time.monotonic() < stop_at:
             payload = requests[next(counter) % len(requests)]
-            started = time.monotonic()
+            if interval:
+                scheduled += interval
+                delay = scheduled - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                started = scheduled
+            else:
+                started = time.monotonic()
             writer.write(payload)
             try:
                 status = await read_response(reader)
@@ -75,6 +96,7 @@ async def client(host, port, requests, stop_at, warm_until, latencies, statuses,
             all_statuses[status] += 1
             if started >= warm_until:
                 latencies.append(time.monotonic() - started)
+                timeline.append((started, latencies[-1]))
                 statuses[status] += 1
     finally:
         writer.close()
@@ -94,6 +116,7 @@ async def run(args: argparse.Namespace) -> int:
         migrate = await asyncio.create_subprocess_exec(sys.executable, "-m", "migrations", env={**os.environ, **env},
                                                        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
         await migrate.wait()
+        env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="warp-bench-metrics-")
         server = start_ingest(env, port, args.workers)
         await wait_ready(host, port)
     else:
@@ -102,18 +125,22 @@ async def run(args: argparse.Namespace) -> int:
     print(f"generating {args.distinct} distinct 64x64 crops ...", flush=True)
     crops = [base64.b64encode(icon_crop(seed)).decode() for seed in range(args.distinct)]
     requests = [request_bytes(host, i, crops[i % len(crops)]) for i in range(args.distinct * 4)]
-    print(f"mean base64 crop: {statistics.mean(len(c) for c in crops) / 1024:.1f} KB; "
-          f"{args.concurrency} connections, {args.warmup}s warm-up, {args.duration}s measured", flush=True)
+    pacing = f"offered {args.rate:.0f} req/s" if args.rate else "closed loop"
+    print(f"mean base64 crop: {statistics.mean(len(c) for c in crops) / 1024:.1f} KB; {args.concurrency} connections, "
+          f"{pacing}, {args.warmup}s warm-up, {args.duration}s measured", flush=True)
     try:
         latencies: list[float] = []
+        timeline: list[tuple[float, float]] = []
         statuses: Counter = Counter()
         all_statuses: Counter = Counter()
         counter = iter(range(10**12))
         begin = time.monotonic()
         warm_until, stop_at = begin + args.warmup, begin + args.warmup + args.duration
+        interval = args.concurrency / args.rate if args.rate else 0.0
         await asyncio.gather(*(
-            client(host, port, requests, stop_at, warm_until, latencies, statuses, all_statuses, counter)
-            for _ in range(args.concurrency)
+            client(timeline, host, port, requests, stop_at, warm_until, latencies, statuses, all_statuses, counter, interval,
+                   offset=interval * i / args.concurrency)
+            for i in range(args.concurrency)
         ))
         elapsed = time.monotonic() - warm_until
         accepted = statuses[200]
@@ -124,6 +151,9 @@ async def run(args: argparse.Namespace) -> int:
               f"p90 {1000 * latencies[int(len(latencies) * 0.9)]:.1f}   p99 {1000 * latencies[int(len(latencies) * 0.99)]:.1f}   "
               f"max {1000 * latencies[-1]:.1f}")
         print(f"errors: {errors or 0}")
+        print("p99 ms per 10 s:", " ".join(_window_p99(timeline, warm_until, 10)))
+        for name, shares in (await histogram_summary(host, port, ("warp_ingest_quota_seconds", "warp_ingest_publish_seconds"))).items():
+            print(f"server {name}: {shares}")
         if server is not None:
             await asyncio.sleep(1)
             topology = Topology(namespace=bench_namespace)
@@ -143,10 +173,18 @@ async def run(args: argparse.Namespace) -> int:
             server.wait(timeout=30)
 
 
+def _window_p99(timeline: list[tuple[float, float]], start: float, width: float) -> list[str]:
+    windows: dict[int, list[float]] = {}
+    for sent, latency in timeline:
+        windows.setdefault(int((sent - start) // width), []).append(latency)
+    return [f"{1000 * sorted(v)[int(len(v) * 0.99)]:.0f}" for _, v in sorted(windows.items())]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="an already running ingest (http://host:port); default: start one")
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rate", type=float, help="offered requests/s in total (open loop); default: as fast as answered")
     parser.add_argument("--duration", type=float, default=60)
     parser.add_argument("--warmup", type=float, default=5)
     parser.add_argument("--workers", type=int, default=2, help="uvicorn workers of the ingest it starts")

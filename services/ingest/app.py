@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -82,6 +83,9 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
         )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(connecting), timeout=5)
+        # Everything allocated so far lives as long as the process: keep it out of every GC pass.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

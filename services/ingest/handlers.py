@@ -201,6 +201,7 @@ class ContributionService:
         if not intake.events:
             return
         units, day = len(intake.events), self.today()
+        started = time.perf_counter()
         try:
             await self._limiter.consume(install_id, client_ip, units, day)
         except QuotaExceeded as exceeded:
@@ -208,6 +209,7 @@ class ContributionService:
             raise
         except Exception as error:
             raise ServiceUnavailable("database", repr(error)) from error
+        metrics.QUOTA_SECONDS.observe(time.perf_counter() - started)
         started = time.perf_counter()
         outcomes = await asyncio.gather(
             *(self._publisher.publish(event) for _, event in intake.events), return_exceptions=True

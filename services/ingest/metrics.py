@@ -12,10 +12,12 @@ ACCEPTED = Counter("warp_ingest_accepted_total", "Contributions accepted (broker
 REJECTED = Counter("warp_ingest_rejected_total", "Contributions rejected", ["kind", "reason"])
 RATE_LIMITED = Counter("warp_ingest_rate_limited_total", "Requests refused by a daily quota", ["scope"])
 UNAVAILABLE = Counter("warp_ingest_unavailable_total", "Requests answered 503", ["dependency"])
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 PUBLISH_SECONDS = Histogram(
-    "warp_ingest_publish_seconds",
-    "Time from publish to broker confirm, per request",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+    "warp_ingest_publish_seconds", "Time from publish to broker confirm, per request", buckets=_LATENCY_BUCKETS
+)
+QUOTA_SECONDS = Histogram(
+    "warp_ingest_quota_seconds", "Time to take a request's quota in Postgres", buckets=_LATENCY_BUCKETS
 )
 
 

@@ -11,6 +11,7 @@ from shared.settings import CommonSettings
 class IngestSettings(CommonSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    http_workers: int = Field(2, ge=1, le=64, description="HTTP worker processes (one per core is right)")
     admin_key: SecretStr | None = Field(None, description="enables /admin/* when set; at least 16 characters")
     install_daily_limit: int = Field(2000, ge=1, description="contributions per install per UTC day")
     ip_daily_limit: int = Field(10000, ge=1, description="contributions per client IP per UTC day")
