@@ -46,7 +46,9 @@ def free_port() -> int:
 
 async def fresh_database(admin_url: str, name: str) -> str:
     url = make_url(admin_url)
-    admin = await asyncpg.connect(url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False))
+    admin = await asyncpg.connect(
+        url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+    )
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.execute(f'CREATE DATABASE "{name}"')
@@ -58,7 +60,9 @@ async def fresh_database(admin_url: str, name: str) -> str:
 def start_ingest(env: dict[str, str], port: int, workers: int) -> subprocess.Popen:
     """The production entry point (services.ingest.serve), on 127.0.0.1:port."""
     settings = {"WARP_HOST": "127.0.0.1", "WARP_PORT": str(port), "WARP_HTTP_WORKERS": str(workers)}
-    return subprocess.Popen([sys.executable, "-m", "services.ingest.serve"], cwd=ROOT, env={**os.environ, **env, **settings})
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.ingest.serve"], cwd=ROOT, env={**os.environ, **env, **settings}
+    )
 
 
 async def wait_ready(host: str, port: int, timeout: float = 60) -> None:
@@ -97,6 +101,7 @@ async def histogram_summary(host: str, port: int, names: tuple[str, ...]) -> dic
         total = buckets.get("+Inf", 0)
         if total:
             summary[name] = "  ".join(
-                f"<={float(b) * 1000:g}ms {100 * buckets[b] / total:.1f}%" for b in ("0.005", "0.01", "0.025", "0.05", "0.1")
+                f"<={float(b) * 1000:g}ms {100 * buckets[b] / total:.1f}%"
+                for b in ("0.005", "0.01", "0.025", "0.05", "0.1")
             )
     return summary

@@ -31,8 +31,8 @@ import aio_pika
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import (  # noqa: E402
-    fresh_database,
     free_port,
+    fresh_database,
     histogram_summary,
     icon_crop,
     namespace,
@@ -46,7 +46,14 @@ def request_bytes(host: str, index: int, crop_b64: str) -> bytes:
     body = json.dumps(
         {
             "install_id": f"bench-install-{index % 5000:05d}",
-            "items": [{"slot": "Fore Weapon", "name": f"Item {index % 500}", "crop_png_b64": crop_b64, "ml_name": ""}],
+            "items": [
+                {
+                    "slot": "Fore Weapon",
+                    "name": f"Item {index % 500}",
+                    "crop_png_b64": crop_b64,
+                    "ml_name": "",
+                }
+            ],
         }
     ).encode()
     head = (
@@ -67,7 +74,20 @@ async def read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def client(timeline, host, port, requests, stop_at, warm_until, latencies, statuses, all_statuses, counter, interval, offset) -> None:
+async def client(
+    timeline,
+    host,
+    port,
+    requests,
+    stop_at,
+    warm_until,
+    latencies,
+    statuses,
+    all_statuses,
+    counter,
+    interval,
+    offset,
+) -> None:
     """One keep-alive connection. With ``interval`` it sends on a fixed schedule (open loop) and measures latency
     from the scheduled send time, so falling behind shows up as latency instead of hiding (no coordinated
     omission); without it, it sends the next request as soon as the previous one is answered."""
@@ -109,12 +129,22 @@ async def run(args: argparse.Namespace) -> int:
     if args.url is None:
         database_url = await fresh_database(args.database_url, "warp_bench")
         env = {
-            "WARP_DATABASE_URL": database_url, "WARP_BROKER_URL": args.broker_url,
-            "WARP_BROKER_NAMESPACE": bench_namespace, "WARP_INSTALL_DAILY_LIMIT": "100000000",
-            "WARP_IP_DAILY_LIMIT": "100000000", "WARP_LOG_LEVEL": "WARNING", "WARP_DATABASE_POOL_SIZE": "10",
+            "WARP_DATABASE_URL": database_url,
+            "WARP_BROKER_URL": args.broker_url,
+            "WARP_BROKER_NAMESPACE": bench_namespace,
+            "WARP_INSTALL_DAILY_LIMIT": "100000000",
+            "WARP_IP_DAILY_LIMIT": "100000000",
+            "WARP_LOG_LEVEL": "WARNING",
+            "WARP_DATABASE_POOL_SIZE": "10",
         }
-        migrate = await asyncio.create_subprocess_exec(sys.executable, "-m", "migrations", env={**os.environ, **env},
-                                                       stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        migrate = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "migrations",
+            env={**os.environ, **env},
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
         await migrate.wait()
         env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="warp-bench-metrics-")
         server = start_ingest(env, port, args.workers)
@@ -126,8 +156,11 @@ async def run(args: argparse.Namespace) -> int:
     crops = [base64.b64encode(icon_crop(seed)).decode() for seed in range(args.distinct)]
     requests = [request_bytes(host, i, crops[i % len(crops)]) for i in range(args.distinct * 4)]
     pacing = f"offered {args.rate:.0f} req/s" if args.rate else "closed loop"
-    print(f"mean base64 crop: {statistics.mean(len(c) for c in crops) / 1024:.1f} KB; {args.concurrency} connections, "
-          f"{pacing}, {args.warmup}s warm-up, {args.duration}s measured", flush=True)
+    print(
+        f"mean base64 crop: {statistics.mean(len(c) for c in crops) / 1024:.1f} KB; {args.concurrency} connections, "
+        f"{pacing}, {args.warmup}s warm-up, {args.duration}s measured",
+        flush=True,
+    )
     try:
         latencies: list[float] = []
         timeline: list[tuple[float, float]] = []
@@ -137,22 +170,40 @@ async def run(args: argparse.Namespace) -> int:
         begin = time.monotonic()
         warm_until, stop_at = begin + args.warmup, begin + args.warmup + args.duration
         interval = args.concurrency / args.rate if args.rate else 0.0
-        await asyncio.gather(*(
-            client(timeline, host, port, requests, stop_at, warm_until, latencies, statuses, all_statuses, counter, interval,
-                   offset=interval * i / args.concurrency)
-            for i in range(args.concurrency)
-        ))
+        await asyncio.gather(
+            *(
+                client(
+                    timeline,
+                    host,
+                    port,
+                    requests,
+                    stop_at,
+                    warm_until,
+                    latencies,
+                    statuses,
+                    all_statuses,
+                    counter,
+                    interval,
+                    offset=interval * i / args.concurrency,
+                )
+                for i in range(args.concurrency)
+            )
+        )
         elapsed = time.monotonic() - warm_until
         accepted = statuses[200]
         latencies.sort()
         errors = {str(k): v for k, v in statuses.items() if k != 200}
         print(f"accepted/s: {accepted / elapsed:.0f}   ({accepted} in {elapsed:.1f}s)")
-        print(f"latency ms: p50 {1000 * latencies[len(latencies) // 2]:.1f}   "
-              f"p90 {1000 * latencies[int(len(latencies) * 0.9)]:.1f}   p99 {1000 * latencies[int(len(latencies) * 0.99)]:.1f}   "
-              f"max {1000 * latencies[-1]:.1f}")
+        print(
+            f"latency ms: p50 {1000 * latencies[len(latencies) // 2]:.1f}   "
+            f"p90 {1000 * latencies[int(len(latencies) * 0.9)]:.1f}   p99 {1000 * latencies[int(len(latencies) * 0.99)]:.1f}   "
+            f"max {1000 * latencies[-1]:.1f}"
+        )
         print(f"errors: {errors or 0}")
         print("p99 ms per 10 s:", " ".join(_window_p99(timeline, warm_until, 10)))
-        for name, shares in (await histogram_summary(host, port, ("warp_ingest_quota_seconds", "warp_ingest_publish_seconds"))).items():
+        for name, shares in (
+            await histogram_summary(host, port, ("warp_ingest_quota_seconds", "warp_ingest_publish_seconds"))
+        ).items():
             print(f"server {name}: {shares}")
         if server is not None:
             await asyncio.sleep(1)
@@ -163,7 +214,9 @@ async def run(args: argparse.Namespace) -> int:
                 queue = await channel.declare_queue(topology.queue("voting"), passive=True)
                 in_queue = queue.declaration_result.message_count
                 total_2xx = all_statuses[200]
-                print(f"messages in the voting queue: {in_queue}  (2xx answered, warm-up included: {total_2xx})")
+                print(
+                    f"messages in the voting queue: {in_queue}  (2xx answered, warm-up included: {total_2xx})"
+                )
                 await delete_topology(channel, topology)
             return 0 if not errors and in_queue == total_2xx else 1
         return 0 if not errors else 1
@@ -181,17 +234,26 @@ def _window_p99(timeline: list[tuple[float, float]], start: float, width: float)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--url", help="an already running ingest (http://host:port); default: start one")
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--rate", type=float, help="offered requests/s in total (open loop); default: as fast as answered")
+    parser.add_argument(
+        "--rate", type=float, help="offered requests/s in total (open loop); default: as fast as answered"
+    )
     parser.add_argument("--duration", type=float, default=60)
     parser.add_argument("--warmup", type=float, default=5)
     parser.add_argument("--workers", type=int, default=2, help="uvicorn workers of the ingest it starts")
     parser.add_argument("--distinct", type=int, default=2000, help="distinct crops to cycle through")
     parser.add_argument("--port", type=int)
-    parser.add_argument("--broker-url", default=os.environ.get("WARP_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/"))
-    parser.add_argument("--database-url", default=os.environ.get("WARP_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"))
+    parser.add_argument(
+        "--broker-url", default=os.environ.get("WARP_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    )
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("WARP_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"),
+    )
     return asyncio.run(run(parser.parse_args()))
 
 

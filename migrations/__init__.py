@@ -40,7 +40,9 @@ async def wait_for_database(database_url: str, timeout: float = 60.0) -> None:
                     return
             except (OSError, OperationalError, DBAPIError) as error:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"Postgres at {engine.url.render_as_string()} not reachable: {error}") from None
+                    raise TimeoutError(
+                        f"Postgres at {engine.url.render_as_string()} not reachable: {error}"
+                    ) from None
                 await asyncio.sleep(1)
     finally:
         await engine.dispose()

@@ -60,7 +60,7 @@ class EventPublisher:
             try:
                 await self.connect(declare=declare)
                 return
-            except (OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPError) as error:
+            except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as error:
                 log.warning("RabbitMQ not reachable yet (%r); retrying in %.0fs", error, delay)
                 await asyncio.sleep(delay)
 
@@ -111,14 +111,16 @@ class EventPublisher:
         )
         try:
             target = await self._exchange(exchange)
-            await target.publish(message, routing_key=routing_key, mandatory=True, timeout=self._confirm_timeout)
+            await target.publish(
+                message, routing_key=routing_key, mandatory=True, timeout=self._confirm_timeout
+            )
         except aiormq.exceptions.PublishError as error:
             raise UnroutableMessage(
                 f"no queue is bound to {routing_key!r} on exchange {exchange!r}; message {message_id} not sent"
             ) from error
         except aiormq.exceptions.DeliveryError as error:
             raise PublishFailed(f"broker refused message {message_id} ({error})") from error
-        except (asyncio.TimeoutError, aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as error:
+        except (TimeoutError, aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as error:
             raise BrokerUnavailable(f"message {message_id} not confirmed by RabbitMQ: {error!r}") from error
 
     async def dead_letter(

@@ -69,7 +69,10 @@ def subscribe_events(
                     routing_key=message.raw_message.routing_key or "",
                 )
             except Exception:
-                log.exception("could not dead-letter message; it goes back to the queue", extra={"message_id": message_id})
+                log.exception(
+                    "could not dead-letter message; it goes back to the queue",
+                    extra={"message_id": message_id},
+                )
                 await message.nack(requeue=True)
                 return
             await message.ack()

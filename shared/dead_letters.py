@@ -39,7 +39,9 @@ def describe(message: AbstractIncomingMessage) -> DeadLetter:
     )
 
 
-async def list_dead_letters(channel: AbstractChannel, topology: Topology, role: str, limit: int) -> list[DeadLetter]:
+async def list_dead_letters(
+    channel: AbstractChannel, topology: Topology, role: str, limit: int
+) -> list[DeadLetter]:
     """Look at up to ``limit`` messages without removing them (each goes back to the queue)."""
     queue = await channel.get_queue(topology.dead_letter_queue(role), ensure=False)
     taken: list[AbstractIncomingMessage] = []
@@ -70,12 +72,18 @@ async def replay_dead_letters(
         headers = {
             key: value
             for key, value in (message.headers or {}).items()
-            if key not in _ROUTING_HEADERS and not key.startswith("x-death") and not key.startswith("x-first-death")
+            if key not in _ROUTING_HEADERS
+            and not key.startswith("x-death")
+            and not key.startswith("x-first-death")
             and not key.startswith("x-last-death")
         }
         try:
             await publisher.publish_raw(
-                topology.events_exchange, letter.routing_key, message.body, message_id=letter.message_id, headers=headers
+                topology.events_exchange,
+                letter.routing_key,
+                message.body,
+                message_id=letter.message_id,
+                headers=headers,
             )
         except Exception:
             await message.nack(requeue=True)

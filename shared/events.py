@@ -42,7 +42,12 @@ class Event(BaseModel):
         return value.astimezone(UTC)
 
     def to_json(self) -> bytes:
-        return b'{"event_type":' + json.dumps(self.event_type).encode() + b"," + self.model_dump_json().encode()[1:]
+        return (
+            b'{"event_type":'
+            + json.dumps(self.event_type).encode()
+            + b","
+            + self.model_dump_json().encode()[1:]
+        )
 
 
 # --- contributions (ingest -> voting) -------------------------------------------------------------------------
@@ -243,5 +248,7 @@ def decode_event(body: bytes, accepted: frozenset[str] | None = None) -> Event:
     try:
         return event_class.model_validate_json(body)
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, p['loc'])) or '<root>'}: {p['msg']}" for p in error.errors())
+        problems = "; ".join(
+            f"{'.'.join(map(str, p['loc'])) or '<root>'}: {p['msg']}" for p in error.errors()
+        )
         raise UndecodableEvent(f"malformed {event_type} v{version}: {problems}") from None

@@ -12,7 +12,19 @@ import asyncio
 import logging
 from datetime import timedelta
 
-from sqlalchemy import BigInteger, Column, DateTime, Index, LargeBinary, String, Table, func, select, text, update
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    LargeBinary,
+    String,
+    Table,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -78,7 +90,13 @@ class OutboxRelay:
         async with self._engine.begin() as connection:
             rows = (
                 await connection.execute(
-                    select(outbox.c.id, outbox.c.message_id, outbox.c.routing_key, outbox.c.body, outbox.c.headers)
+                    select(
+                        outbox.c.id,
+                        outbox.c.message_id,
+                        outbox.c.routing_key,
+                        outbox.c.body,
+                        outbox.c.headers,
+                    )
                     .where(outbox.c.published_at.is_(None))
                     .order_by(outbox.c.id)
                     .limit(self._batch_size)
@@ -90,13 +108,19 @@ class OutboxRelay:
             await asyncio.gather(
                 *(
                     self._publisher.publish_raw(
-                        self._exchange, row.routing_key, row.body, message_id=row.message_id, headers=row.headers
+                        self._exchange,
+                        row.routing_key,
+                        row.body,
+                        message_id=row.message_id,
+                        headers=row.headers,
                     )
                     for row in rows
                 )
             )
             await connection.execute(
-                update(outbox).where(outbox.c.id.in_([row.id for row in rows])).values(published_at=func.now())
+                update(outbox)
+                .where(outbox.c.id.in_([row.id for row in rows]))
+                .values(published_at=func.now())
             )
         return len(rows)
 

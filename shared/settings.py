@@ -40,7 +40,8 @@ class CommonSettings(BaseSettings):
         description="SQLAlchemy URL of Postgres with the asyncpg driver",
     )
     broker_namespace: str = Field(
-        "warp", description="prefix of every exchange and queue name, so several deployments can share a vhost"
+        "warp",
+        description="prefix of every exchange and queue name, so several deployments can share a vhost",
     )
     delivery_limit: int = Field(
         10, ge=1, le=1000, description="deliveries of a failing message before it is dead-lettered"
@@ -61,7 +62,9 @@ class CommonSettings(BaseSettings):
     @classmethod
     def _asyncpg_url(cls, value: str) -> str:
         if not value.startswith("postgresql+asyncpg://"):
-            raise ValueError(f"must start with postgresql+asyncpg:// (the asyncpg driver), got {_redact(value)!r}")
+            raise ValueError(
+                f"must start with postgresql+asyncpg:// (the asyncpg driver), got {_redact(value)!r}"
+            )
         return value
 
     @field_validator("broker_namespace")
@@ -78,7 +81,6 @@ class CommonSettings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return level
-
 
     def topology(self) -> Topology:
         return Topology(namespace=self.broker_namespace, delivery_limit=self.delivery_limit)
@@ -104,4 +106,6 @@ def load_settings(settings_class: type[SettingsT], **overrides: object) -> Setti
     except SettingsError as error:
         field = re.search(r'field "([^"]+)"', str(error))
         name = f"{ENV_PREFIX}{field.group(1).upper()}" if field else "a WARP_* variable"
-        raise ConfigError(f"invalid {settings_class.__name__} configuration:\n  {name}: {error.__cause__ or error}") from None
+        raise ConfigError(
+            f"invalid {settings_class.__name__} configuration:\n  {name}: {error.__cause__ or error}"
+        ) from None

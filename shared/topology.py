@@ -85,14 +85,18 @@ class Topology:
         return arguments
 
     def all_queue_names(self) -> list[str]:
-        names = [self.queue(c.role) for c in self.consumers] + [self.dead_letter_queue(c.role) for c in self.consumers]
+        names = [self.queue(c.role) for c in self.consumers] + [
+            self.dead_letter_queue(c.role) for c in self.consumers
+        ]
         return names + [self.queue(f.role) for f in self.feeds]
 
 
 async def declare_topology(channel: AbstractChannel, topology: Topology) -> None:
     """Declare everything; safe to run again and from every replica (declarations are idempotent)."""
     events = await channel.declare_exchange(topology.events_exchange, ExchangeType.TOPIC, durable=True)
-    dead_letters = await channel.declare_exchange(topology.dead_letter_exchange, ExchangeType.DIRECT, durable=True)
+    dead_letters = await channel.declare_exchange(
+        topology.dead_letter_exchange, ExchangeType.DIRECT, durable=True
+    )
     for consumer in topology.consumers:
         dlq = await channel.declare_queue(
             topology.dead_letter_queue(consumer.role), durable=True, arguments={"x-queue-type": "quorum"}

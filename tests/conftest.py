@@ -52,7 +52,11 @@ def _docker_engine_answers() -> bool:
 
 @pytest.fixture(scope="session")
 def servers() -> Iterator[Servers]:
-    given = {key: os.environ[key] for key in ("WARP_TEST_BROKER_URL", "WARP_TEST_DATABASE_URL") if key in os.environ}
+    given = {
+        key: os.environ[key]
+        for key in ("WARP_TEST_BROKER_URL", "WARP_TEST_DATABASE_URL")
+        if key in os.environ
+    }
     if given or not _docker_engine_answers():
         yield Servers(
             broker_url=given.get("WARP_TEST_BROKER_URL", LOCAL_BROKER_URL),
@@ -62,9 +66,14 @@ def servers() -> Iterator[Servers]:
     from testcontainers.postgres import PostgresContainer
     from testcontainers.rabbitmq import RabbitMqContainer
 
-    with RabbitMqContainer("rabbitmq:3.13-management") as rabbit, PostgresContainer("postgres:16", driver="asyncpg") as pg:
+    with (
+        RabbitMqContainer("rabbitmq:3.13-management") as rabbit,
+        PostgresContainer("postgres:16", driver="asyncpg") as pg,
+    ):
         host, port = rabbit.get_container_host_ip(), rabbit.get_exposed_port(rabbit.port)
-        yield Servers(broker_url=f"amqp://guest:guest@{host}:{port}/", admin_database_url=pg.get_connection_url())
+        yield Servers(
+            broker_url=f"amqp://guest:guest@{host}:{port}/", admin_database_url=pg.get_connection_url()
+        )
 
 
 def _asyncpg_dsn(url: str) -> str:

@@ -15,7 +15,10 @@ def test_ci_runs_the_test_command_the_readme_names():
 def test_no_tests_collected_is_a_failure():
     result = subprocess.run(
         ["bash", "scripts/test.sh", "tests/utils", "-p", "no:cacheprovider"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "collected no tests" in result.stderr

@@ -17,7 +17,10 @@ SCALABLE = ("ingest", "voting", "trainer", "publisher")
 def validate(path: Path) -> subprocess.CompletedProcess:
     check = shutil.which("check-jsonschema", path=str(Path(sys.executable).parent)) or "check-jsonschema"
     return subprocess.run(
-        [check, "--builtin-schema", "vendor.compose-spec", str(path)], capture_output=True, text=True, timeout=60
+        [check, "--builtin-schema", "vendor.compose-spec", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -33,7 +36,9 @@ def test_the_file_follows_the_compose_specification():
 
 def test_the_validator_rejects_a_broken_file(tmp_path):
     broken = tmp_path / "docker-compose.yml"
-    broken.write_text(COMPOSE.read_text().replace("condition: service_healthy", "condition: when_it_feels_like_it", 1))
+    broken.write_text(
+        COMPOSE.read_text().replace("condition: service_healthy", "condition: when_it_feels_like_it", 1)
+    )
     assert validate(broken).returncode != 0
 
 

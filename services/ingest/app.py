@@ -60,7 +60,9 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         topology = settings.topology()
-        publisher = EventPublisher(settings.broker_url, topology, confirm_timeout=settings.publish_timeout_seconds)
+        publisher = EventPublisher(
+            settings.broker_url, topology, confirm_timeout=settings.publish_timeout_seconds
+        )
         connecting = asyncio.create_task(publisher.connect_with_retry())
         engine = create_engine(settings.database_url, pool_size=settings.database_pool_size)
         pool = await asyncpg.create_pool(
@@ -108,7 +110,8 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
     async def bad_image(request: Request, problem: ImageRejected) -> JSONResponse:
         field = getattr(request.state, "image_field", "image")
         return JSONResponse(
-            status_code=400, content={"detail": [{"loc": ["body", field], "msg": str(problem), "type": problem.code}]}
+            status_code=400,
+            content={"detail": [{"loc": ["body", field], "msg": str(problem), "type": problem.code}]},
         )
 
     @app.exception_handler(QuotaExceeded)

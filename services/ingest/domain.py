@@ -17,7 +17,15 @@ from PIL import Image
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TEXT_SLOTS = frozenset({"Ship Type", "Ship Tier"})
 POSITION_ONLY_SLOTS = frozenset({"Ship Name"})
-KNOWN_SCREEN_TYPES = ("SPACE_EQ", "GROUND_EQ", "TRAITS", "BOFFS", "SPECIALIZATIONS", "SPACE_MIXED", "GROUND_MIXED")
+KNOWN_SCREEN_TYPES = (
+    "SPACE_EQ",
+    "GROUND_EQ",
+    "TRAITS",
+    "BOFFS",
+    "SPECIALIZATIONS",
+    "SPACE_MIXED",
+    "GROUND_MIXED",
+)
 _INSTALL_ID_DROP = re.compile(r"[^A-Za-z0-9_-]")
 _BASE64_LINE_BREAKS = re.compile(r"[\r\n]")
 _URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
@@ -74,7 +82,9 @@ def decode_base64(text: str) -> bytes:
         text = _BASE64_LINE_BREAKS.sub("", text)
     if "-" in text or "_" in text:
         if "+" in text or "/" in text:
-            raise ImageRejected("not_base64", "image is not valid base64 (mixes the standard and URL-safe alphabets)")
+            raise ImageRejected(
+                "not_base64", "image is not valid base64 (mixes the standard and URL-safe alphabets)"
+            )
         text = text.translate(_URLSAFE_TO_STANDARD)
     try:
         return binascii.a2b_base64(text + "=" * (-len(text) % 4), strict_mode=True)
@@ -93,7 +103,8 @@ def check_png(data: bytes, limits: ImageLimits) -> CheckedImage:
         width, height = image.size
         if width * height > limits.max_pixels:
             raise ImageRejected(
-                "too_many_pixels", f"image is {width}x{height} pixels; the limit is {limits.max_pixels} pixels"
+                "too_many_pixels",
+                f"image is {width}x{height} pixels; the limit is {limits.max_pixels} pixels",
             )
         if width < limits.min_width or height < limits.min_height:
             raise ImageRejected(

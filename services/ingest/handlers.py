@@ -77,7 +77,9 @@ def knowledge_intake(request: ContributeRequest, now: datetime) -> Intake:
     """``/contribute``: one pHash knowledge crop. A bad image raises ``ImageRejected`` (HTTP 400)."""
     image = check_png(decode_base64(request.crop_png_b64), KNOWLEDGE_LIMITS)
     event = KnowledgeContributed(
-        message_id=contribution_id("knowledge", request.install_id, request.phash, image.sha256, request.item_name),
+        message_id=contribution_id(
+            "knowledge", request.install_id, request.phash, image.sha256, request.item_name
+        ),
         occurred_at=now,
         install_id=request.install_id,
         phash=request.phash,
@@ -112,7 +114,9 @@ def bulk_crops_intake(request: BulkCropsRequest, now: datetime) -> Intake:
             continue
         if is_text:
             event: Contribution = OcrCorrectionContributed(
-                message_id=contribution_id("ocr", request.install_id, image.sha256, item.slot, item.name, item.ml_name),
+                message_id=contribution_id(
+                    "ocr", request.install_id, image.sha256, item.slot, item.name, item.ml_name
+                ),
                 occurred_at=now,
                 install_id=request.install_id,
                 crop_sha256=image.sha256,

@@ -140,7 +140,9 @@ class PostgresRateLimiter:
             claim.outcome.set_exception(QuotaExceeded(scope, self._quota.limit(scope)))
 
     async def _take(self, units_by_key: dict[Key, int]) -> set[Key]:
-        rows = await self._pool.fetch(_TAKE, *_columns(units_by_key), self._quota.per_install, self._quota.per_ip)
+        rows = await self._pool.fetch(
+            _TAKE, *_columns(units_by_key), self._quota.per_install, self._quota.per_ip
+        )
         return {(row["scope"], row["subject"], row["day"]) for row in rows}
 
     async def _give_back(self, units_by_key: dict[Key, int]) -> None:

@@ -109,21 +109,29 @@ class ReadModels:
     async def _labels(self) -> dict[str, list[str]]:
         async with self._engine.connect() as connection:
             icon_labels = (
-                await connection.execute(
-                    text(
-                        "SELECT DISTINCT label FROM consensus "
-                        "WHERE item_kind = 'icon' AND status = 'accepted' AND label IS NOT NULL ORDER BY label"
+                (
+                    await connection.execute(
+                        text(
+                            "SELECT DISTINCT label FROM consensus "
+                            "WHERE item_kind = 'icon' AND status = 'accepted' AND label IS NOT NULL ORDER BY label"
+                        )
                     )
                 )
-            ).scalars().all()
+                .scalars()
+                .all()
+            )
             screen_types = (
-                await connection.execute(
-                    text(
-                        "SELECT DISTINCT label FROM consensus "
-                        "WHERE item_kind = 'screen' AND status = 'accepted' AND label IS NOT NULL"
+                (
+                    await connection.execute(
+                        text(
+                            "SELECT DISTINCT label FROM consensus "
+                            "WHERE item_kind = 'screen' AND status = 'accepted' AND label IS NOT NULL"
+                        )
                     )
                 )
-            ).scalars().all()
+                .scalars()
+                .all()
+            )
         return {
             "icon_labels": list(icon_labels),
             "screen_types": sorted(set(KNOWN_SCREEN_TYPES) | set(screen_types)),

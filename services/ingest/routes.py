@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import aio_pika
@@ -78,6 +79,13 @@ async def require_admin(runtime: RuntimeDep, x_admin_key: Annotated[str | None, 
 AdminDep = Depends(require_admin)
 
 
+async def _accept(
+    runtime: Runtime, intake: Intake, install_id: str, ip: str, answer: Callable[[Intake], JSONResponse]
+) -> JSONResponse:
+    await runtime.service.submit(intake, install_id, ip)
+    return answer(intake)
+
+
 def _batch_answer(intake: Intake) -> JSONResponse:
     body = BatchResponse(
         ok=bool(intake.events),
@@ -92,7 +100,9 @@ def _v1_answer(intake: Intake) -> JSONResponse:
     results = [ItemResult(index=i, status="accepted", contribution_id=e.message_id) for i, e in intake.events]
     results += [ItemResult(index=r.index, status="rejected", reason=r.reason) for r in intake.rejections]
     body = V1BatchResponse(
-        accepted=len(intake.events), rejected=len(intake.rejections), results=sorted(results, key=lambda r: r.index)
+        accepted=len(intake.events),
+        rejected=len(intake.rejections),
+        results=sorted(results, key=lambda r: r.index),
     )
     return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if intake.events else 400)
 
@@ -116,28 +126,32 @@ async def contribute(body: ContributeRequest, request: Request, runtime: Runtime
 _BATCH_RESPONSES = {400: {"model": BatchResponse, "description": "every item was rejected"}}
 
 
-@router.post("/contribute/bulk-crops", response_model=BatchResponse, responses=_BATCH_RESPONSES, tags=["contributions"])
+@router.post(
+    "/contribute/bulk-crops", response_model=BatchResponse, responses=_BATCH_RESPONSES, tags=["contributions"]
+)
 async def bulk_crops(body: BulkCropsRequest, runtime: RuntimeDep, ip: ClientIpDep):
     """Labelled icon crops and Ship Type/Tier text crops (OCR corrections), up to 50 per request."""
-    intake = bulk_crops_intake(body, runtime.service.clock())
-    await runtime.service.submit(intake, body.install_id, ip)
-    return _batch_answer(intake)
+    return await _accept(
+        runtime, bulk_crops_intake(body, runtime.service.clock()), body.install_id, ip, _batch_answer
+    )
 
 
-@router.post("/upload/screen-types", response_model=BatchResponse, responses=_BATCH_RESPONSES, tags=["contributions"])
+@router.post(
+    "/upload/screen-types", response_model=BatchResponse, responses=_BATCH_RESPONSES, tags=["contributions"]
+)
 async def screen_types(body: ScreenTypesRequest, runtime: RuntimeDep, ip: ClientIpDep):
     """Screenshots labelled with their screen type, up to 20 per request."""
-    intake = screen_types_intake(body, runtime.service.clock())
-    await runtime.service.submit(intake, body.install_id, ip)
-    return _batch_answer(intake)
+    return await _accept(
+        runtime, screen_types_intake(body, runtime.service.clock()), body.install_id, ip, _batch_answer
+    )
 
 
 @router.post("/upload/anchors", response_model=BatchResponse, tags=["contributions"])
 async def anchors(body: AnchorsRequest, runtime: RuntimeDep, ip: ClientIpDep):
     """Layout anchor grids (where a build screen's slots sit), up to 20 per request."""
-    intake = anchors_intake(body, runtime.service.clock())
-    await runtime.service.submit(intake, body.install_id, ip)
-    return _batch_answer(intake)
+    return await _accept(
+        runtime, anchors_intake(body, runtime.service.clock()), body.install_id, ip, _batch_answer
+    )
 
 
 # --- contributions, native /v1: a result and contribution id per item -------------------------------------------
@@ -148,23 +162,25 @@ _V1_RESPONSES = {400: {"model": V1BatchResponse, "description": "every item was 
 @router.post("/v1/contributions/crops", response_model=V1BatchResponse, responses=_V1_RESPONSES, tags=["v1"])
 async def v1_crops(body: BulkCropsRequest, runtime: RuntimeDep, ip: ClientIpDep):
     """As /contribute/bulk-crops, answering each item's status and contribution id in request order."""
-    intake = bulk_crops_intake(body, runtime.service.clock())
-    await runtime.service.submit(intake, body.install_id, ip)
-    return _v1_answer(intake)
+    return await _accept(
+        runtime, bulk_crops_intake(body, runtime.service.clock()), body.install_id, ip, _v1_answer
+    )
 
 
-@router.post("/v1/contributions/screen-types", response_model=V1BatchResponse, responses=_V1_RESPONSES, tags=["v1"])
+@router.post(
+    "/v1/contributions/screen-types", response_model=V1BatchResponse, responses=_V1_RESPONSES, tags=["v1"]
+)
 async def v1_screen_types(body: ScreenTypesRequest, runtime: RuntimeDep, ip: ClientIpDep):
-    intake = screen_types_intake(body, runtime.service.clock())
-    await runtime.service.submit(intake, body.install_id, ip)
-    return _v1_answer(intake)
+    return await _accept(
+        runtime, screen_types_intake(body, runtime.service.clock()), body.install_id, ip, _v1_answer
+    )
 
 
 @router.post("/v1/contributions/anchors", response_model=V1BatchResponse, tags=["v1"])
 async def v1_anchors(body: AnchorsRequest, runtime: RuntimeDep, ip: ClientIpDep):
-    intake = anchors_intake(body, runtime.service.clock())
-    await runtime.service.submit(intake, body.install_id, ip)
-    return _v1_answer(intake)
+    return await _accept(
+        runtime, anchors_intake(body, runtime.service.clock()), body.install_id, ip, _v1_answer
+    )
 
 
 # --- what clients poll ------------------------------------------------------------------------------------------
@@ -187,7 +203,9 @@ async def ready(runtime: RuntimeDep) -> JSONResponse:
     except Exception:
         checks["database"] = "unreachable"
     is_ready = all(state == "ok" for state in checks.values())
-    return JSONResponse({"status": "ready" if is_ready else "not ready", **checks}, status_code=200 if is_ready else 503)
+    return JSONResponse(
+        {"status": "ready" if is_ready else "not ready", **checks}, status_code=200 if is_ready else 503
+    )
 
 
 @router.get("/metrics", include_in_schema=False)
@@ -232,7 +250,9 @@ async def admin_merge(runtime: RuntimeDep):
     return MergeResponse(merged=merged, total=total)
 
 
-@router.post("/admin/train", response_model=TrainResponse, status_code=202, dependencies=[AdminDep], tags=["admin"])
+@router.post(
+    "/admin/train", response_model=TrainResponse, status_code=202, dependencies=[AdminDep], tags=["admin"]
+)
 async def admin_train(runtime: RuntimeDep):
     """Ask voting to snapshot now and request a training, even below the threshold."""
     command = TrainingForceRequested()
@@ -244,11 +264,16 @@ Role = Literal["voting", "trainer", "publisher"]
 
 
 @router.get("/admin/dead-letters/{role}", dependencies=[AdminDep], tags=["admin"])
-async def admin_dead_letters(role: Role, runtime: RuntimeDep, limit: Annotated[int, Query(ge=1, le=500)] = 50):
+async def admin_dead_letters(
+    role: Role, runtime: RuntimeDep, limit: Annotated[int, Query(ge=1, le=500)] = 50
+):
     """What sits in a consumer's dead-letter queue, and why."""
     async with await aio_pika.connect(runtime.settings.broker_url) as connection:
         letters = await list_dead_letters(await connection.channel(), runtime.topology, role, limit)
-    return {"queue": runtime.topology.dead_letter_queue(role), "messages": [letter.as_dict() for letter in letters]}
+    return {
+        "queue": runtime.topology.dead_letter_queue(role),
+        "messages": [letter.as_dict() for letter in letters],
+    }
 
 
 @router.post("/admin/dead-letters/{role}/replay", dependencies=[AdminDep], tags=["admin"])

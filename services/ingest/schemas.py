@@ -87,7 +87,9 @@ class AnchorGrid(WireModel):
     build_type: str = Field(min_length=1, max_length=40)
     aspect: float | None = Field(None, gt=0, le=10)
     resolution: str = Field(max_length=16)
-    slots: dict[Annotated[str, Field(min_length=1, max_length=80)], AnchorSlotIn] = Field(min_length=3, max_length=200)
+    slots: dict[Annotated[str, Field(min_length=1, max_length=80)], AnchorSlotIn] = Field(
+        min_length=3, max_length=200
+    )
 
 
 class AnchorsRequest(WireModel):

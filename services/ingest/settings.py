@@ -1,5 +1,4 @@
 from ipaddress import IPv4Network, IPv6Network, ip_network
-
 from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator

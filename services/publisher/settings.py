@@ -7,7 +7,9 @@ from shared.settings import CommonSettings
 
 class PublisherSettings(CommonSettings):
     hf_endpoint: str = Field("https://huggingface.co", description="Hub URL (a test Hub in tests)")
-    hf_token: SecretStr | None = Field(None, description="write token; without it releases go to local_hub_dir")
+    hf_token: SecretStr | None = Field(
+        None, description="write token; without it releases go to local_hub_dir"
+    )
     hf_repo_id: str = Field("warp-community/warp-knowledge", pattern=r"^[\w.-]+/[\w.-]+$")
     local_hub_dir: Path = Field(Path("var/hub"), description="Hub-shaped directory used when no token is set")
     max_retries: int = Field(8, ge=0, le=50)

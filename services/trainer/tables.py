@@ -35,7 +35,9 @@ training_runs = Table(
     Column("metrics", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("error", Text),
     CheckConstraint(f"status IN {RUN_STATUSES}", name="known_status"),
-    Index("ix_training_runs_unfinished", "created_at", postgresql_where=text("status IN ('pending', 'running')")),
+    Index(
+        "ix_training_runs_unfinished", "created_at", postgresql_where=text("status IN ('pending', 'running')")
+    ),
 )
 
 checkpoints = Table(

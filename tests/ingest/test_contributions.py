@@ -19,8 +19,14 @@ INSTALL = "install-0001"
 
 def knowledge_body(seed: int = 0, **overrides) -> dict:
     body = {
-        "install_id": INSTALL, "phash": "0123456789abcdef", "crop_png_b64": crop(seed), "item_name": "Phaser Array",
-        "wrong_name": "Phaser Beam", "confirmed": True, "warp_version": "2.4.1", "timestamp": "2026-11-22T10:00:00",
+        "install_id": INSTALL,
+        "phash": "0123456789abcdef",
+        "crop_png_b64": crop(seed),
+        "item_name": "Phaser Array",
+        "wrong_name": "Phaser Beam",
+        "confirmed": True,
+        "warp_version": "2.4.1",
+        "timestamp": "2026-11-22T10:00:00",
     }
     return body | overrides
 
@@ -30,7 +36,12 @@ def bulk_body(items: list[dict], install_id: str = INSTALL) -> dict:
 
 
 def icon_item(seed: int = 0, **overrides) -> dict:
-    return {"slot": "Fore Weapon", "name": "Phaser Array", "crop_png_b64": crop(seed), "ml_name": "Phaser"} | overrides
+    return {
+        "slot": "Fore Weapon",
+        "name": "Phaser Array",
+        "crop_png_b64": crop(seed),
+        "ml_name": "Phaser",
+    } | overrides
 
 
 async def counters(engine) -> dict:
@@ -56,7 +67,11 @@ async def test_contribute_accepts_publishes_and_answers_the_message_id(ingest, a
     png = make_png(64, 64, 0)
     assert event.png == png
     assert event.crop_sha256 == hashlib.sha256(png).hexdigest()
-    assert (event.phash, event.item_name, event.wrong_name) == ("0123456789abcdef", "Phaser Array", "Phaser Beam")
+    assert (event.phash, event.item_name, event.wrong_name) == (
+        "0123456789abcdef",
+        "Phaser Array",
+        "Phaser Beam",
+    )
     assert event.install_id == INSTALL
 
 
@@ -65,7 +80,9 @@ async def test_a_resend_gets_the_same_id_and_the_same_message_id(ingest, amqp_ch
     again = await ingest.client.post("/contribute", json=knowledge_body())
     other = await ingest.client.post("/contribute", json=knowledge_body(item_name="Torpedo"))
     assert first.status_code == again.status_code == other.status_code == 200
-    assert first.json()["contribution_id"] == again.json()["contribution_id"] != other.json()["contribution_id"]
+    assert (
+        first.json()["contribution_id"] == again.json()["contribution_id"] != other.json()["contribution_id"]
+    )
     messages = await wait_for_messages(amqp_channel, topology.queue("voting"), 3)
     assert [m.message_id for m in messages].count(first.json()["contribution_id"]) == 2
 
@@ -96,7 +113,9 @@ async def test_contribute_cleans_fields_as_the_old_backend(ingest, amqp_channel,
         ({"confirmed": "perhaps"}, "confirmed"),
     ],
 )
-async def test_contribute_schema_errors_are_422_naming_the_field(ingest, amqp_channel, topology, engine, overrides, field):
+async def test_contribute_schema_errors_are_422_naming_the_field(
+    ingest, amqp_channel, topology, engine, overrides, field
+):
     response = await ingest.client.post("/contribute", json=knowledge_body(**overrides))
     assert response.status_code == 422
     assert field in {error["loc"][-1] for error in response.json()["detail"]}
@@ -121,7 +140,9 @@ async def test_a_missing_field_is_422(ingest):
         (b64(make_png(seed=1)[:120]), "truncated or corrupt"),
     ],
 )
-async def test_a_bad_image_is_400_with_the_reason_and_spends_nothing(ingest, amqp_channel, topology, engine, image, reason):
+async def test_a_bad_image_is_400_with_the_reason_and_spends_nothing(
+    ingest, amqp_channel, topology, engine, image, reason
+):
     response = await ingest.client.post("/contribute", json=knowledge_body(crop_png_b64=image))
     assert response.status_code == 400
     [problem] = response.json()["detail"]
@@ -134,7 +155,9 @@ async def test_a_bad_image_is_400_with_the_reason_and_spends_nothing(ingest, amq
 async def test_a_near_uniform_crop_is_400(ingest):
     buffer = io.BytesIO()
     Image.new("RGB", (64, 64), (40, 40, 40)).save(buffer, format="PNG", compress_level=0)
-    response = await ingest.client.post("/contribute", json=knowledge_body(crop_png_b64=b64(buffer.getvalue())))
+    response = await ingest.client.post(
+        "/contribute", json=knowledge_body(crop_png_b64=b64(buffer.getvalue()))
+    )
     assert response.status_code == 400
     assert response.json()["detail"][0]["type"] == "near_uniform"
 
@@ -142,7 +165,13 @@ async def test_a_near_uniform_crop_is_400(ingest):
 async def test_bulk_crops_accepts_good_items_and_explains_the_rest(ingest, amqp_channel, topology):
     items = [
         icon_item(1),
-        icon_item(2, slot="Ship Type", name="Heavy Cruiser", ml_name="Heavy Crulser", crop_png_b64=b64(make_png(120, 20, 2))),
+        icon_item(
+            2,
+            slot="Ship Type",
+            name="Heavy Cruiser",
+            ml_name="Heavy Crulser",
+            crop_png_b64=b64(make_png(120, 20, 2)),
+        ),
         icon_item(3, name="__empty__"),
         icon_item(4, name="Bad\u200bName"),
         icon_item(5, slot="Ship Name"),
@@ -154,21 +183,37 @@ async def test_bulk_crops_accepts_good_items_and_explains_the_rest(ingest, amqp_
     answer = response.json()
     assert (answer["ok"], answer["accepted"], answer["rejected"]) == (True, 2, 5)
     reasons = " | ".join(answer["rejected_reasons"])
-    for words in ("item 2: name '__empty__' is a virtual label", "item 3: name contains non-printable",
-                  "item 4: slot 'Ship Name'", "item 5: image is 12x12 pixels; at least 16x16", "item 6: image is 40x30 pixels; at least 50x10"):
+    for words in (
+        "item 2: name '__empty__' is a virtual label",
+        "item 3: name contains non-printable",
+        "item 4: slot 'Ship Name'",
+        "item 5: image is 12x12 pixels; at least 16x16",
+        "item 6: image is 40x30 pixels; at least 50x10",
+    ):
         assert words in reasons
     messages = await wait_for_messages(amqp_channel, topology.queue("voting"), 2)
     events = sorted((decode_event(m.body) for m in messages), key=lambda e: e.event_type)
     assert [e.event_type for e in events] == ["contribution.icon_crop", "contribution.ocr_correction"]
-    assert (events[0].slot, events[0].label, events[0].model_guess) == ("Fore Weapon", "Phaser Array", "Phaser")
+    assert (events[0].slot, events[0].label, events[0].model_guess) == (
+        "Fore Weapon",
+        "Phaser Array",
+        "Phaser",
+    )
     assert (events[1].raw_text, events[1].corrected_text) == ("Heavy Crulser", "Heavy Cruiser")
 
 
-async def test_bulk_crops_with_every_item_rejected_is_400_and_publishes_nothing(ingest, amqp_channel, topology, engine):
-    response = await ingest.client.post("/contribute/bulk-crops", json=bulk_body([icon_item(1, name="__inactive__")]))
+async def test_bulk_crops_with_every_item_rejected_is_400_and_publishes_nothing(
+    ingest, amqp_channel, topology, engine
+):
+    response = await ingest.client.post(
+        "/contribute/bulk-crops", json=bulk_body([icon_item(1, name="__inactive__")])
+    )
     assert response.status_code == 400
     assert response.json() == {
-        "ok": False, "accepted": 0, "rejected": 1, "rejected_reasons": ["item 0: name '__inactive__' is a virtual label"]
+        "ok": False,
+        "accepted": 0,
+        "rejected": 1,
+        "rejected_reasons": ["item 0: name '__inactive__' is a virtual label"],
     }
     await assert_nothing_published(amqp_channel, topology)
     assert await counters(engine) == {}
@@ -196,8 +241,11 @@ async def test_bulk_crops_schema_errors_are_422(ingest, body):
 
 
 async def test_screen_types_are_accepted_with_their_label(ingest, amqp_channel, topology):
-    body = {"install_id": INSTALL, "screen_type": "SPACE_EQ",
-            "items": [{"png_b64": b64(make_png(320, 180, 1))}, {"png_b64": "nope"}]}
+    body = {
+        "install_id": INSTALL,
+        "screen_type": "SPACE_EQ",
+        "items": [{"png_b64": b64(make_png(320, 180, 1))}, {"png_b64": "nope"}],
+    }
     response = await ingest.client.post("/upload/screen-types", json=body)
     assert response.status_code == 200
     assert response.json()["accepted"] == 1 and response.json()["rejected"] == 1
@@ -212,18 +260,28 @@ async def test_screen_types_are_accepted_with_their_label(ingest, amqp_channel, 
 
 def grid(**overrides) -> dict:
     slot = {"x0_rel": 0.1, "y_rel": 0.2, "w_rel": 0.05, "h_rel": 0.05, "step_rel": 0.06, "count": 4}
-    return {"build_type": "SPACE_EQ", "aspect": 1.777, "resolution": "1920x1080",
-            "slots": {"Fore Weapon": slot, "Aft Weapon": slot, "Deflector": slot}} | overrides
+    return {
+        "build_type": "SPACE_EQ",
+        "aspect": 1.777,
+        "resolution": "1920x1080",
+        "slots": {"Fore Weapon": slot, "Aft Weapon": slot, "Deflector": slot},
+    } | overrides
 
 
 async def test_anchor_grids_are_accepted_and_validated(ingest, amqp_channel, topology):
-    response = await ingest.client.post("/upload/anchors", json={"install_id": INSTALL, "grids": [grid(), grid(aspect=None)]})
+    response = await ingest.client.post(
+        "/upload/anchors", json={"install_id": INSTALL, "grids": [grid(), grid(aspect=None)]}
+    )
     assert response.status_code == 200 and response.json()["accepted"] == 2
     messages = await wait_for_messages(amqp_channel, topology.queue("voting"), 2)
     assert {decode_event(m.body).event_type for m in messages} == {"contribution.anchor_grid"}
     two_slots = grid(slots={"a": grid()["slots"]["Deflector"], "b": grid()["slots"]["Deflector"]})
-    assert (await ingest.client.post("/upload/anchors", json={"install_id": INSTALL, "grids": [two_slots]})).status_code == 422
-    assert (await ingest.client.post("/upload/anchors", json={"install_id": INSTALL, "grids": []})).status_code == 422
+    assert (
+        await ingest.client.post("/upload/anchors", json={"install_id": INSTALL, "grids": [two_slots]})
+    ).status_code == 422
+    assert (
+        await ingest.client.post("/upload/anchors", json={"install_id": INSTALL, "grids": []})
+    ).status_code == 422
 
 
 async def test_v1_answers_a_result_and_id_per_item_in_order(ingest, amqp_channel, topology):
@@ -239,7 +297,9 @@ async def test_v1_answers_a_result_and_id_per_item_in_order(ingest, amqp_channel
 
 async def test_every_2xx_contribution_is_in_the_queue(ingest, amqp_channel, topology):
     async def post(i):
-        return await ingest.client.post("/contribute/bulk-crops", json=bulk_body([icon_item(i * 3 + k) for k in range(3)]))
+        return await ingest.client.post(
+            "/contribute/bulk-crops", json=bulk_body([icon_item(i * 3 + k) for k in range(3)])
+        )
 
     responses = await asyncio.gather(*(post(i) for i in range(20)))
     accepted = sum(r.json()["accepted"] for r in responses if r.status_code == 200)
@@ -248,17 +308,29 @@ async def test_every_2xx_contribution_is_in_the_queue(ingest, amqp_channel, topo
     assert len({m.message_id for m in messages}) == 60
 
 
-async def test_the_daily_install_quota_is_429_and_rejects_spend_none(ingest_settings, amqp_channel, topology, engine):
+async def test_the_daily_install_quota_is_429_and_rejects_spend_none(
+    ingest_settings, amqp_channel, topology, engine
+):
     async with running_ingest(**ingest_settings | {"install_daily_limit": 3}) as ingest:
-        assert (await ingest.client.post("/contribute/bulk-crops", json=bulk_body([icon_item(1), icon_item(2)]))).status_code == 200
-        rejected = await ingest.client.post("/contribute/bulk-crops", json=bulk_body([icon_item(3, name="__x")]))
+        assert (
+            await ingest.client.post("/contribute/bulk-crops", json=bulk_body([icon_item(1), icon_item(2)]))
+        ).status_code == 200
+        rejected = await ingest.client.post(
+            "/contribute/bulk-crops", json=bulk_body([icon_item(3, name="__x")])
+        )
         assert rejected.status_code == 400
-        too_many = await ingest.client.post("/contribute/bulk-crops", json=bulk_body([icon_item(4), icon_item(5)]))
+        too_many = await ingest.client.post(
+            "/contribute/bulk-crops", json=bulk_body([icon_item(4), icon_item(5)])
+        )
         assert too_many.status_code == 429
         assert too_many.json()["scope"] == "install" and too_many.json()["limit"] == 3
         assert 0 < int(too_many.headers["Retry-After"]) <= 86401
-        assert (await ingest.client.post("/contribute/bulk-crops", json=bulk_body([icon_item(6)]))).status_code == 200
-        assert (await ingest.client.post("/contribute/bulk-crops", json=bulk_body([icon_item(7)]))).status_code == 429
+        assert (
+            await ingest.client.post("/contribute/bulk-crops", json=bulk_body([icon_item(6)]))
+        ).status_code == 200
+        assert (
+            await ingest.client.post("/contribute/bulk-crops", json=bulk_body([icon_item(7)]))
+        ).status_code == 429
         other_install = bulk_body([icon_item(8)], install_id="install-0002")
         assert (await ingest.client.post("/contribute/bulk-crops", json=other_install)).status_code == 200
     await wait_for_messages(amqp_channel, topology.queue("voting"), 4)
@@ -269,7 +341,9 @@ async def test_the_daily_install_quota_is_429_and_rejects_spend_none(ingest_sett
 async def test_the_daily_ip_quota_covers_every_install_behind_an_address(ingest_settings, engine):
     async with running_ingest(**ingest_settings | {"ip_daily_limit": 2}) as ingest:
         for n, expected in ((1, 200), (2, 200), (3, 429)):
-            response = await ingest.client.post("/contribute/bulk-crops", json=bulk_body([icon_item(n)], f"install-{n:04d}"))
+            response = await ingest.client.post(
+                "/contribute/bulk-crops", json=bulk_body([icon_item(n)], f"install-{n:04d}")
+            )
             assert response.status_code == expected
         assert response.json()["scope"] == "ip"
     # the refused request took nothing from its install's quota either
@@ -280,6 +354,7 @@ async def test_two_ingest_processes_share_the_quota_exactly(ingest_settings, eng
     limit = 25
     settings = ingest_settings | {"install_daily_limit": limit}
     async with running_ingest(**settings) as first, running_ingest(**settings) as second:
+
         async def post(client, i):
             return (await client.post("/contribute/bulk-crops", json=bulk_body([icon_item(i)]))).status_code
 
@@ -291,14 +366,24 @@ async def test_two_ingest_processes_share_the_quota_exactly(ingest_settings, eng
 async def test_forwarded_for_is_believed_only_from_trusted_proxies(ingest_settings, engine):
     async with running_ingest(**ingest_settings | {"trusted_proxies": "203.0.113.0/24"}) as ingest:
         headers = {"X-Forwarded-For": "198.51.100.77"}
-        assert (await ingest.client.post("/contribute/bulk-crops", json=bulk_body([icon_item(1)]), headers=headers)).status_code == 200
+        assert (
+            await ingest.client.post(
+                "/contribute/bulk-crops", json=bulk_body([icon_item(1)]), headers=headers
+            )
+        ).status_code == 200
     async with running_ingest(**ingest_settings) as ingest:
-        assert (await ingest.client.post("/contribute/bulk-crops", json=bulk_body([icon_item(2)]), headers=headers)).status_code == 200
+        assert (
+            await ingest.client.post(
+                "/contribute/bulk-crops", json=bulk_body([icon_item(2)]), headers=headers
+            )
+        ).status_code == 200
     ips = {subject for scope, subject in await counters(engine) if scope == "ip"}
     assert ips == {"198.51.100.77", "203.0.113.7"}
 
 
-async def test_broker_outage_is_503_with_retry_after_and_quota_given_back(ingest, amqp_channel, topology, engine):
+async def test_broker_outage_is_503_with_retry_after_and_quota_given_back(
+    ingest, amqp_channel, topology, engine
+):
     await ingest.runtime.publisher.close()
     response = await ingest.client.post("/contribute", json=knowledge_body())
     assert response.status_code == 503
@@ -309,7 +394,9 @@ async def test_broker_outage_is_503_with_retry_after_and_quota_given_back(ingest
 
 
 async def test_database_outage_is_503_and_publishes_nothing(ingest_settings, amqp_channel, topology):
-    async with running_ingest(**ingest_settings | {"database_url": "postgresql+asyncpg://postgres@127.0.0.1:1/none"}) as ingest:
+    async with running_ingest(
+        **ingest_settings | {"database_url": "postgresql+asyncpg://postgres@127.0.0.1:1/none"}
+    ) as ingest:
         response = await ingest.client.post("/contribute", json=knowledge_body())
     assert response.status_code == 503
     assert "database unavailable" in response.json()["detail"]
@@ -317,7 +404,9 @@ async def test_database_outage_is_503_and_publishes_nothing(ingest_settings, amq
 
 
 async def test_metrics_count_accepted_and_rejected_by_reason(ingest):
-    await ingest.client.post("/contribute/bulk-crops", json=bulk_body([icon_item(1), icon_item(2, name="__empty__")]))
+    await ingest.client.post(
+        "/contribute/bulk-crops", json=bulk_body([icon_item(1), icon_item(2, name="__empty__")])
+    )
     body = (await ingest.client.get("/metrics")).text
     assert 'warp_ingest_accepted_total{kind="icon_crop"}' in body
     assert 'warp_ingest_rejected_total{kind="bulk_crops",reason="virtual_label"}' in body
@@ -329,6 +418,8 @@ async def test_logs_never_contain_image_bytes(ingest, caplog):
     await ingest.client.post("/contribute", json=body)
     await ingest.runtime.publisher.close()
     await ingest.client.post("/contribute", json=knowledge_body())
-    logged = "\n".join(record.getMessage() + json.dumps(record.__dict__, default=str) for record in caplog.records)
+    logged = "\n".join(
+        record.getMessage() + json.dumps(record.__dict__, default=str) for record in caplog.records
+    )
     assert knowledge_body()["crop_png_b64"][:60] not in logged
     assert body["crop_png_b64"][:60] not in logged

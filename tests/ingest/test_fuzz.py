@@ -14,10 +14,18 @@ from PIL import Image
 from tests.ingest.conftest import crop
 from tests.utils.broker import wait_for_messages
 
-json_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=40))
-json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4), max_leaves=12)
+json_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=40)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
 base64_noise = st.binary(min_size=75, max_size=400).map(lambda b: base64.b64encode(b).decode())
-png_like = st.binary(min_size=0, max_size=300).map(lambda tail: base64.b64encode(b"\x89PNG\r\n\x1a\n" + tail).decode().ljust(100, "A"))
+png_like = st.binary(min_size=0, max_size=300).map(
+    lambda tail: base64.b64encode(b"\x89PNG\r\n\x1a\n" + tail).decode().ljust(100, "A")
+)
 images = st.one_of(st.just(crop(5)), base64_noise, png_like, st.text(min_size=100, max_size=300), json_values)
 names = st.one_of(st.just("Phaser Array"), st.text(max_size=130), st.just("__empty__"), json_values)
 install_ids = st.one_of(st.just("install-0001"), st.text(max_size=70), json_values)
@@ -38,14 +46,17 @@ contribute_bodies = st.fixed_dictionaries(
 bulk_items = st.fixed_dictionaries(
     {},
     optional={
-        "slot": st.one_of(st.sampled_from(["Fore Weapon", "Ship Type", "Ship Tier", "Ship Name"]), json_values),
+        "slot": st.one_of(
+            st.sampled_from(["Fore Weapon", "Ship Type", "Ship Tier", "Ship Name"]), json_values
+        ),
         "name": names,
         "crop_png_b64": images,
         "ml_name": st.one_of(st.text(max_size=130), json_values),
     },
 )
 bulk_bodies = st.fixed_dictionaries(
-    {}, optional={"install_id": install_ids, "items": st.one_of(st.lists(bulk_items, max_size=4), json_values)}
+    {},
+    optional={"install_id": install_ids, "items": st.one_of(st.lists(bulk_items, max_size=4), json_values)},
 )
 
 
@@ -62,7 +73,11 @@ def check_accepted_contribute(body: dict) -> None:
 
 
 def check_accepted_bulk(body: dict, answer: dict) -> None:
-    good = [item for item in body["items"] if isinstance(item, dict) and not str(item.get("name", "")).startswith("__")]
+    good = [
+        item
+        for item in body["items"]
+        if isinstance(item, dict) and not str(item.get("name", "")).startswith("__")
+    ]
     assert answer["accepted"] <= len(good)
     assert answer["accepted"] + answer["rejected"] == len(body["items"])
 
@@ -89,7 +104,9 @@ async def fuzz(ingest, path: str, strategy, check, examples: int) -> int:
 
 
 async def test_contribute_never_fails_and_never_accepts_garbage(ingest, amqp_channel, topology):
-    accepted = await fuzz(ingest, "/contribute", contribute_bodies, lambda body, _: check_accepted_contribute(body), 250)
+    accepted = await fuzz(
+        ingest, "/contribute", contribute_bodies, lambda body, _: check_accepted_contribute(body), 250
+    )
     if accepted:
         await wait_for_messages(amqp_channel, topology.queue("voting"), accepted)
 
@@ -101,6 +118,14 @@ async def test_bulk_crops_never_fails_and_never_accepts_garbage(ingest, amqp_cha
 
 
 async def test_malformed_json_is_a_client_error_not_500(ingest):
-    for raw, status in ((b"{", 422), (b"[]", 422), (b"null", 422), (b"\x00" * 10, 400), (b'{"install_id": "\xff"}', 400)):
-        response = await ingest.client.post("/contribute", content=raw, headers={"content-type": "application/json"})
+    for raw, status in (
+        (b"{", 422),
+        (b"[]", 422),
+        (b"null", 422),
+        (b"\x00" * 10, 400),
+        (b'{"install_id": "\xff"}', 400),
+    ):
+        response = await ingest.client.post(
+            "/contribute", content=raw, headers={"content-type": "application/json"}
+        )
         assert response.status_code == status

@@ -4,12 +4,12 @@ import json
 import uuid
 
 import pytest
-from sqlalchemy import insert, text
+from sqlalchemy import insert
 
+from services.ingest.readmodels import CachedRead, ReadModelUnavailable
 from services.publisher.tables import model_versions, publication_log
 from services.trainer.tables import training_runs
 from services.voting.tables import consensus, training_snapshots
-from services.ingest.readmodels import CachedRead, ReadModelUnavailable
 from shared.events import decode_event
 from tests.ingest.conftest import ADMIN_KEY, running_ingest
 from tests.utils.broker import queue_depth, wait_for_messages
@@ -20,14 +20,27 @@ UNREACHABLE_DB = "postgresql+asyncpg://postgres@127.0.0.1:1/none"
 async def add_release(engine, version: str, trained_at: str, status: str = "published", **metrics) -> None:
     snapshot_id, run_id = uuid.uuid4(), uuid.uuid4()
     async with engine.begin() as connection:
-        await connection.execute(insert(training_snapshots).values(id=snapshot_id, reason="threshold", item_count=5, new_label_count=5))
         await connection.execute(
-            insert(training_runs).values(id=run_id, request_message_id=f"req-{version}", snapshot_id=snapshot_id, status="succeeded")
+            insert(training_snapshots).values(
+                id=snapshot_id, reason="threshold", item_count=5, new_label_count=5
+            )
+        )
+        await connection.execute(
+            insert(training_runs).values(
+                id=run_id, request_message_id=f"req-{version}", snapshot_id=snapshot_id, status="succeeded"
+            )
         )
         await connection.execute(
             insert(model_versions).values(
-                version=version, source_message_id=f"msg-{version}", run_id=run_id, snapshot_id=snapshot_id,
-                trained_at=trained_at, status=status, n_classes=12, n_samples=340, n_users=17,
+                version=version,
+                source_message_id=f"msg-{version}",
+                run_id=run_id,
+                snapshot_id=snapshot_id,
+                trained_at=trained_at,
+                status=status,
+                n_classes=12,
+                n_samples=340,
+                n_users=17,
                 metrics={"val_acc": 0.91, **metrics},
             )
         )
@@ -36,7 +49,9 @@ async def add_release(engine, version: str, trained_at: str, status: str = "publ
 async def add_consensus(engine, kind: str, key: str, label: str, status: str = "accepted") -> None:
     async with engine.begin() as connection:
         await connection.execute(
-            insert(consensus).values(item_kind=kind, item_key=key, label=label, status=status, support=3, confidence=0.9)
+            insert(consensus).values(
+                item_kind=kind, item_key=key, label=label, status=status, support=3, confidence=0.9
+            )
         )
 
 
@@ -55,14 +70,27 @@ async def test_health_is_liveness_and_ready_reports_dependencies(ingest, ingest_
 async def test_model_version_says_unavailable_only_when_nothing_was_published(ingest, engine):
     assert (await ingest.client.get("/model/version")).json() == {"available": False}
     await add_release(engine, "v1", "2026-04-06T12:01:02.345678+00:00Z")
-    await add_release(engine, "v2", "2026-05-01T08:00:00.000000+00:00Z", screen_val_acc=0.88, screen_n_samples=70,
-                      screen_trained_at="2026-05-01T08:00:00.000000+00:00Z")
+    await add_release(
+        engine,
+        "v2",
+        "2026-05-01T08:00:00.000000+00:00Z",
+        screen_val_acc=0.88,
+        screen_n_samples=70,
+        screen_trained_at="2026-05-01T08:00:00.000000+00:00Z",
+    )
     await add_release(engine, "v3", "2026-06-01T08:00:00.000000+00:00Z", status="rejected")
     answer = (await ingest.client.get("/model/version")).json()
     assert answer == {
-        "available": True, "version": "v2", "trained_at": "2026-05-01T08:00:00.000000+00:00Z", "n_classes": 12,
-        "val_acc": 0.91, "n_samples": 340, "n_users": 17, "screen_trained_at": "2026-05-01T08:00:00.000000+00:00Z",
-        "screen_val_acc": 0.88, "screen_n_samples": 70,
+        "available": True,
+        "version": "v2",
+        "trained_at": "2026-05-01T08:00:00.000000+00:00Z",
+        "n_classes": 12,
+        "val_acc": 0.91,
+        "n_samples": 340,
+        "n_users": 17,
+        "screen_trained_at": "2026-05-01T08:00:00.000000+00:00Z",
+        "screen_val_acc": 0.88,
+        "screen_n_samples": 70,
     }
 
 
@@ -101,7 +129,9 @@ async def test_knowledge_and_labels_come_from_accepted_consensus(ingest, engine)
     await add_consensus(engine, "icon", "a" * 64, "Torpedo")
     await add_consensus(engine, "icon", "b" * 64, "Phaser Array")
     await add_consensus(engine, "screen", "c" * 64, "SPACE_EQ")
-    assert (await ingest.client.get("/knowledge")).json() == {"knowledge": {"00000000000000aa": "Phaser Array"}}
+    assert (await ingest.client.get("/knowledge")).json() == {
+        "knowledge": {"00000000000000aa": "Phaser Array"}
+    }
     labels = (await ingest.client.get("/config/labels")).json()
     assert labels["icon_labels"] == ["Phaser Array", "Torpedo"]
     assert "SPACE_EQ" in labels["screen_types"] and "BOFFS" in labels["screen_types"]
@@ -113,7 +143,10 @@ async def test_an_empty_knowledge_map_is_a_real_answer(ingest):
     assert (await ingest.client.get("/knowledge")).json() == {"knowledge": {}}
 
 
-@pytest.mark.parametrize(("method", "path"), [("post", "/admin/merge"), ("post", "/admin/train"), ("get", "/admin/dead-letters/voting")])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("post", "/admin/merge"), ("post", "/admin/train"), ("get", "/admin/dead-letters/voting")],
+)
 async def test_admin_endpoints_need_the_right_key(ingest, ingest_settings, method, path):
     call = getattr(ingest.client, method)
     missing = await call(path)
@@ -127,7 +160,9 @@ async def test_admin_endpoints_need_the_right_key(ingest, ingest_settings, metho
         assert "WARP_ADMIN_KEY" in response.json()["detail"]
 
 
-async def test_admin_merge_requests_a_publication_and_answers_the_counts(ingest, engine, amqp_channel, topology):
+async def test_admin_merge_requests_a_publication_and_answers_the_counts(
+    ingest, engine, amqp_channel, topology
+):
     await add_consensus(engine, "knowledge", "00000000000000aa", "Phaser Array")
     async with engine.begin() as connection:
         await connection.execute(insert(publication_log).values(kind="knowledge", event="published"))
@@ -149,13 +184,23 @@ async def test_admin_train_asks_voting_for_a_snapshot(ingest, amqp_channel, topo
 
 async def test_dead_letters_are_listed_with_reasons_and_replayed(ingest, publisher, amqp_channel, topology):
     await publisher.dead_letter(
-        "voting", b'{"event_type": "training.force_requested", "schema_version": 1}', message_id="dead-1",
-        headers={}, reason="handler crashed", routing_key="training.force_requested",
+        "voting",
+        b'{"event_type": "training.force_requested", "schema_version": 1}',
+        message_id="dead-1",
+        headers={},
+        reason="handler crashed",
+        routing_key="training.force_requested",
     )
     admin = {"X-Admin-Key": ADMIN_KEY}
     listed = (await ingest.client.get("/admin/dead-letters/voting", headers=admin)).json()
     assert listed["messages"] == [
-        {"message_id": "dead-1", "routing_key": "training.force_requested", "reason": "handler crashed", "deaths": 0, "body_bytes": 63}
+        {
+            "message_id": "dead-1",
+            "routing_key": "training.force_requested",
+            "reason": "handler crashed",
+            "deaths": 0,
+            "body_bytes": 63,
+        }
     ]
     assert await queue_depth(amqp_channel, topology.dead_letter_queue("voting")) == 1
     replayed = (await ingest.client.post("/admin/dead-letters/voting/replay", headers=admin)).json()
@@ -168,5 +213,7 @@ async def test_dead_letters_are_listed_with_reasons_and_replayed(ingest, publish
 
 async def test_the_openapi_document_describes_both_apis(ingest):
     spec = (await ingest.client.get("/openapi.json")).json()
-    assert {"/contribute", "/contribute/bulk-crops", "/v1/contributions/crops", "/model/version"} <= set(spec["paths"])
+    assert {"/contribute", "/contribute/bulk-crops", "/v1/contributions/crops", "/model/version"} <= set(
+        spec["paths"]
+    )
     assert json.dumps(spec)

@@ -25,7 +25,9 @@ def serve(ingest_settings):
     port = free_port()
     env = {f"WARP_{key.upper()}": str(value) for key, value in ingest_settings.items()}
     env |= {"WARP_HOST": "127.0.0.1", "WARP_PORT": str(port), "WARP_HTTP_WORKERS": "2"}
-    process = subprocess.Popen([sys.executable, "-m", "services.ingest.serve"], cwd=ROOT, env={**os.environ, **env})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.ingest.serve"], cwd=ROOT, env={**os.environ, **env}
+    )
     yield process, f"http://127.0.0.1:{port}"
     if process.poll() is None:
         process.kill()
@@ -45,7 +47,10 @@ async def until_healthy(client: httpx.AsyncClient, timeout: float = 30) -> None:
 
 
 def body(i: int) -> dict:
-    return {"install_id": "install-0001", "items": [{"slot": "Fore Weapon", "name": f"Item {i}", "crop_png_b64": crop(i)}]}
+    return {
+        "install_id": "install-0001",
+        "items": [{"slot": "Fore Weapon", "name": f"Item {i}", "crop_png_b64": crop(i)}],
+    }
 
 
 def http_workers(pid: int) -> list[psutil.Process]:
@@ -65,7 +70,9 @@ async def test_a_dead_worker_is_replaced(serve):
         assert len(now) == 2 and workers[0].pid not in now
 
 
-async def test_sigterm_finishes_in_flight_requests_and_loses_no_accepted_contribution(serve, amqp_channel, topology):
+async def test_sigterm_finishes_in_flight_requests_and_loses_no_accepted_contribution(
+    serve, amqp_channel, topology
+):
     process, url = serve
     accepted: list[str] = []
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:

@@ -14,7 +14,9 @@ from tests.utils.images import make_png
 
 
 def icon_event() -> IconCropContributed:
-    return IconCropContributed(install_id="install-1", crop_sha256="cd" * 32, png=make_png(), slot="Deflector", label="X")
+    return IconCropContributed(
+        install_id="install-1", crop_sha256="cd" * 32, png=make_png(), slot="Deflector", label="X"
+    )
 
 
 async def test_topology_declares_idempotently_with_the_promised_arguments(broker_url, topology, amqp_channel):
@@ -39,7 +41,9 @@ async def test_queues_are_durable_quorum_queues_with_dead_letter_targets(topolog
     assert "x-single-active-consumer" not in topology.queue_arguments(topology.consumer("voting"))
 
 
-async def test_events_are_routed_to_their_consumer_queue_persistent_and_identified(publisher, topology, amqp_channel):
+async def test_events_are_routed_to_their_consumer_queue_persistent_and_identified(
+    publisher, topology, amqp_channel
+):
     event = icon_event()
     request = TrainingRequested(snapshot_id=uuid.uuid4(), reason="threshold", new_labels=10, total_labels=12)
     await publisher.publish(event)
@@ -67,7 +71,12 @@ async def test_many_publishes_in_flight_each_get_their_own_confirm(publisher, to
 
 async def test_dead_letter_keeps_the_body_and_says_why(publisher, topology, amqp_channel):
     await publisher.dead_letter(
-        "voting", b'{"x": 1}', message_id="m-2", headers={"h": "v"}, reason="because", routing_key="contribution.x"
+        "voting",
+        b'{"x": 1}',
+        message_id="m-2",
+        headers={"h": "v"},
+        reason="because",
+        routing_key="contribution.x",
     )
     [dead] = await wait_for_messages(amqp_channel, topology.dead_letter_queue("voting"), 1)
     assert dead.body == b'{"x": 1}'
@@ -80,7 +89,7 @@ async def test_the_trainer_queue_feeds_a_single_active_consumer(publisher, topol
     received: dict[str, int] = {"a": 0, "b": 0}
     connections = [await aio_pika.connect(broker_url) for _ in received]
     try:
-        for name, connection in zip(received, connections):
+        for name, connection in zip(received, connections, strict=True):
             channel = await connection.channel()
             await channel.set_qos(prefetch_count=1)
             queue = await channel.get_queue(topology.queue("trainer"), ensure=False)
@@ -91,7 +100,9 @@ async def test_the_trainer_queue_feeds_a_single_active_consumer(publisher, topol
 
             await queue.consume(on_message)
         for _ in range(6):
-            await publisher.publish(TrainingRequested(snapshot_id=uuid.uuid4(), reason="admin", new_labels=0, total_labels=0))
+            await publisher.publish(
+                TrainingRequested(snapshot_id=uuid.uuid4(), reason="admin", new_labels=0, total_labels=0)
+            )
         for _ in range(100):
             if sum(received.values()) == 6:
                 break

@@ -59,7 +59,9 @@ async def test_a_message_whose_handler_keeps_failing_ends_in_the_dead_letter_que
     assert await queue_depth(amqp_channel, topology.queue("voting")) == 0
 
 
-async def test_a_transient_failure_is_retried_and_then_succeeds(broker_url, topology, publisher, amqp_channel):
+async def test_a_transient_failure_is_retried_and_then_succeeds(
+    broker_url, topology, publisher, amqp_channel
+):
     handled: list[str] = []
 
     async def fails_once(event):
@@ -90,7 +92,10 @@ async def test_an_unknown_schema_version_is_dead_lettered_with_its_reason_and_th
     good = icon_event()
     async with running_consumer(broker_url, topology, publisher, {IconCropContributed: record}):
         await publisher.publish_raw(
-            topology.events_exchange, "contribution.icon_crop", json.dumps(future).encode(), message_id="future-1"
+            topology.events_exchange,
+            "contribution.icon_crop",
+            json.dumps(future).encode(),
+            message_id="future-1",
         )
         await publisher.publish(good)
         [dead] = await wait_for_messages(amqp_channel, topology.dead_letter_queue("voting"), 1)
@@ -103,7 +108,9 @@ async def test_an_unknown_schema_version_is_dead_lettered_with_its_reason_and_th
     assert "unsupported schema_version 2 for contribution.icon_crop" in dead.headers[DEAD_LETTER_REASON]
 
 
-async def test_an_event_type_the_queue_does_not_handle_is_dead_lettered(broker_url, topology, publisher, amqp_channel):
+async def test_an_event_type_the_queue_does_not_handle_is_dead_lettered(
+    broker_url, topology, publisher, amqp_channel
+):
     async def record(event):
         raise AssertionError("must not be called")
 

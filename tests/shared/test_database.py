@@ -16,8 +16,19 @@ from shared.blobstore import PostgresBlobStore
 from shared.db import claim_message, create_engine
 
 EXPECTED_TABLES = {
-    "blobs", "outbox", "processed_messages", "rate_limit_counters", "contributions", "votes", "consensus",
-    "training_snapshots", "snapshot_items", "training_runs", "checkpoints", "model_artifacts", "model_versions",
+    "blobs",
+    "outbox",
+    "processed_messages",
+    "rate_limit_counters",
+    "contributions",
+    "votes",
+    "consensus",
+    "training_snapshots",
+    "snapshot_items",
+    "training_runs",
+    "checkpoints",
+    "model_artifacts",
+    "model_versions",
     "publication_log",
 }
 
@@ -43,7 +54,9 @@ async def test_migrations_upgrade_from_empty_and_downgrade_back(empty_database_u
 
 async def test_the_migrated_schema_matches_the_table_definitions(engine):
     def differences(sync_connection):
-        return compare_metadata(MigrationContext.configure(sync_connection, opts={"compare_type": True}), metadata)
+        return compare_metadata(
+            MigrationContext.configure(sync_connection, opts={"compare_type": True}), metadata
+        )
 
     async with engine.connect() as connection:
         assert await connection.run_sync(differences) == []
@@ -68,8 +81,13 @@ async def test_an_inbox_claim_rolls_back_with_the_work(engine):
 async def add_contribution(connection, contribution_id: str, install_id: str) -> None:
     await connection.execute(
         insert(contributions).values(
-            contribution_id=contribution_id, event_type="contribution.icon_crop", install_id=install_id,
-            item_kind="icon", item_key="a" * 64, payload={}, occurred_at=text("now()"),
+            contribution_id=contribution_id,
+            event_type="contribution.icon_crop",
+            install_id=install_id,
+            item_kind="icon",
+            item_key="a" * 64,
+            payload={},
+            occurred_at=text("now()"),
         )
     )
 
@@ -78,7 +96,13 @@ async def test_the_database_allows_one_vote_per_install_and_item(engine):
     async with engine.begin() as connection:
         await add_contribution(connection, "c-1", "install-1")
         await add_contribution(connection, "c-2", "install-1")
-        vote = dict(item_kind="icon", item_key="a" * 64, install_id="install-1", label="Phaser", voted_at=text("now()"))
+        vote = dict(
+            item_kind="icon",
+            item_key="a" * 64,
+            install_id="install-1",
+            label="Phaser",
+            voted_at=text("now()"),
+        )
         await connection.execute(insert(votes).values(contribution_id="c-1", **vote))
     with pytest.raises(IntegrityError, match="pk_votes"):
         async with engine.begin() as connection:
@@ -91,7 +115,9 @@ async def test_training_snapshots_are_immutable(engine):
     image = await store.put(b"png bytes")
     async with engine.begin() as connection:
         await connection.execute(
-            insert(training_snapshots).values(id=snapshot_id, reason="threshold", item_count=1, new_label_count=1)
+            insert(training_snapshots).values(
+                id=snapshot_id, reason="threshold", item_count=1, new_label_count=1
+            )
         )
         await connection.execute(
             insert(snapshot_items).values(
@@ -117,29 +143,43 @@ async def test_trained_at_must_be_fixed_width_utc_and_one_release_per_request(en
             insert(training_snapshots).values(id=snapshot_id, reason="admin", item_count=0, new_label_count=0)
         )
         await connection.execute(
-            insert(training_runs).values(id=run_id, request_message_id="r-1", snapshot_id=snapshot_id, status="succeeded")
+            insert(training_runs).values(
+                id=run_id, request_message_id="r-1", snapshot_id=snapshot_id, status="succeeded"
+            )
         )
-    release = dict(run_id=run_id, snapshot_id=snapshot_id, status="published", n_classes=3, n_samples=9, n_users=2)
+    release = dict(
+        run_id=run_id, snapshot_id=snapshot_id, status="published", n_classes=3, n_samples=9, n_users=2
+    )
     async with engine.begin() as connection:
         await connection.execute(
             insert(model_versions).values(
-                version="v1", source_message_id="m-1", trained_at="2026-04-06T12:01:02.345678+00:00Z", **release
+                version="v1",
+                source_message_id="m-1",
+                trained_at="2026-04-06T12:01:02.345678+00:00Z",
+                **release,
             )
         )
     with pytest.raises(IntegrityError, match="trained_at_fixed_width"):
         async with engine.begin() as connection:
             await connection.execute(
-                insert(model_versions).values(version="v2", source_message_id="m-2", trained_at="2026-4-6 12:01", **release)
+                insert(model_versions).values(
+                    version="v2", source_message_id="m-2", trained_at="2026-4-6 12:01", **release
+                )
             )
     with pytest.raises(IntegrityError, match="source_message_id"):
         async with engine.begin() as connection:
             await connection.execute(
                 insert(model_versions).values(
-                    version="v3", source_message_id="m-1", trained_at="2026-04-07T12:01:02.345678+00:00Z", **release
+                    version="v3",
+                    source_message_id="m-1",
+                    trained_at="2026-04-07T12:01:02.345678+00:00Z",
+                    **release,
                 )
             )
     with pytest.raises(IntegrityError, match="uq_training_runs_request_message_id"):
         async with engine.begin() as connection:
             await connection.execute(
-                insert(training_runs).values(id=uuid.uuid4(), request_message_id="r-1", snapshot_id=snapshot_id, status="pending")
+                insert(training_runs).values(
+                    id=uuid.uuid4(), request_message_id="r-1", snapshot_id=snapshot_id, status="pending"
+                )
             )

@@ -21,7 +21,9 @@ SHA = "ab" * 32
 
 
 def icon_event(**overrides) -> IconCropContributed:
-    fields = dict(install_id="install-1", crop_sha256=SHA, png=make_png(), slot="Fore Weapon", label="Phaser Array")
+    fields = dict(
+        install_id="install-1", crop_sha256=SHA, png=make_png(), slot="Fore Weapon", label="Phaser Array"
+    )
     return IconCropContributed(**(fields | overrides))
 
 
@@ -34,9 +36,16 @@ def test_every_event_type_round_trips_through_its_wire_form():
 
 def test_every_architecture_event_is_registered_with_version_1():
     expected = {
-        "contribution.icon_crop", "contribution.ocr_correction", "contribution.knowledge",
-        "contribution.screen_type", "contribution.anchor_grid", "training.requested", "training.progress",
-        "model.trained", "model.published", "knowledge.published",
+        "contribution.icon_crop",
+        "contribution.ocr_correction",
+        "contribution.knowledge",
+        "contribution.screen_type",
+        "contribution.anchor_grid",
+        "training.requested",
+        "training.progress",
+        "model.trained",
+        "model.published",
+        "knowledge.published",
     }
     assert expected <= set(EVENT_TYPES)
     assert all(1 in versions for versions in EVENT_TYPES.values())
@@ -54,7 +63,9 @@ def test_timestamps_are_utc_and_must_carry_a_zone():
 def test_an_unknown_schema_version_is_refused_with_the_versions_read():
     body = json.loads(icon_event().to_json())
     body["schema_version"] = 7
-    with pytest.raises(UndecodableEvent, match=r"unsupported schema_version 7 for contribution.icon_crop.*\[1\]"):
+    with pytest.raises(
+        UndecodableEvent, match=r"unsupported schema_version 7 for contribution.icon_crop.*\[1\]"
+    ):
         decode_event(json.dumps(body).encode())
 
 
@@ -94,18 +105,29 @@ def test_contract_limits_are_enforced_by_the_models():
     with pytest.raises(ValidationError, match="phash"):
         KnowledgeContributed(install_id="i", phash="XYZ", crop_sha256=SHA, png=b"x", item_name="n")
     with pytest.raises(ValidationError, match="slots"):
-        AnchorGridContributed(install_id="i", build_type="SPACE", aspect=1.78, resolution="1920x1080", slots={})
+        AnchorGridContributed(
+            install_id="i", build_type="SPACE", aspect=1.78, resolution="1920x1080", slots={}
+        )
     with pytest.raises(ValidationError, match="install_id"):
         icon_event(install_id="bad id with spaces")
     with pytest.raises(ValidationError, match="trained_at"):
         ModelTrained(
-            run_id=uuid.uuid4(), snapshot_id=uuid.uuid4(), trained_at="yesterday", artifacts={"a": SHA},
-            metrics={}, n_classes=1, n_samples=1, n_users=1, quality_gate_passed=True,
+            run_id=uuid.uuid4(),
+            snapshot_id=uuid.uuid4(),
+            trained_at="yesterday",
+            artifacts={"a": SHA},
+            metrics={},
+            n_classes=1,
+            n_samples=1,
+            n_users=1,
+            quality_gate_passed=True,
         )
 
 
 def test_message_ids_are_unique_by_default_and_kept_when_given():
-    first, second = TrainingRequested(snapshot_id=uuid.uuid4(), reason="threshold", new_labels=10, total_labels=10), \
-        TrainingRequested(snapshot_id=uuid.uuid4(), reason="threshold", new_labels=10, total_labels=10)
+    first, second = (
+        TrainingRequested(snapshot_id=uuid.uuid4(), reason="threshold", new_labels=10, total_labels=10),
+        TrainingRequested(snapshot_id=uuid.uuid4(), reason="threshold", new_labels=10, total_labels=10),
+    )
     assert first.message_id != second.message_id
     assert icon_event(message_id="c0ffee").message_id == "c0ffee"

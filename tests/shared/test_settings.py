@@ -7,7 +7,9 @@ from services.voting.settings import VotingSettings
 from shared.settings import CommonSettings, ConfigError, load_settings
 
 
-@pytest.mark.parametrize("settings_class", [CommonSettings, IngestSettings, VotingSettings, TrainerSettings, PublisherSettings])
+@pytest.mark.parametrize(
+    "settings_class", [CommonSettings, IngestSettings, VotingSettings, TrainerSettings, PublisherSettings]
+)
 def test_defaults_describe_a_runnable_local_service(settings_class, monkeypatch):
     for name in list(__import__("os").environ):
         if name.startswith("WARP_"):

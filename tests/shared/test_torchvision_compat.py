@@ -5,7 +5,9 @@ import textwrap
 
 def run_isolated(code: str) -> str:
     """Each check in a fresh interpreter: the workaround acts at import time, once per process."""
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
@@ -42,9 +44,12 @@ def test_operator_schemas_are_defined_only_when_the_extension_failed_to_load():
 
 
 def test_importing_twice_returns_the_same_module():
-    assert run_isolated(
-        """
+    assert (
+        run_isolated(
+            """
         from shared.torchvision_compat import import_torchvision
         print(import_torchvision() is import_torchvision())
         """
-    ) == "True"
+        )
+        == "True"
+    )
