@@ -423,3 +423,39 @@ async def test_logs_never_contain_image_bytes(ingest, caplog):
     )
     assert knowledge_body()["crop_png_b64"][:60] not in logged
     assert body["crop_png_b64"][:60] not in logged
+
+
+ENDPOINT_BODIES = {
+    "/contribute": lambda i: knowledge_body(i, item_name=f"Item {i}"),
+    "/contribute/bulk-crops": lambda i: bulk_body([icon_item(i)]),
+    "/v1/contributions/crops": lambda i: bulk_body([icon_item(i)]),
+    "/upload/screen-types": lambda i: {
+        "install_id": INSTALL,
+        "screen_type": "TRAITS",
+        "items": [{"png_b64": b64(make_png(96, 96, i))}],
+    },
+    "/v1/contributions/screen-types": lambda i: {
+        "install_id": INSTALL,
+        "screen_type": "TRAITS",
+        "items": [{"png_b64": b64(make_png(96, 96, i))}],
+    },
+    "/upload/anchors": lambda i: {"install_id": INSTALL, "grids": [grid(resolution=f"{i}")]},
+    "/v1/contributions/anchors": lambda i: {"install_id": INSTALL, "grids": [grid(resolution=f"{i}")]},
+}
+
+
+@pytest.mark.parametrize("path", sorted(ENDPOINT_BODIES))
+async def test_every_contribution_endpoint_answers_200_429_and_503(
+    path, ingest_settings, amqp_channel, topology
+):
+    make = ENDPOINT_BODIES[path]
+    async with running_ingest(**ingest_settings | {"install_daily_limit": 1}) as ingest:
+        assert (await ingest.client.post(path, json=make(1))).status_code == 200
+        over = await ingest.client.post(path, json=make(2))
+        assert over.status_code == 429 and over.json()["scope"] == "install"
+        async with running_ingest(**ingest_settings) as fresh_quota:
+            await fresh_quota.runtime.publisher.close()
+            down = await fresh_quota.client.post(path, json=make(3) | {"install_id": "install-0009"})
+            assert down.status_code == 503 and down.headers["Retry-After"] == "5"
+    await wait_for_messages(amqp_channel, topology.queue("voting"), 1)
+    await assert_nothing_published(amqp_channel, topology)
