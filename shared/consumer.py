@@ -3,7 +3,8 @@
 - ack only after the handler returned (handlers commit their own transaction before returning);
 - a message that can never be processed (not JSON, unknown event type or schema version, invalid fields) goes
   to the dead-letter queue at once, with the reason in a header;
-- a handler that fails is retried with backoff; the quorum queue's delivery limit then dead-letters it.
+- a handler that fails is retried with backoff; on its last allowed delivery it is dead-lettered with the error
+  (the quorum queue's own delivery limit stays as the backstop, should the consumer die mid-way).
 """
 
 from __future__ import annotations
@@ -79,13 +80,26 @@ def subscribe_events(
             return
         try:
             await by_type[event.event_type](event)
-        except Exception:
-            previous = int(headers.get("x-delivery-count") or 0)
+        except Exception as error:
+            deliveries = int(headers.get("x-delivery-count") or 0) + 1
+            if deliveries >= topology.delivery_limit:
+                reason = f"handler failed on all {deliveries} deliveries: {error!r}"
+                log.exception("dead-lettering message", extra={"message_id": message_id, "reason": reason})
+                await publisher.dead_letter(
+                    role,
+                    message.body,
+                    message_id=message_id,
+                    headers=headers,
+                    reason=reason,
+                    routing_key=message.raw_message.routing_key or "",
+                )
+                await message.ack()
+                return
             log.exception(
                 "handler failed; message will be redelivered",
-                extra={"message_id": message_id, "event_type": event.event_type, "delivery": previous + 1},
+                extra={"message_id": message_id, "event_type": event.event_type, "delivery": deliveries},
             )
-            await asyncio.sleep(retry.delay(previous))
+            await asyncio.sleep(retry.delay(deliveries - 1))
             await message.nack(requeue=True)
             return
         await message.ack()

@@ -117,3 +117,22 @@ async def test_publishing_without_a_connection_is_an_error(broker_url):
     publisher = EventPublisher(broker_url, Topology(namespace="unused"))
     with pytest.raises(Exception, match="not connected"):
         await publisher.publish(icon_event())
+
+
+async def test_the_broker_dead_letters_a_message_requeued_past_the_delivery_limit(publisher, topology, amqp_channel):
+    """The backstop behind every consumer: even one that dies or nacks forever cannot loop a message."""
+    event = icon_event()
+    await publisher.publish(event)
+    queue = await amqp_channel.get_queue(topology.queue("voting"), ensure=False)
+    deliveries = 0
+    while deliveries <= topology.delivery_limit:
+        message = await queue.get(fail=False, no_ack=False)
+        if message is None:
+            await asyncio.sleep(0.05)
+            continue
+        deliveries += 1
+        await message.nack(requeue=True)
+    [dead] = await wait_for_messages(amqp_channel, topology.dead_letter_queue("voting"), 1)
+    assert dead.message_id == event.message_id
+    assert dead.headers["x-first-death-reason"] == "delivery_limit"
+    assert await queue_depth(amqp_channel, topology.queue("voting")) == 0

@@ -1,0 +1,137 @@
+"""Consuming a queue in batches: one database transaction for many messages, acknowledged after it commits.
+
+FastStream's RabbitMQ subscribers hand over one message per call, so grouped commits are built here on aio-pika.
+The rules are those of ``shared.consumer``: a message that can never be processed goes to the dead-letter queue
+at once with the reason; a batch that fails is retried message by message, so one poison message cannot hold
+back the others, and a message that keeps failing is dead-lettered with the last error once its deliveries run
+out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
+
+from shared.broker import EventPublisher
+from shared.consumer import RetryPolicy
+from shared.events import Event, UndecodableEvent, decode_event
+from shared.topology import Topology
+
+log = logging.getLogger(__name__)
+
+BatchHandler = Callable[[list[Event]], Awaitable[None]]
+
+
+class BatchConsumer:
+    def __init__(
+        self,
+        broker_url: str,
+        topology: Topology,
+        role: str,
+        handler: BatchHandler,
+        publisher: EventPublisher,
+        *,
+        accepted: frozenset[str],
+        prefetch: int = 500,
+        max_batch: int = 500,
+        max_wait_seconds: float = 0.02,
+        retry: RetryPolicy = RetryPolicy(),
+    ) -> None:
+        self._url = broker_url
+        self._topology = topology
+        self._role = role
+        self._handler = handler
+        self._publisher = publisher
+        self._accepted = accepted
+        self._prefetch = prefetch
+        self._max_batch = max_batch
+        self._max_wait = max_wait_seconds
+        self._retry = retry
+        self.processed = 0
+
+    async def run(self) -> None:
+        """Consume until cancelled; the robust connection resumes consuming after a broker restart."""
+        connection = await aio_pika.connect_robust(self._url)
+        try:
+            channel = await connection.channel()
+            await channel.set_qos(prefetch_count=self._prefetch)
+            queue = await channel.get_queue(self._topology.queue(self._role), ensure=False)
+            arrived: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+            await queue.consume(arrived.put)
+            loop = asyncio.get_running_loop()
+            while True:
+                batch = [await arrived.get()]
+                deadline = loop.time() + self._max_wait
+                while len(batch) < self._max_batch:
+                    if arrived.empty():
+                        remaining = deadline - loop.time()
+                        if remaining <= 0:
+                            break
+                        try:
+                            batch.append(await asyncio.wait_for(arrived.get(), remaining))
+                        except TimeoutError:
+                            break
+                    else:
+                        batch.append(arrived.get_nowait())
+                await self._process(batch)
+        finally:
+            await connection.close()
+
+    async def _process(self, batch: list[AbstractIncomingMessage]) -> None:
+        decoded: list[tuple[AbstractIncomingMessage, Event]] = []
+        for message in batch:
+            try:
+                decoded.append((message, decode_event(message.body, self._accepted)))
+            except UndecodableEvent as problem:
+                await self._dead_letter(message, str(problem))
+        if not decoded:
+            return
+        try:
+            await self._handler([event for _, event in decoded])
+        except Exception:
+            log.warning("batch of %d failed; retrying its messages one by one", len(decoded), exc_info=True)
+            for message, event in decoded:
+                await self._process_alone(message, event)
+            return
+        for message, _ in decoded:
+            await message.ack()
+        self.processed += len(decoded)
+
+    async def _process_alone(self, message: AbstractIncomingMessage, event: Event) -> None:
+        try:
+            await self._handler([event])
+        except Exception as error:
+            deliveries = int((message.headers or {}).get("x-delivery-count") or 0) + 1
+            if deliveries >= self._topology.delivery_limit:
+                await self._dead_letter(message, f"handler failed on all {deliveries} deliveries: {error!r}")
+                return
+            log.warning(
+                "handler failed; message goes back to the queue",
+                extra={"message_id": message.message_id, "delivery": deliveries, "reason": repr(error)},
+            )
+            await asyncio.sleep(self._retry.delay(deliveries - 1))
+            await message.nack(requeue=True)
+            return
+        await message.ack()
+        self.processed += 1
+
+    async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
+        log.warning("dead-lettering message", extra={"message_id": message.message_id, "reason": reason})
+        try:
+            await self._publisher.dead_letter(
+                self._role,
+                message.body,
+                message_id=message.message_id or "",
+                headers=dict(message.headers or {}),
+                reason=reason,
+                routing_key=message.routing_key or "",
+            )
+        except Exception:
+            log.exception("could not dead-letter; the message goes back to the queue")
+            await message.nack(requeue=True)
+            return
+        await message.ack()
