@@ -1,4 +1,5 @@
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     Column,
     DateTime,
@@ -11,6 +12,7 @@ from sqlalchemy import (
     Text,
     Uuid,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -46,9 +48,12 @@ votes = Table(
     Column("value", JSONB),
     Column("contribution_id", String(128), ForeignKey("contributions.contribution_id"), nullable=False),
     Column("voted_at", DateTime(timezone=True), nullable=False),
+    # Arrival order of the vote's current value (taken again when an install changes its vote).
+    Column("seq", BigInteger, nullable=False, server_default=text("nextval('vote_seq')")),
     CheckConstraint(f"item_kind IN {ITEM_KINDS}", name="known_item_kind"),
     CheckConstraint("label IS NOT NULL OR value IS NOT NULL", name="label_or_value"),
     Index("ix_votes_install", "install_id"),
+    Index("ix_votes_seq", "seq"),
 )
 
 consensus = Table(
@@ -77,6 +82,7 @@ training_snapshots = Table(
     Column("item_count", Integer, nullable=False),
     Column("new_label_count", Integer, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("details", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     CheckConstraint("reason IN ('threshold', 'admin')", name="known_reason"),
 )
 
@@ -93,3 +99,25 @@ snapshot_items = Table(
 )
 
 IMMUTABLE_TABLES = ("training_snapshots", "snapshot_items")
+
+# Per-install reliability as last estimated (observability: who is trusted, who is in a suspected cohort).
+install_reliability = Table(
+    "install_reliability",
+    metadata,
+    Column("item_kind", String(16), primary_key=True),
+    Column("install_id", String(64), primary_key=True),
+    Column("reliability", Float, nullable=False),
+    Column("votes", Integer, nullable=False),
+    Column("cohort", Integer),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# One row per consensus refresh: up to which vote it saw, and what it decided.
+consensus_refreshes = Table(
+    "consensus_refreshes",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("last_vote_seq", BigInteger, nullable=False),
+    Column("stats", JSONB, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)

@@ -171,3 +171,29 @@ def score(workload: Workload, labels: dict[Hashable, str | None], key=lambda cro
 
 def accepted_labels(decisions: dict, items: Iterable) -> dict:
     return {item: (decisions[item].label if decisions[item].accepted else None) for item in items if item in decisions}
+
+
+def icon_events(workload: Workload, start=None) -> list:
+    """The workload as the icon-crop events ingest would publish, in arrival order, one millisecond apart."""
+    from datetime import UTC, datetime, timedelta
+
+    from shared.blobstore import sha256_hex
+    from shared.events import IconCropContributed
+
+    start = start or datetime(2026, 1, 1, tzinfo=UTC)
+    events = []
+    for vote in workload.votes:
+        png = workload.crop_png(vote.crop)
+        events.append(
+            IconCropContributed(
+                message_id=f"sim-{workload.spec.seed}-{vote.seq}",
+                occurred_at=start + timedelta(milliseconds=vote.seq),
+                install_id=vote.install,
+                crop_sha256=sha256_hex(png),
+                png=png,
+                slot="Fore Weapon",
+                label=vote.label,
+                model_guess=vote.model_guess,
+            )
+        )
+    return events

@@ -189,7 +189,7 @@ def robust_consensus(votes: Sequence[Vote], params: ConsensusParams = ConsensusP
     voter_keys = list(voter_ids)  # insertion order is the voter index
     cohort_backed = {candidate for candidate, voter in collapsed if voter_keys[voter].startswith("cohort:")}
     decisions: dict[Hashable, Decision] = {}
-    for item_i, candidate in best.items():
+    for candidate in best.values():
         item, label = candidate_keys[candidate]
         confidence = float(posterior[candidate])
         backers = int(support[candidate])

@@ -1,0 +1,87 @@
+"""Composition root of the voting worker: ``python -m services.voting``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import uvicorn
+from sqlalchemy import text
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from services.voting.handlers import ConsensusRefresher, VoteStore, VotingService
+from services.voting.settings import VotingSettings
+from shared.batch_consumer import BatchConsumer
+from shared.broker import EventPublisher
+from shared.db import create_engine
+from shared.events import EVENT_TYPES, TrainingForceRequested
+from shared.outbox import OutboxRelay
+
+log = logging.getLogger(__name__)
+ACCEPTED_EVENTS = frozenset({t for t in EVENT_TYPES if t.startswith("contribution.")} | {TrainingForceRequested.event_type})
+
+
+class VotingWorker:
+    def __init__(self, settings: VotingSettings) -> None:
+        self.settings = settings
+        self.topology = settings.topology()
+        self.engine = create_engine(settings.database_url, pool_size=settings.database_pool_size)
+        self.publisher = EventPublisher(settings.broker_url, self.topology)
+        self.relay = OutboxRelay(self.engine, self.publisher, self.topology.events_exchange)
+        self.refresher = ConsensusRefresher(self.engine, settings, self.relay)
+        self.service = VotingService(VoteStore(self.engine), self.refresher)
+        self.consumer = BatchConsumer(
+            settings.broker_url,
+            self.topology,
+            "voting",
+            self.service.handle,
+            self.publisher,
+            accepted=ACCEPTED_EVENTS,
+            prefetch=settings.prefetch,
+            max_batch=settings.max_batch,
+        )
+
+    async def refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.refresh_seconds)
+            try:
+                await self.refresher.refresh()
+            except Exception:
+                log.exception("consensus refresh failed; retrying at the next interval")
+
+    async def run(self) -> None:
+        await self.publisher.connect_with_retry()
+        tasks = [self.consumer.run(), self.refresh_forever(), self.relay.run()]
+        if self.settings.health_port:
+            tasks.append(self._serve_health())
+        try:
+            async with asyncio.TaskGroup() as group:
+                for task in tasks:
+                    group.create_task(task)
+        finally:
+            await self.publisher.close()
+            await self.engine.dispose()
+
+    async def _health(self, request: Request) -> JSONResponse:
+        checks = {"broker": "ok" if self.publisher.connected else "unreachable"}
+        try:
+            async with self.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception:
+            checks["database"] = "unreachable"
+        healthy = all(value == "ok" for value in checks.values())
+        body = {"status": "ok" if healthy else "degraded", "processed": self.consumer.processed, **checks}
+        return JSONResponse(body, status_code=200 if healthy else 503)
+
+    async def _serve_health(self) -> None:
+        app = Starlette(routes=[Route("/health", self._health)])
+        config = uvicorn.Config(app, host="0.0.0.0", port=self.settings.health_port, log_config=None, access_log=False)
+        server = uvicorn.Server(config)
+        server.install_signal_handlers = lambda: None  # the worker's own signal handling stops everything
+        with contextlib.suppress(asyncio.CancelledError):
+            await server.serve()

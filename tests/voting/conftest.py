@@ -1,0 +1,72 @@
+import asyncio
+import contextlib
+from datetime import UTC, datetime, timedelta
+
+import pytest_asyncio
+
+from services.voting.handlers import ConsensusRefresher, VoteStore, VotingService
+from services.voting.settings import VotingSettings
+from services.voting.worker import ACCEPTED_EVENTS
+from shared.batch_consumer import BatchConsumer
+from shared.blobstore import sha256_hex
+from shared.consumer import RetryPolicy
+from shared.events import IconCropContributed
+from tests.utils.images import make_png
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def crop_vote(install: str, crop_seed: int, label: str, at: int = 0, **overrides) -> IconCropContributed:
+    png = make_png(64, 64, crop_seed)
+    fields = dict(
+        install_id=install,
+        crop_sha256=sha256_hex(png),
+        png=png,
+        slot="Fore Weapon",
+        label=label,
+        occurred_at=T0 + timedelta(seconds=at),
+        message_id=f"{install}-{crop_seed}-{label}-{at}",
+    )
+    return IconCropContributed(**(fields | overrides))
+
+
+@pytest_asyncio.fixture
+async def voting_settings(broker_url, database_url, topology) -> VotingSettings:
+    return VotingSettings(
+        broker_url=broker_url,
+        database_url=database_url,
+        broker_namespace=topology.namespace,
+        delivery_limit=topology.delivery_limit,
+        training_debounce_seconds=0,
+        health_port=0,
+    )
+
+
+@pytest_asyncio.fixture
+async def service(engine, voting_settings) -> VotingService:
+    return VotingService(VoteStore(engine), ConsensusRefresher(engine, voting_settings))
+
+
+@contextlib.asynccontextmanager
+async def consuming(voting_settings, topology, publisher, handler, consumers: int = 1, max_batch: int = 100):
+    running = [
+        BatchConsumer(
+            voting_settings.broker_url,
+            topology,
+            "voting",
+            handler,
+            publisher,
+            accepted=ACCEPTED_EVENTS,
+            prefetch=200,
+            max_batch=max_batch,
+            retry=RetryPolicy(0, 0),
+        )
+        for _ in range(consumers)
+    ]
+    tasks = [asyncio.create_task(consumer.run()) for consumer in running]
+    try:
+        yield running
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

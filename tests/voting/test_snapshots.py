@@ -1,0 +1,153 @@
+"""Consensus refreshes, immutable snapshots and the threshold events they send through the outbox."""
+
+import asyncio
+import uuid
+
+from sqlalchemy import insert, text
+
+from services.trainer.tables import training_runs
+from services.voting.handlers import ConsensusRefresher, VoteStore, VotingService
+from shared.events import (
+    AnchorGridContributed,
+    KnowledgeContributed,
+    OcrCorrectionContributed,
+    TrainingForceRequested,
+)
+from tests.utils.images import make_png
+from tests.voting.conftest import consuming, crop_vote
+
+
+async def scalar(engine, sql: str, **params):
+    async with engine.connect() as connection:
+        return await connection.scalar(text(sql), params)
+
+
+def agreeing_votes(crops: range, installs=("a", "b")) -> list:
+    return [crop_vote(install, crop, f"Item {crop}") for crop in crops for install in installs]
+
+
+async def test_consensus_is_written_for_every_kind(service, engine, voting_settings):
+    png = make_png(120, 20, 9)
+    slot = {"x0_rel": 0.1, "y_rel": 0.2, "w_rel": 0.05, "h_rel": 0.05}
+    events = agreeing_votes(range(3)) + [crop_vote("a", 50, "Lonely")]
+    for install in ("a", "b", "c"):
+        events.append(
+            KnowledgeContributed(
+                install_id=install,
+                phash="00000000000000aa",
+                crop_sha256="a" * 64,
+                png=png,
+                item_name="Phaser",
+            )
+        )
+        events.append(
+            OcrCorrectionContributed(
+                install_id=install,
+                crop_sha256="b" * 64,
+                png=png,
+                slot="Ship Type",
+                raw_text="Crulser",
+                corrected_text="Cruiser",
+            )
+        )
+        events.append(
+            AnchorGridContributed(
+                install_id=install,
+                build_type="SPACE",
+                aspect=1.78,
+                resolution="1920x1080",
+                slots={"A": slot, "B": slot, "C": slot},
+            )
+        )
+    await service.handle(events)
+    outcome = await ConsensusRefresher(engine, voting_settings).refresh()
+    assert outcome.refreshed
+    async with engine.connect() as connection:
+        decided = {
+            (row.item_kind, row.label, row.status)
+            for row in await connection.execute(text("SELECT item_kind, label, status FROM consensus"))
+        }
+    assert ("icon", "Item 1", "accepted") in decided
+    assert ("icon", "Lonely", "withheld") in decided
+    assert ("knowledge", "Phaser", "accepted") in decided
+    assert ("ocr", "Cruiser", "accepted") in decided
+    assert ("anchor", None, "accepted") in decided
+    assert not (
+        await ConsensusRefresher(engine, voting_settings).refresh()
+    ).refreshed  # nothing changed since
+
+
+async def test_a_burst_makes_one_snapshot_and_one_training_request(service, engine, voting_settings):
+    refresher = ConsensusRefresher(engine, voting_settings)
+    await service.handle(agreeing_votes(range(5)))
+    assert (await refresher.refresh()).snapshot_id is None  # 5 new labels, threshold 10
+    for start in range(5, 60, 5):
+        await service.handle(agreeing_votes(range(start, start + 5)))
+        await refresher.refresh()
+    assert await scalar(engine, "SELECT count(*) FROM training_snapshots") == 1
+    assert await scalar(engine, "SELECT count(*) FROM outbox WHERE routing_key = 'training.requested'") == 1
+    snapshot = await scalar(engine, "SELECT id FROM training_snapshots")
+    details = await scalar(engine, "SELECT details FROM training_snapshots")
+    assert details["trigger"] == "icon_threshold" and details["new_icon_labels"] >= 10
+    # the first snapshot waits for training; once trained, new consensus makes the next one
+    async with engine.begin() as connection:
+        await connection.execute(
+            insert(training_runs).values(
+                id=uuid.uuid4(), request_message_id="r", snapshot_id=snapshot, status="succeeded"
+            )
+        )
+    await service.handle(agreeing_votes(range(60, 70)))
+    second = (await refresher.refresh()).snapshot_id
+    assert second is not None
+    # everything accepted since the first snapshot: 50 while it waited, 10 after
+    assert await scalar(engine, "SELECT new_label_count FROM training_snapshots WHERE id = :s", s=second) == 60
+    assert (
+        await scalar(engine, "SELECT parent_id FROM training_snapshots WHERE id = :s", s=second) == snapshot
+    )
+
+
+async def test_a_snapshot_waits_for_the_burst_to_end(service, engine, voting_settings):
+    patient = ConsensusRefresher(
+        engine, voting_settings.model_copy(update={"training_debounce_seconds": 3600})
+    )
+    await service.handle(agreeing_votes(range(12)))
+    assert (await patient.refresh()).snapshot_id is None  # votes still arriving: wait
+    await service.handle(agreeing_votes(range(12, 120)))
+    assert (await patient.refresh()).snapshot_id is not None  # but not forever when changes pile up
+
+
+async def test_an_admin_request_snapshots_now_once(service, engine):
+    await service.handle(agreeing_votes(range(3)))
+    request = TrainingForceRequested()
+    await service.handle([request])
+    await service.handle([request])  # redelivered
+    assert await scalar(engine, "SELECT count(*) FROM training_snapshots WHERE reason = 'admin'") == 1
+    assert await scalar(engine, "SELECT count(*) FROM snapshot_items WHERE item_kind = 'icon'") == 3
+
+
+async def test_three_consumers_racing_store_exactly_what_one_would(
+    voting_settings, topology, publisher, engine
+):
+    from tools.simulator.workload import WorkloadSpec, generate, icon_events
+
+    workload = generate(
+        WorkloadSpec(classes=60, variants=3, installs=40, mean_labels_per_install=40, group_size=5, seed=3)
+    )
+    events = icon_events(workload)
+    service = VotingService(VoteStore(engine), ConsensusRefresher(engine, voting_settings))
+    duplicates = events[::7]
+    async with consuming(
+        voting_settings, topology, publisher, service.handle, consumers=3, max_batch=50
+    ) as consumers:
+        await asyncio.gather(*(publisher.publish(event) for event in events + duplicates))
+        async with asyncio.timeout(60):
+            while sum(c.processed for c in consumers) < len(events) + len(duplicates):
+                await asyncio.sleep(0.1)
+    assert all(c.processed for c in consumers)  # all three took part
+    async with engine.connect() as connection:
+        stored = {
+            (r.install_id, r.item_key, r.label)
+            for r in await connection.execute(text("SELECT install_id, item_key, label FROM votes"))
+        }
+    expected = {(e.install_id, e.crop_sha256, e.label) for e in events}
+    assert stored == expected
