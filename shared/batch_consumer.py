@@ -17,7 +17,7 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
 from shared.broker import EventPublisher
-from shared.consumer import RetryPolicy
+from shared.consumer import DEFAULT_RETRY, RetryPolicy
 from shared.events import Event, UndecodableEvent, decode_event
 from shared.topology import Topology
 
@@ -39,7 +39,7 @@ class BatchConsumer:
         prefetch: int = 500,
         max_batch: int = 500,
         max_wait_seconds: float = 0.02,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy = DEFAULT_RETRY,
     ) -> None:
         self._url = broker_url
         self._topology = topology

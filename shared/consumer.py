@@ -38,6 +38,9 @@ class RetryPolicy:
         return min(self.max_seconds, self.base_seconds * 2**previous_deliveries)
 
 
+DEFAULT_RETRY = RetryPolicy()
+
+
 def subscribe_events(
     broker: RabbitBroker,
     topology: Topology,
@@ -46,7 +49,7 @@ def subscribe_events(
     publisher: EventPublisher,
     *,
     prefetch: int,
-    retry: RetryPolicy = RetryPolicy(),
+    retry: RetryPolicy = DEFAULT_RETRY,
 ) -> None:
     by_type = {event_class.event_type: handler for event_class, handler in handlers.items()}
     accepted = frozenset(by_type)

@@ -17,7 +17,8 @@ depends_on = None
 def upgrade() -> None:
     op.execute("CREATE SEQUENCE vote_seq")
     op.add_column(
-        "votes", sa.Column("seq", sa.BigInteger(), server_default=sa.text("nextval('vote_seq')"), nullable=False)
+        "votes",
+        sa.Column("seq", sa.BigInteger(), server_default=sa.text("nextval('vote_seq')"), nullable=False),
     )
     op.create_index("ix_votes_seq", "votes", ["seq"])
     # Snapshots are immutable (trigger): adding a column with a default touches no existing row.

@@ -59,13 +59,20 @@ class VoteStore:
 
     async def record(self, events: Sequence[Contribution]) -> None:
         ballots = [(event, ballot_of(event)) for event in events]
-        images = {b.image_sha256: b.image for _, b in ballots if b.image_sha256 and b.image_sha256 not in self._known}
+        images = {
+            b.image_sha256: b.image
+            for _, b in ballots
+            if b.image_sha256 and b.image_sha256 not in self._known
+        }
         contributions = {event.message_id: (event, ballot) for event, ballot in ballots}
         latest: dict[tuple[str, str, str], tuple[Contribution, Ballot]] = {}
         for event, ballot in ballots:
             key = (ballot.item_kind, ballot.item_key, event.install_id)
             held = latest.get(key)
-            if held is None or (event.occurred_at, event.message_id) > (held[0].occurred_at, held[0].message_id):
+            if held is None or (event.occurred_at, event.message_id) > (
+                held[0].occurred_at,
+                held[0].message_id,
+            ):
                 latest[key] = (event, ballot)
         async with self._engine.begin() as connection:
             raw = await _asyncpg(connection)
@@ -119,7 +126,9 @@ class RefreshOutcome:
 
 
 class ConsensusRefresher:
-    def __init__(self, engine: AsyncEngine, settings: VotingSettings, relay: OutboxRelay | None = None) -> None:
+    def __init__(
+        self, engine: AsyncEngine, settings: VotingSettings, relay: OutboxRelay | None = None
+    ) -> None:
         self._engine = engine
         self._settings = settings
         self._relay = relay
@@ -153,13 +162,13 @@ class ConsensusRefresher:
             # Arrival order for consensus is the contribution's acceptance time (seq only says "changed since").
             rows = (
                 await connection.execute(
-                    text("SELECT item_kind, item_key, install_id, label, value FROM votes ORDER BY voted_at, seq")
+                    text(
+                        "SELECT item_kind, item_key, install_id, label, value FROM votes ORDER BY voted_at, seq"
+                    )
                 )
             ).all()
             accepted, stats = await self._write_consensus(connection, rows)
-            await connection.execute(
-                consensus_refreshes.insert().values(last_vote_seq=last_seq, stats=stats)
-            )
+            await connection.execute(consensus_refreshes.insert().values(last_vote_seq=last_seq, stats=stats))
             snapshot_id = await self._maybe_snapshot(connection, rows, accepted, force)
         if snapshot_id and self._relay is not None:
             self._relay.wake()
@@ -174,12 +183,18 @@ class ConsensusRefresher:
         stats: dict = {}
         for kind in ("icon", "knowledge", "screen", "ocr"):
             kind_rows = by_kind.get(kind, [])
-            votes = [Vote(r.item_key, r.install_id, r.label, i) for i, r in enumerate(kind_rows) if r.label is not None]
+            votes = [
+                Vote(r.item_key, r.install_id, r.label, i)
+                for i, r in enumerate(kind_rows)
+                if r.label is not None
+            ]
             params = self.icon_params if kind == "icon" else self.single_voter_params
             result = robust_consensus(votes, params)
             for item, decision in result.decisions.items():
                 status = "accepted" if decision.accepted else "withheld"
-                decided.append((kind, item, decision.label, None, status, decision.support, decision.confidence))
+                decided.append(
+                    (kind, item, decision.label, None, status, decision.support, decision.confidence)
+                )
                 if decision.accepted:
                     accepted[kind][item] = decision.label
             await self._write_reliability(connection, kind, result, votes)
@@ -246,7 +261,11 @@ class ConsensusRefresher:
         )
 
     async def _maybe_snapshot(
-        self, connection: AsyncConnection, rows, accepted: dict[str, dict], force: TrainingForceRequested | None
+        self,
+        connection: AsyncConnection,
+        rows,
+        accepted: dict[str, dict],
+        force: TrainingForceRequested | None,
     ) -> uuid.UUID | None:
         if force is not None and not await claim_message(connection, "voting", force.message_id):
             return None  # this admin request was already served
@@ -258,7 +277,9 @@ class ConsensusRefresher:
         before: dict[tuple[str, str], str | None] = {}
         if previous is not None:
             for row in await connection.execute(
-                text("SELECT item_kind, item_key, label FROM snapshot_items WHERE snapshot_id = :s AND item_kind IN ('icon', 'screen')"),
+                text(
+                    "SELECT item_kind, item_key, label FROM snapshot_items WHERE snapshot_id = :s AND item_kind IN ('icon', 'screen')"
+                ),
                 {"s": previous},
             ):
                 before[(row.item_kind, row.item_key)] = row.label
@@ -278,7 +299,9 @@ class ConsensusRefresher:
                 return None
         else:
             trigger = "admin"
-        return await self._write_snapshot(connection, previous, accepted, screens, trigger, new_icons, new_screens)
+        return await self._write_snapshot(
+            connection, previous, accepted, screens, trigger, new_icons, new_screens
+        )
 
     async def _awaits_training(self, connection: AsyncConnection, snapshot_id: uuid.UUID) -> bool:
         finished = await connection.scalar(
@@ -298,7 +321,9 @@ class ConsensusRefresher:
         )
         return quiet or pending_changes >= 10 * self._settings.training_threshold
 
-    async def _write_snapshot(self, connection, previous, accepted, screens, trigger, new_icons, new_screens) -> uuid.UUID:
+    async def _write_snapshot(
+        self, connection, previous, accepted, screens, trigger, new_icons, new_screens
+    ) -> uuid.UUID:
         snapshot_id = uuid.uuid4()
         items: list[tuple] = [("icon", key, label, None, key) for key, label in accepted["icon"].items()]
         items += [("screen", key, label, None, key) for key, label in screens.items()]
@@ -346,7 +371,9 @@ class ConsensusRefresher:
                 total_labels=len(accepted["icon"]),
             ),
         )
-        log.info("snapshot %s made (%s): %d items, %d new icon labels", snapshot_id, trigger, len(items), new_icons)
+        log.info(
+            "snapshot %s made (%s): %d items, %d new icon labels", snapshot_id, trigger, len(items), new_icons
+        )
         return snapshot_id
 
 

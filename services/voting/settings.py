@@ -8,11 +8,19 @@ class VotingSettings(CommonSettings):
     training_threshold: int = Field(
         10, ge=1, description="new or changed icon labels that trigger a training"
     )
-    screen_training_threshold: int = Field(20, ge=1, description="new screen-type screenshots that trigger one")
+    screen_training_threshold: int = Field(
+        20, ge=1, description="new screen-type screenshots that trigger one"
+    )
     training_debounce_seconds: float = Field(30.0, ge=0, description="quiet time before a threshold snapshot")
-    refresh_seconds: float = Field(2.0, gt=0, description="how often consensus is recomputed when votes changed")
-    min_posterior: float = Field(0.95, gt=0, le=1, description="icon label acceptance: posterior of the winner")
-    min_support: int = Field(2, ge=1, description="icon label acceptance: independent voters behind the winner")
+    refresh_seconds: float = Field(
+        2.0, gt=0, description="how often consensus is recomputed when votes changed"
+    )
+    min_posterior: float = Field(
+        0.95, gt=0, le=1, description="icon label acceptance: posterior of the winner"
+    )
+    min_support: int = Field(
+        2, ge=1, description="icon label acceptance: independent voters behind the winner"
+    )
     anchor_min_contributors: int = Field(3, ge=1)
     max_batch: int = Field(500, ge=1, le=5000, description="contributions stored per transaction")
     health_port: int = Field(8080, ge=0, le=65535, description="GET /health; 0 disables it")

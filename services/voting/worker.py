@@ -22,7 +22,9 @@ from shared.events import EVENT_TYPES, TrainingForceRequested
 from shared.outbox import OutboxRelay
 
 log = logging.getLogger(__name__)
-ACCEPTED_EVENTS = frozenset({t for t in EVENT_TYPES if t.startswith("contribution.")} | {TrainingForceRequested.event_type})
+ACCEPTED_EVENTS = frozenset(
+    {t for t in EVENT_TYPES if t.startswith("contribution.")} | {TrainingForceRequested.event_type}
+)
 
 
 class VotingWorker:
@@ -80,7 +82,9 @@ class VotingWorker:
 
     async def _serve_health(self) -> None:
         app = Starlette(routes=[Route("/health", self._health)])
-        config = uvicorn.Config(app, host="0.0.0.0", port=self.settings.health_port, log_config=None, access_log=False)
+        config = uvicorn.Config(
+            app, host="0.0.0.0", port=self.settings.health_port, log_config=None, access_log=False
+        )
         server = uvicorn.Server(config)
         server.install_signal_handlers = lambda: None  # the worker's own signal handling stops everything
         with contextlib.suppress(asyncio.CancelledError):

@@ -119,7 +119,9 @@ async def test_publishing_without_a_connection_is_an_error(broker_url):
         await publisher.publish(icon_event())
 
 
-async def test_the_broker_dead_letters_a_message_requeued_past_the_delivery_limit(publisher, topology, amqp_channel):
+async def test_the_broker_dead_letters_a_message_requeued_past_the_delivery_limit(
+    publisher, topology, amqp_channel
+):
     """The backstop behind every consumer: even one that dies or nacks forever cannot loop a message."""
     event = icon_event()
     await publisher.publish(event)

@@ -53,7 +53,10 @@ async def test_a_message_whose_handler_keeps_failing_ends_in_the_dead_letter_que
         await publisher.publish(event)
         [dead] = await wait_for_messages(amqp_channel, topology.dead_letter_queue("voting"), 1)
     assert dead.message_id == event.message_id
-    assert "handler failed on all 2 deliveries: RuntimeError('database is on fire')" in dead.headers[DEAD_LETTER_REASON]
+    assert (
+        "handler failed on all 2 deliveries: RuntimeError('database is on fire')"
+        in dead.headers[DEAD_LETTER_REASON]
+    )
     # delivered up to the limit, then dead-lettered with the error: never an endless loop
     assert len(attempts) == topology.delivery_limit
     assert await queue_depth(amqp_channel, topology.queue("voting")) == 0

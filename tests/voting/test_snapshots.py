@@ -100,7 +100,9 @@ async def test_a_burst_makes_one_snapshot_and_one_training_request(service, engi
     second = (await refresher.refresh()).snapshot_id
     assert second is not None
     # everything accepted since the first snapshot: 50 while it waited, 10 after
-    assert await scalar(engine, "SELECT new_label_count FROM training_snapshots WHERE id = :s", s=second) == 60
+    assert (
+        await scalar(engine, "SELECT new_label_count FROM training_snapshots WHERE id = :s", s=second) == 60
+    )
     assert (
         await scalar(engine, "SELECT parent_id FROM training_snapshots WHERE id = :s", s=second) == snapshot
     )

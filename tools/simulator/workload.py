@@ -106,7 +106,9 @@ def generate(spec: WorkloadSpec = WorkloadSpec()) -> Workload:
 
     timed: list[tuple[float, str, int, str, str]] = []
     for install in installs:
-        activity = float(np.clip(rng.lognormal(np.log(spec.mean_labels_per_install) - 0.3, 0.8), 10, n_crops // 3))
+        activity = float(
+            np.clip(rng.lognormal(np.log(spec.mean_labels_per_install) - 0.3, 0.8), 10, n_crops // 3)
+        )
         if install in group:
             popular = np.argsort(-crop_weight)[: spec.group_clean_labels * 2]
             for crop in rng.choice(popular, spec.group_clean_labels, replace=False):
@@ -170,7 +172,11 @@ def score(workload: Workload, labels: dict[Hashable, str | None], key=lambda cro
 
 
 def accepted_labels(decisions: dict, items: Iterable) -> dict:
-    return {item: (decisions[item].label if decisions[item].accepted else None) for item in items if item in decisions}
+    return {
+        item: (decisions[item].label if decisions[item].accepted else None)
+        for item in items
+        if item in decisions
+    }
 
 
 def icon_events(workload: Workload, start=None) -> list:

@@ -165,7 +165,9 @@ def robust_consensus(votes: Sequence[Vote], params: ConsensusParams = ConsensusP
     reliability = np.full(len(installs), a / (a + b))
     candidates_per_item = np.bincount(candidate_item, minlength=len(items))
     for _ in range(params.em_iterations):
-        voter_reliability = np.array([reliability[members].min() for _, members in sorted(cohort_members.items())])
+        voter_reliability = np.array(
+            [reliability[members].min() for _, members in sorted(cohort_members.items())]
+        )
         odds = voter_reliability * (n_labels - 1) / np.clip(1 - voter_reliability, 1e-6, None)
         weight = np.log(np.clip(odds, 1.0, None))
         score = np.bincount(vote_candidate, weights=weight[vote_voter], minlength=len(candidate_keys))
@@ -194,7 +196,9 @@ def robust_consensus(votes: Sequence[Vote], params: ConsensusParams = ConsensusP
         confidence = float(posterior[candidate])
         backers = int(support[candidate])
         if item in settled and settled[item][0] != label and candidate in cohort_backed:
-            decisions[item] = Decision(None, False, confidence, backers, "settled label contested by a cohort")
+            decisions[item] = Decision(
+                None, False, confidence, backers, "settled label contested by a cohort"
+            )
         elif backers < params.min_support:
             decisions[item] = Decision(label, False, confidence, backers, "too few independent voters")
         elif confidence < params.min_posterior:
@@ -206,4 +210,3 @@ def robust_consensus(votes: Sequence[Vote], params: ConsensusParams = ConsensusP
         reliability={install: float(reliability[i]) for i, install in enumerate(installs)},
         cohorts=cohorts,
     )
-

@@ -22,7 +22,9 @@ def ocr_corrections(accepted: Mapping[str, str]) -> dict[str, str]:
     return corrections
 
 
-def anchor_consensus(group: str, grids: Iterable[Mapping[str, Any]], min_contributors: int) -> dict[str, Any] | None:
+def anchor_consensus(
+    group: str, grids: Iterable[Mapping[str, Any]], min_contributors: int
+) -> dict[str, Any] | None:
     """Per slot, the median of each coordinate across contributors; None below ``min_contributors``."""
     grids = list(grids)
     if len(grids) < min_contributors:

@@ -40,10 +40,16 @@ def ballot_of(event: Contribution) -> Ballot:
             key = f"{event.slot}{KEY_SEPARATOR}{event.raw_text}"
             return Ballot("ocr", key, event.corrected_text, None, event.crop_sha256, event.png)
         case KnowledgeContributed():
-            value = {"wrong_name": event.wrong_name, "confirmed": event.confirmed, "crop_sha256": event.crop_sha256}
+            value = {
+                "wrong_name": event.wrong_name,
+                "confirmed": event.confirmed,
+                "crop_sha256": event.crop_sha256,
+            }
             return Ballot("knowledge", event.phash, event.item_name, value, event.crop_sha256, event.png)
         case ScreenTypeContributed():
-            return Ballot("screen", event.image_sha256, event.screen_type, None, event.image_sha256, event.png)
+            return Ballot(
+                "screen", event.image_sha256, event.screen_type, None, event.image_sha256, event.png
+            )
         case AnchorGridContributed():
             slots = {name: slot.model_dump(exclude_none=True) for name, slot in event.slots.items()}
             value = {"resolution": event.resolution, "slots": slots}
