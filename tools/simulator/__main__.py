@@ -1,0 +1,146 @@
+"""Contribution workload simulator with ground truth.
+
+    .venv/bin/python -m tools.simulator score                         # both methods, offline, side by side
+    .venv/bin/python -m tools.simulator feed --via http --url http://127.0.0.1:8000
+    .venv/bin/python -m tools.simulator feed --via queue              # straight into <ns>.voting
+    .venv/bin/python -m tools.simulator check                         # score what the running system decided
+
+``feed`` sends every vote of the workload (in arrival order) through the ingest HTTP API or straight into the
+voting queue; ``check`` reads the consensus table and scores it against the same workload's truth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import sys
+import time
+
+from services.voting.domain.consensus import ConsensusParams, Vote, plain_majority, robust_consensus
+from tools.simulator.workload import WorkloadSpec, accepted_labels, generate, icon_events, score
+
+
+def spec_from(args: argparse.Namespace) -> WorkloadSpec:
+    return WorkloadSpec(
+        classes=args.classes,
+        installs=args.installs,
+        honest_error=args.honest_error,
+        spammer_share=args.spammers,
+        group_size=args.group,
+        attacked_class_share=args.attacked,
+        seed=args.seed,
+    )
+
+
+def offline_score(args: argparse.Namespace) -> int:
+    workload = generate(spec_from(args))
+    votes = [Vote(v.crop, v.install, v.label, v.seq) for v in workload.votes]
+    spec = workload.spec
+    print(
+        f"workload: {spec.classes} classes x {spec.variants} variants, {spec.installs} installs "
+        f"({len(workload.spammers)} spammers, a group of {len(workload.group)} attacking "
+        f"{len(workload.attacked_classes)} classes = {len(workload.attacked_crops)} crops), "
+        f"{spec.honest_error:.0%} honest error, {len(votes)} votes, seed {spec.seed}"
+    )
+    started = time.perf_counter()
+    result = robust_consensus(votes, ConsensusParams(label_space=spec.classes))
+    elapsed = time.perf_counter() - started
+    print(score(workload, plain_majority(votes)).row("plain majority"))
+    print(score(workload, accepted_labels(result.decisions, result.decisions)).row("warp-loop"))
+    found = [sorted(c) for c in result.cohorts]
+    print(f"cohorts found: {found}  (the group: {sorted(workload.group)}); consensus took {elapsed:.2f}s")
+    return 0
+
+
+async def feed(args: argparse.Namespace) -> int:
+    workload = generate(spec_from(args))
+    events = icon_events(workload)
+    started = time.perf_counter()
+    if args.via == "queue":
+        from shared.broker import EventPublisher
+        from shared.settings import CommonSettings, load_settings
+
+        settings = load_settings(CommonSettings)
+        publisher = EventPublisher(settings.broker_url, settings.topology())
+        await publisher.connect()
+        try:
+            for start in range(0, len(events), 500):
+                await asyncio.gather(*(publisher.publish(e) for e in events[start : start + 500]))
+        finally:
+            await publisher.close()
+        sent = len(events)
+    else:
+        import httpx
+
+        sent = 0
+        async with httpx.AsyncClient(base_url=args.url, timeout=30) as client:
+            semaphore = asyncio.Semaphore(16)
+
+            async def post(event) -> None:
+                nonlocal sent
+                body = {
+                    "install_id": event.install_id,
+                    "items": [
+                        {
+                            "slot": event.slot,
+                            "name": event.label,
+                            "ml_name": event.model_guess,
+                            "crop_png_b64": base64.b64encode(event.png).decode(),
+                        }
+                    ],
+                }
+                async with semaphore:
+                    response = await client.post("/contribute/bulk-crops", json=body)
+                response.raise_for_status()
+                sent += response.json()["accepted"]
+
+            await asyncio.gather(*(post(e) for e in events))
+    print(f"fed {sent} contributions via {args.via} in {time.perf_counter() - started:.1f}s")
+    return 0
+
+
+async def check(args: argparse.Namespace) -> int:
+    from sqlalchemy import text
+
+    from shared.blobstore import sha256_hex
+    from shared.db import create_engine
+
+    workload = generate(spec_from(args))
+    engine = create_engine(
+        os.environ.get("WARP_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/warp")
+    )
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            text("SELECT item_key, label FROM consensus WHERE item_kind = 'icon' AND status = 'accepted'")
+        )
+        decided = {row.item_key: row.label for row in rows}
+    await engine.dispose()
+    sha_of = {crop: sha256_hex(workload.crop_png(crop)) for crop in {v.crop for v in workload.votes}}
+    print(score(workload, decided, key=lambda crop: sha_of[crop]).row("running system"))
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("command", choices=["score", "feed", "check"])
+    parser.add_argument("--via", choices=["http", "queue"], default="http")
+    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument("--classes", type=int, default=500)
+    parser.add_argument("--installs", type=int, default=150)
+    parser.add_argument("--honest-error", type=float, default=0.08)
+    parser.add_argument("--spammers", type=float, default=0.05)
+    parser.add_argument("--group", type=int, default=6)
+    parser.add_argument("--attacked", type=float, default=0.01, help="share of classes the group attacks")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    if args.command == "score":
+        return offline_score(args)
+    return asyncio.run(feed(args) if args.command == "feed" else check(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
