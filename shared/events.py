@@ -24,6 +24,11 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def format_trained_at(moment: datetime) -> str:
+    """The fixed-width UTC form installed clients compare as strings: ``2026-04-06T12:01:02.345678+00:00Z``."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00Z")
+
+
 def new_message_id() -> str:
     return uuid.uuid4().hex
 
