@@ -256,7 +256,7 @@ def fit(
                 float(np.mean(losses or [0.0])),
                 val,
                 seen / max(time.monotonic() - epoch_started, 1e-6),
-                time.monotonic(),
+                time.monotonic() - fit_started,
             )
             history.append(report)
             on_epoch(report)
