@@ -328,7 +328,8 @@ class ConsensusRefresher:
         items: list[tuple] = [("icon", key, label, None, key) for key, label in accepted["icon"].items()]
         items += [("screen", key, label, None, key) for key, label in screens.items()]
         items += [("knowledge", key, label, None, None) for key, label in accepted["knowledge"].items()]
-        items += [("ocr", key, label, None, None) for key, label in accepted["ocr"].items()]
+        # derived maps go in their published form: {raw OCR text: corrected name}
+        items += [("ocr", raw, fixed, None, None) for raw, fixed in ocr_corrections(accepted["ocr"]).items()]
         items += [("anchor", key, None, value, None) for key, value in accepted["anchor"].items()]
         details = {
             "trigger": trigger,

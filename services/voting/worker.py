@@ -3,15 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-
-import uvicorn
-from sqlalchemy import text
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from services.voting.handlers import ConsensusRefresher, VoteStore, VotingService
 from services.voting.settings import VotingSettings
@@ -19,6 +11,7 @@ from shared.batch_consumer import BatchConsumer
 from shared.broker import EventPublisher
 from shared.db import create_engine
 from shared.events import EVENT_TYPES, TrainingForceRequested
+from shared.health import serve_health
 from shared.outbox import OutboxRelay
 
 log = logging.getLogger(__name__)
@@ -59,7 +52,14 @@ class VotingWorker:
         await self.publisher.connect_with_retry()
         tasks = [self.consumer.run(), self.refresh_forever(), self.relay.run()]
         if self.settings.health_port:
-            tasks.append(self._serve_health())
+            tasks.append(
+                serve_health(
+                    self.settings.health_port,
+                    self.publisher,
+                    self.engine,
+                    lambda: {"processed": self.consumer.processed},
+                )
+            )
         try:
             async with asyncio.TaskGroup() as group:
                 for task in tasks:
@@ -67,25 +67,3 @@ class VotingWorker:
         finally:
             await self.publisher.close()
             await self.engine.dispose()
-
-    async def _health(self, request: Request) -> JSONResponse:
-        checks = {"broker": "ok" if self.publisher.connected else "unreachable"}
-        try:
-            async with self.engine.connect() as connection:
-                await connection.execute(text("SELECT 1"))
-            checks["database"] = "ok"
-        except Exception:
-            checks["database"] = "unreachable"
-        healthy = all(value == "ok" for value in checks.values())
-        body = {"status": "ok" if healthy else "degraded", "processed": self.consumer.processed, **checks}
-        return JSONResponse(body, status_code=200 if healthy else 503)
-
-    async def _serve_health(self) -> None:
-        app = Starlette(routes=[Route("/health", self._health)])
-        config = uvicorn.Config(
-            app, host="0.0.0.0", port=self.settings.health_port, log_config=None, access_log=False
-        )
-        server = uvicorn.Server(config)
-        server.install_signal_handlers = lambda: None  # the worker's own signal handling stops everything
-        with contextlib.suppress(asyncio.CancelledError):
-            await server.serve()

@@ -63,9 +63,19 @@ def icon_input(crop_64: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(upscaled.transpose(2, 0, 1), dtype=np.float32) / 255.0
 
 
-def screen_input(png: bytes) -> np.ndarray:
+def screen_rgb(png: bytes) -> np.ndarray:
+    """Client steps 1-2 for screenshots: 224x224 (INTER_AREA), RGB, uint8 HxWxC."""
     resized = cv2.resize(
         decode_bgr(png), (SCREEN_INPUT_SIZE, SCREEN_INPUT_SIZE), interpolation=cv2.INTER_AREA
     )
-    rgb = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
-    return np.ascontiguousarray(((rgb - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1), dtype=np.float32)
+    return cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
+
+
+def screen_input_from_rgb(rgb: np.ndarray) -> np.ndarray:
+    """Client steps 3-4: float32 CxHxW, scaled to [0, 1], ImageNet-normalised."""
+    x = rgb.astype(np.float32) / 255.0
+    return np.ascontiguousarray(((x - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1), dtype=np.float32)
+
+
+def screen_input(png: bytes) -> np.ndarray:
+    return screen_input_from_rgb(screen_rgb(png))

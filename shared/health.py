@@ -1,0 +1,48 @@
+"""A small HTTP health endpoint for the queue workers (compose health checks, operators)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+import uvicorn
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from shared.broker import EventPublisher
+
+Details = Callable[[], dict[str, object]]
+
+
+async def dependency_status(publisher: EventPublisher, engine: AsyncEngine) -> dict[str, str]:
+    status = {"broker": "ok" if publisher.connected else "unreachable"}
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+        status["database"] = "ok"
+    except Exception:
+        status["database"] = "unreachable"
+    return status
+
+
+async def serve_health(
+    port: int, publisher: EventPublisher, engine: AsyncEngine, details: Details = lambda: {}
+) -> None:
+    """Serve ``GET /health`` until cancelled: 200 when broker and database answer, else 503."""
+
+    async def health(request: Request) -> JSONResponse:
+        status = await dependency_status(publisher, engine)
+        healthy = all(value == "ok" for value in status.values())
+        body = {"status": "ok" if healthy else "degraded", **status, **details()}
+        return JSONResponse(body, status_code=200 if healthy else 503)
+
+    app = Starlette(routes=[Route("/health", health)])
+    server = uvicorn.Server(uvicorn.Config(app, host="0.0.0.0", port=port, log_config=None, access_log=False))
+    server.install_signal_handlers = lambda: None  # the worker's own signal handling stops everything
+    with contextlib.suppress(asyncio.CancelledError):
+        await server.serve()
