@@ -1,0 +1,136 @@
+"""A whole training run on small synthetic data: artifacts in the contract's shapes, gate, lineage."""
+
+import io
+import json
+import time
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+from sqlalchemy import text
+
+from services.trainer.domain.client_path import icon_crop_64, icon_input
+from shared.blobstore import PostgresBlobStore
+from shared.events import decode_event
+from shared.torchvision_compat import import_torchvision
+from tests.trainer.conftest import add_run, make_snapshot
+from tools.simulator.workload import draw_icon
+
+tv = import_torchvision()
+
+
+async def artifacts_of(engine, run_id) -> dict[str, bytes]:
+    store = PostgresBlobStore(engine)
+    async with engine.connect() as connection:
+        rows = (
+            await connection.execute(
+                text("SELECT path, blob_sha256 FROM model_artifacts WHERE run_id = :r"), {"r": run_id}
+            )
+        ).all()
+    return {row.path: await store.get(row.blob_sha256) for row in rows}
+
+
+@pytest.fixture(scope="module")
+def anchor_entry():
+    slot = {"x0_rel": 0.1, "y_rel": 0.2, "w_rel": 0.05, "h_rel": 0.05, "count": 4}
+    return {"type": "SPACE", "aspect": 1.78, "res": "1920x1080", "slots": {"A": slot}, "n_contributors": 3}
+
+
+async def test_a_run_publishes_every_artifact_in_the_shapes_clients_load(runner, engine, anchor_entry):
+    extra = [
+        dict(item_kind="ocr", item_key="Heavy Crulser", label="Heavy Cruiser", image_sha256=None),
+        dict(item_kind="anchor", item_key="SPACE\x1f1.78", label=None, value=anchor_entry, image_sha256=None),
+    ]
+    snapshot = await make_snapshot(engine, screens={"SPACE_EQ": 6, "TRAITS": 6, "BOFFS": 3}, extra=extra)
+    run_id = await add_run(engine, snapshot)
+    assert await runner.execute(run_id) == "succeeded"
+    files = await artifacts_of(engine, run_id)
+
+    label_map = json.loads(files["models/label_map.json"])
+    assert label_map == {str(i): f"Item {i:02d}" for i in range(6)}
+    state = torch.load(io.BytesIO(files["models/icon_classifier.pt"]), weights_only=True)
+    assert state["classifier.1.weight"].shape == (6, 1280)
+    assert all(t.device.type == "cpu" for t in state.values())
+    model = tv.models.efficientnet_b0(weights=None, num_classes=len(label_map))
+    model.load_state_dict(state)  # exactly as the client does: no missing or unexpected keys
+    meta = json.loads(files["models/icon_classifier_meta.json"])
+    assert (meta["n_classes"], meta["input_size"], meta["preprocessing"]["channel_order"]) == (6, 224, "BGR")
+
+    probe = torch.from_numpy(np.stack([icon_input(icon_crop_64(draw_icon(c, 9))) for c in range(3)]))
+    session = onnxruntime.InferenceSession(
+        files["models/icon_classifier.onnx"], providers=["CPUExecutionProvider"]
+    )
+    assert [i.name for i in session.get_inputs()] == ["input"]
+    with torch.no_grad():
+        assert (
+            np.abs(session.run(None, {"input": probe.numpy()})[0] - model.eval()(probe).numpy()).max() < 1e-3
+        )
+
+    screen_labels = json.loads(files["models/screen_classifier_labels.json"])
+    assert screen_labels == {"0": "SPACE_EQ", "1": "TRAITS"}  # BOFFS had fewer than 5 images: dropped
+    assert json.loads(files["models/screen_classifier_meta.json"])["n_classes"] == 2
+    screen_state = torch.load(io.BytesIO(files["models/screen_classifier.pt"]), weights_only=True)
+    assert screen_state["classifier.3.weight"].shape == (2, 1024)
+    tv.models.mobilenet_v3_small(weights=None, num_classes=2).load_state_dict(screen_state)
+
+    assert json.loads(files["models/ship_type_corrections.json"]) == {"Heavy Crulser": "Heavy Cruiser"}
+    anchors = json.loads(files["models/community_anchors.json"])
+    assert anchors["entries"][0]["type"] == "SPACE" and anchors["n_contributors"] == 3
+    manifest = json.loads(files["models/training_manifest.json"])
+    assert manifest["count"] == 24 and manifest["crop_shas"] == sorted(manifest["crop_shas"])
+    assert files["models/training_curve.png"].startswith(b"\x89PNG")
+    assert set(json.loads(files["models/per_class_accuracy.json"])) <= set(label_map.values())
+
+    async with engine.connect() as connection:
+        run = (
+            await connection.execute(
+                text("SELECT status, metrics FROM training_runs WHERE id = :r"), {"r": run_id}
+            )
+        ).one()
+        [body] = (
+            await connection.execute(text("SELECT body FROM outbox WHERE routing_key = 'model.trained'"))
+        ).scalars()
+        checkpoints = await connection.scalar(text("SELECT count(*) FROM checkpoints"))
+    trained = decode_event(body)
+    assert run.status == "succeeded" and checkpoints == 0
+    assert (
+        trained.run_id == run_id
+        and trained.snapshot_id == snapshot
+        and trained.n_classes == 6
+        and trained.n_samples == 24
+    )
+    assert set(trained.artifacts) == set(files)
+    assert trained.metrics["quality_gate"]["publish"] == trained.quality_gate_passed
+    assert trained.metrics["screen_n_samples"] == 12
+
+
+async def test_a_request_recorded_twice_is_one_run(engine, trainer_settings):
+    from services.trainer.handlers import RunLedger
+    from shared.events import TrainingRequested
+
+    snapshot = await make_snapshot(engine, classes=2, variants=2)
+    request = TrainingRequested(snapshot_id=snapshot, reason="admin", new_labels=4, total_labels=4)
+    ledger = RunLedger(engine)
+    await ledger.record(request)
+    await ledger.record(request)
+    async with engine.connect() as connection:
+        assert await connection.scalar(text("SELECT count(*) FROM training_runs")) == 1
+
+
+async def test_the_deadline_is_honoured_within_seconds(engine, trainer_settings):
+    from services.trainer.handlers import TrainingRunner
+    from tests.trainer.conftest import FAST_ICONS
+
+    budget = trainer_settings.model_copy(update={"budget_minutes": 0.1})  # 6 s
+    runner = TrainingRunner(engine, budget, icon_config=FAST_ICONS, checkpoint_seconds=60)
+    run_id = await add_run(engine, await make_snapshot(engine))
+    started = time.monotonic()
+    await runner.execute(run_id)
+    # training stops at the deadline; evaluation through the client path and the exports follow it
+    assert time.monotonic() - started < 6 + 12
+    async with engine.connect() as connection:
+        history = await connection.scalar(
+            text("SELECT metrics->'icon_epochs' FROM training_runs WHERE id = :r"), {"r": run_id}
+        )
+    assert history >= 1
