@@ -12,7 +12,7 @@ class TrainerSettings(CommonSettings):
         0.0, ge=0, le=1, description="how much worse than the published model still publishes"
     )
     checkpoint_seconds: float = Field(60.0, gt=0, description="how often a running training is checkpointed")
-    health_port: int = Field(8080, ge=0, le=65535, description="GET /health; 0 disables it")
+    health_port: int = Field(8082, ge=0, le=65535, description="GET /health; 0 disables it")
     initial_weights: Path | None = Field(
         None, description="local state dict to start the icon model from when nothing was published yet"
     )

@@ -23,4 +23,4 @@ class VotingSettings(CommonSettings):
     )
     anchor_min_contributors: int = Field(3, ge=1)
     max_batch: int = Field(500, ge=1, le=5000, description="contributions stored per transaction")
-    health_port: int = Field(8080, ge=0, le=65535, description="GET /health; 0 disables it")
+    health_port: int = Field(8081, ge=0, le=65535, description="GET /health; 0 disables it")
