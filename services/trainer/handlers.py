@@ -48,6 +48,7 @@ from shared.outbox import enqueue
 
 log = logging.getLogger(__name__)
 FINISHED = ("succeeded", "failed", "skipped")
+MIN_ICON_CROPS = 5  # the old trainer's floor
 ProgressSink = Callable[[TrainingProgress], None]
 
 
@@ -169,9 +170,15 @@ class TrainingRunner:
                 metrics={"skipped": "snapshot adds nothing over the published model"},
             )
             return "skipped"
+        icon_data = await self._icon_dataset(items)
+        if len(icon_data.keys) < MIN_ICON_CROPS or len(icon_data.classes) < 2:
+            reason = f"{len(icon_data.keys)} icon crops in {len(icon_data.classes)} classes: at least {MIN_ICON_CROPS} in 2"
+            await self._set(
+                run_id, status="skipped", finished_at=datetime.now(UTC), metrics={"skipped": reason}
+            )
+            return "skipped"
         deadline = Deadline((deadline_at - datetime.now(UTC)).total_seconds())
         loop = asyncio.get_running_loop()
-        icon_data = await self._icon_dataset(items)
         previous = await self._published_model("icon")
         resume = await self._load_checkpoint(run_id, "icon")
         screens = select_screens({i["item_key"]: i["label"] for i in items if i["item_kind"] == "screen"})

@@ -134,3 +134,35 @@ async def test_the_deadline_is_honoured_within_seconds(engine, trainer_settings)
             text("SELECT metrics->'icon_epochs' FROM training_runs WHERE id = :r"), {"r": run_id}
         )
     assert history >= 1
+
+
+async def test_too_little_data_is_skipped_with_the_reason(runner, engine):
+    run_id = await add_run(engine, await make_snapshot(engine, classes=1, variants=3))
+    assert await runner.execute(run_id) == "skipped"
+    async with engine.connect() as connection:
+        reason = await connection.scalar(
+            text("SELECT metrics->>'skipped' FROM training_runs WHERE id = :r"), {"r": run_id}
+        )
+    assert reason == "3 icon crops in 1 classes: at least 5 in 2"
+
+
+async def test_a_snapshot_that_adds_nothing_over_the_published_model_is_skipped_quickly(runner, engine):
+    published_snapshot = await make_snapshot(engine, classes=3, variants=2)
+    published_run = await add_run(engine, published_snapshot, request="published")
+    async with engine.begin() as connection:
+        await connection.execute(
+            text("UPDATE training_runs SET status = 'succeeded' WHERE id = :r"), {"r": published_run}
+        )
+        await connection.execute(
+            text(
+                "INSERT INTO model_versions (version, source_message_id, run_id, snapshot_id, trained_at, status, "
+                "n_classes, n_samples, n_users) VALUES ('v1', 'm1', :r, :s, '2026-01-01T00:00:00.000000+00:00Z', "
+                "'published', 3, 6, 2)"
+            ),
+            {"r": published_run, "s": published_snapshot},
+        )
+    same_again = await make_snapshot(engine, classes=3, variants=2)  # the same crops and labels
+    run_id = await add_run(engine, same_again, request="again")
+    started = time.monotonic()
+    assert await runner.execute(run_id) == "skipped"
+    assert time.monotonic() - started < 5
