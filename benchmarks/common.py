@@ -105,3 +105,16 @@ async def histogram_summary(host: str, port: int, names: tuple[str, ...]) -> dic
                 for b in ("0.005", "0.01", "0.025", "0.05", "0.1")
             )
     return summary
+
+
+def add_server_options(parser) -> None:
+    """--broker-url and --database-url (an admin connection: the benchmark makes its own database)."""
+    parser.add_argument(
+        "--broker-url", default=os.environ.get("WARP_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    )
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get(
+            "WARP_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+        ),
+    )

@@ -24,6 +24,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aio_pika
@@ -31,6 +33,7 @@ import aio_pika
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import (  # noqa: E402
+    add_server_options,
     free_port,
     fresh_database,
     histogram_summary,
@@ -74,52 +77,54 @@ async def read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def client(
-    timeline,
-    host,
-    port,
-    requests,
-    stop_at,
-    warm_until,
-    latencies,
-    statuses,
-    all_statuses,
-    counter,
-    interval,
-    offset,
-) -> None:
-    """One keep-alive connection. With ``interval`` it sends on a fixed schedule (open loop) and measures latency
-    from the scheduled send time, so falling behind shows up as latency instead of hiding (no coordinated
-    omission); without it, it sends the next request as soon as the previous one is answered."""
-    reader, writer = await asyncio.open_connection(host, port)
-    scheduled = time.monotonic() + offset
-    try:
-        while time.monotonic() < stop_at:
-            payload = requests[next(counter) % len(requests)]
-            if interval:
-                scheduled += interval
-                delay = scheduled - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                started = scheduled
-            else:
-                started = time.monotonic()
-            writer.write(payload)
-            try:
-                status = await read_response(reader)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                statuses["connection_error"] += 1
-                all_statuses["connection_error"] += 1
-                writer.close()
-                reader, writer = await asyncio.open_connection(host, port)
-                continue
-            all_statuses[status] += 1
-            if started >= warm_until:
-                latencies.append(time.monotonic() - started)
-                timeline.append((started, latencies[-1]))
-                statuses[status] += 1
-    finally:
-        writer.close()
+@dataclass
+class LoadRun:
+    """What every connection of one load run shares: the requests, the schedule and the tallies."""
+
+    host: str
+    port: int
+    requests: list[bytes]
+    warm_until: float
+    stop_at: float
+    interval: float  # seconds between sends on one connection; 0 = closed loop
+    counter: Iterator[int] = field(default_factory=lambda: iter(range(10**12)))
+    latencies: list[float] = field(default_factory=list)
+    timeline: list[tuple[float, float]] = field(default_factory=list)
+    statuses: Counter = field(default_factory=Counter)  # after warm-up
+    all_statuses: Counter = field(default_factory=Counter)  # warm-up included
+
+    async def connection(self, offset: float) -> None:
+        """One keep-alive connection. With an interval it sends on a fixed schedule (open loop) and measures
+        latency from the scheduled send time, so falling behind shows up as latency instead of hiding (no
+        coordinated omission); without one, it sends the next request as soon as the previous is answered."""
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        scheduled = time.monotonic() + offset
+        try:
+            while time.monotonic() < self.stop_at:
+                payload = self.requests[next(self.counter) % len(self.requests)]
+                if self.interval:
+                    scheduled += self.interval
+                    delay = scheduled - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    started = scheduled
+                else:
+                    started = time.monotonic()
+                writer.write(payload)
+                try:
+                    status = await read_response(reader)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    status = "connection_error"
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(self.host, self.port)
+                self.all_statuses[status] += 1
+                if started >= self.warm_until:
+                    self.statuses[status] += 1
+                    if status != "connection_error":
+                        self.latencies.append(time.monotonic() - started)
+                        self.timeline.append((started, self.latencies[-1]))
+        finally:
+            writer.close()
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -162,32 +167,23 @@ async def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     try:
-        latencies: list[float] = []
-        timeline: list[tuple[float, float]] = []
-        statuses: Counter = Counter()
-        all_statuses: Counter = Counter()
-        counter = iter(range(10**12))
         begin = time.monotonic()
-        warm_until, stop_at = begin + args.warmup, begin + args.warmup + args.duration
-        interval = args.concurrency / args.rate if args.rate else 0.0
+        load = LoadRun(
+            host,
+            port,
+            requests,
+            warm_until=begin + args.warmup,
+            stop_at=begin + args.warmup + args.duration,
+            interval=args.concurrency / args.rate if args.rate else 0.0,
+        )
         await asyncio.gather(
-            *(
-                client(
-                    timeline,
-                    host,
-                    port,
-                    requests,
-                    stop_at,
-                    warm_until,
-                    latencies,
-                    statuses,
-                    all_statuses,
-                    counter,
-                    interval,
-                    offset=interval * i / args.concurrency,
-                )
-                for i in range(args.concurrency)
-            )
+            *(load.connection(load.interval * i / args.concurrency) for i in range(args.concurrency))
+        )
+        warm_until, statuses, latencies, timeline = (
+            load.warm_until,
+            load.statuses,
+            load.latencies,
+            load.timeline,
         )
         elapsed = time.monotonic() - warm_until
         accepted = statuses[200]
@@ -213,7 +209,7 @@ async def run(args: argparse.Namespace) -> int:
                 channel = await connection.channel()
                 queue = await channel.declare_queue(topology.queue("voting"), passive=True)
                 in_queue = queue.declaration_result.message_count
-                total_2xx = all_statuses[200]
+                total_2xx = load.all_statuses[200]
                 print(
                     f"messages in the voting queue: {in_queue}  (2xx answered, warm-up included: {total_2xx})"
                 )
@@ -247,13 +243,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="uvicorn workers of the ingest it starts")
     parser.add_argument("--distinct", type=int, default=2000, help="distinct crops to cycle through")
     parser.add_argument("--port", type=int)
-    parser.add_argument(
-        "--broker-url", default=os.environ.get("WARP_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
-    )
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("WARP_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"),
-    )
+    add_server_options(parser)
     return asyncio.run(run(parser.parse_args()))
 
 

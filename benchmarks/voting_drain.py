@@ -23,7 +23,7 @@ from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import ROOT, fresh_database, namespace  # noqa: E402
+from benchmarks.common import ROOT, add_server_options, fresh_database, namespace  # noqa: E402
 from shared.broker import EventPublisher  # noqa: E402
 from shared.db import create_engine  # noqa: E402
 from shared.topology import Topology, declare_topology, delete_topology  # noqa: E402
@@ -107,13 +107,7 @@ def main() -> int:
     )
     parser.add_argument("--contributions", type=int, default=30000)
     parser.add_argument("--processes", type=int, default=1)
-    parser.add_argument(
-        "--broker-url", default=os.environ.get("WARP_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
-    )
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("WARP_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"),
-    )
+    add_server_options(parser)
     return asyncio.run(run(parser.parse_args()))
 
 
