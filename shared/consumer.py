@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 EventHandler = Callable[[Event], Awaitable[None]]
 
 
+class Unprocessable(Exception):
+    """Raised by a handler when retrying cannot help: the message goes to the dead-letter queue at once, with
+    this exception's text as the reason."""
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Backoff before a failed message goes back to the queue, so a short outage does not burn its deliveries."""
@@ -85,8 +90,12 @@ def subscribe_events(
             await by_type[event.event_type](event)
         except Exception as error:
             deliveries = int(headers.get("x-delivery-count") or 0) + 1
-            if deliveries >= topology.delivery_limit:
-                reason = f"handler failed on all {deliveries} deliveries: {error!r}"
+            if isinstance(error, Unprocessable) or deliveries >= topology.delivery_limit:
+                reason = (
+                    str(error)
+                    if isinstance(error, Unprocessable)
+                    else f"handler failed on all {deliveries} deliveries: {error!r}"
+                )
                 log.exception("dead-lettering message", extra={"message_id": message_id, "reason": reason})
                 await publisher.dead_letter(
                     role,

@@ -12,7 +12,8 @@ class PublisherSettings(CommonSettings):
     )
     hf_repo_id: str = Field("warp-community/warp-knowledge", pattern=r"^[\w.-]+/[\w.-]+$")
     local_hub_dir: Path = Field(Path("var/hub"), description="Hub-shaped directory used when no token is set")
-    max_retries: int = Field(8, ge=0, le=50)
+    max_retries: int = Field(8, ge=0, le=50, description="Hub retries on 429/5xx/stale parent, with backoff")
+    health_port: int = Field(8083, ge=0, le=65535, description="GET /health; 0 disables it")
 
     @field_validator("hf_endpoint")
     @classmethod
