@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import aio_pika
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
@@ -38,7 +38,7 @@ from services.ingest.schemas import (
     V1BatchResponse,
 )
 from shared.dead_letters import list_dead_letters, replay_dead_letters
-from shared.events import KnowledgePublishRequested, TrainingForceRequested
+from shared.events import KnowledgePublishRequested, RollbackRequested, TrainingForceRequested
 
 if TYPE_CHECKING:
     from services.ingest.app import Runtime
@@ -256,6 +256,20 @@ async def admin_merge(runtime: RuntimeDep):
 async def admin_train(runtime: RuntimeDep):
     """Ask voting to snapshot now and request a training, even below the threshold."""
     command = TrainingForceRequested()
+    await _publish_command(runtime, command)
+    return TrainResponse(request_id=command.message_id)
+
+
+@router.post(
+    "/admin/rollback/{version}",
+    response_model=TrainResponse,
+    status_code=202,
+    dependencies=[AdminDep],
+    tags=["admin"],
+)
+async def admin_rollback(version: Annotated[str, Path(min_length=1, max_length=64)], runtime: RuntimeDep):
+    """Make an earlier version current again: the publisher re-releases its weights with a fresh trained_at."""
+    command = RollbackRequested(target_version=version)
     await _publish_command(runtime, command)
     return TrainResponse(request_id=command.message_id)
 

@@ -145,7 +145,12 @@ async def test_an_empty_knowledge_map_is_a_real_answer(ingest):
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("post", "/admin/merge"), ("post", "/admin/train"), ("get", "/admin/dead-letters/voting")],
+    [
+        ("post", "/admin/merge"),
+        ("post", "/admin/train"),
+        ("post", "/admin/rollback/v1"),
+        ("get", "/admin/dead-letters/voting"),
+    ],
 )
 async def test_admin_endpoints_need_the_right_key(ingest, ingest_settings, method, path):
     call = getattr(ingest.client, method)
@@ -217,3 +222,14 @@ async def test_the_openapi_document_describes_both_apis(ingest):
         spec["paths"]
     )
     assert json.dumps(spec)
+
+
+async def test_admin_rollback_asks_the_publisher_for_a_new_release_of_an_old_version(
+    ingest, amqp_channel, topology
+):
+    response = await ingest.client.post(
+        "/admin/rollback/v20260501-100000-000000", headers={"X-Admin-Key": ADMIN_KEY}
+    )
+    assert response.status_code == 202
+    [message] = await wait_for_messages(amqp_channel, topology.queue("publisher"), 1)
+    assert decode_event(message.body).target_version == "v20260501-100000-000000"

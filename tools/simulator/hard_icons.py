@@ -8,7 +8,14 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-RARITY_BACKGROUNDS = [(70, 70, 70), (30, 110, 40), (35, 70, 160), (110, 45, 150), (175, 125, 25), (150, 35, 35)]
+RARITY_BACKGROUNDS = [
+    (70, 70, 70),
+    (30, 110, 40),
+    (35, 70, 160),
+    (110, 45, 150),
+    (175, 125, 25),
+    (150, 35, 35),
+]
 DEGRADATIONS = ("none", "jpeg", "blur", "downscale", "noise")
 
 
@@ -48,7 +55,9 @@ def hard_icon(item: int, rarity: int, degradation: str, seed: int, size: int = 6
     return buffer.getvalue()
 
 
-def hard_dataset(items: range, train_per_item: int = 3, seed: int = 0) -> tuple[list[tuple[bytes, int]], list[tuple[bytes, int]]]:
+def hard_dataset(
+    items: range, train_per_item: int = 3, seed: int = 0
+) -> tuple[list[tuple[bytes, int]], list[tuple[bytes, int]]]:
     """(training crops, held-out crops) as (png, item). Training sees ``train_per_item`` rarities, clean or
     mildly degraded; the held-out crop shows the item on another rarity with a heavier degradation."""
     rng = np.random.default_rng(seed)
@@ -57,7 +66,14 @@ def hard_dataset(items: range, train_per_item: int = 3, seed: int = 0) -> tuple[
         rarities = rng.permutation(len(RARITY_BACKGROUNDS))
         for k in range(train_per_item):
             degradation = ("none", "noise", "none")[k % 3]
-            train.append((hard_icon(item, int(rarities[k]), degradation, seed * 100_000 + item * 10 + k), item))
+            train.append(
+                (hard_icon(item, int(rarities[k]), degradation, seed * 100_000 + item * 10 + k), item)
+            )
         degradation = str(rng.choice(["jpeg", "blur", "downscale"]))
-        held_out.append((hard_icon(item, int(rarities[train_per_item]), degradation, seed * 100_000 + item * 10 + 9), item))
+        held_out.append(
+            (
+                hard_icon(item, int(rarities[train_per_item]), degradation, seed * 100_000 + item * 10 + 9),
+                item,
+            )
+        )
     return train, held_out
