@@ -2,9 +2,9 @@
 
 FastStream's RabbitMQ subscribers hand over one message per call, so grouped commits are built here on aio-pika.
 The rules are those of ``shared.consumer``: a message that can never be processed goes to the dead-letter queue
-at once with the reason; a batch that fails is retried message by message, so one poison message cannot hold
-back the others, and a message that keeps failing is dead-lettered with the last error once its deliveries run
-out.
+at once with the reason; outages are waited out in place; a batch that fails otherwise is retried message by
+message, so one poison message cannot hold back the others, and a message that keeps failing is dead-lettered
+with the last error once its deliveries run out.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractIncomingMessage
 
 from shared.broker import EventPublisher
-from shared.consumer import DEFAULT_RETRY, RetryPolicy
+from shared.consumer import DEFAULT_RETRY, RetryPolicy, Unprocessable, call_riding_out_outages
 from shared.events import Event, UndecodableEvent, decode_event
 from shared.topology import Topology
 
@@ -91,33 +92,49 @@ class BatchConsumer:
         if not decoded:
             return
         try:
-            await self._handler([event for _, event in decoded])
+            await call_riding_out_outages(lambda: self._handler([event for _, event in decoded]), self._retry)
         except Exception:
             log.warning("batch of %d failed; retrying its messages one by one", len(decoded), exc_info=True)
-            for message, event in decoded:
-                await self._process_alone(message, event)
+            await self._isolate(decoded)
             return
         for message, _ in decoded:
-            await message.ack()
+            await _settle(message.ack())
         self.processed += len(decoded)
 
-    async def _process_alone(self, message: AbstractIncomingMessage, event: Event) -> None:
-        try:
-            await self._handler([event])
-        except Exception as error:
-            deliveries = int((message.headers or {}).get("x-delivery-count") or 0) + 1
-            if deliveries >= self._topology.delivery_limit:
-                await self._dead_letter(message, f"handler failed on all {deliveries} deliveries: {error!r}")
-                return
-            log.warning(
-                "handler failed; message goes back to the queue",
-                extra={"message_id": message.message_id, "delivery": deliveries, "reason": repr(error)},
-            )
-            await asyncio.sleep(self._retry.delay(deliveries - 1))
-            await message.nack(requeue=True)
-            return
-        await message.ack()
-        self.processed += 1
+    async def _isolate(self, decoded: list[tuple[AbstractIncomingMessage, Event]]) -> None:
+        """Find the message(s) that fail: the others are stored and acked; a failing one is dead-lettered
+        when its deliveries are spent, else goes back to the queue (after one shared backoff)."""
+        back: list[AbstractIncomingMessage] = []
+        for message, event in decoded:
+            try:
+                await call_riding_out_outages(lambda event=event: self._handler([event]), self._retry)
+            except Unprocessable as error:
+                await self._dead_letter(message, str(error))
+                continue
+            except Exception as error:
+                deliveries = int((message.headers or {}).get("x-delivery-count") or 0) + 1
+                if deliveries >= self._topology.delivery_limit:
+                    await self._dead_letter(
+                        message, f"handler failed on all {deliveries} deliveries: {error!r}"
+                    )
+                else:
+                    log.warning(
+                        "handler failed; message goes back to the queue",
+                        extra={
+                            "message_id": message.message_id,
+                            "delivery": deliveries,
+                            "reason": repr(error),
+                        },
+                    )
+                    back.append(message)
+                continue
+            await _settle(message.ack())
+            self.processed += 1
+        if back:
+            deliveries = max(int((m.headers or {}).get("x-delivery-count") or 0) for m in back)
+            await asyncio.sleep(self._retry.delay(deliveries))
+            for message in back:
+                await _settle(message.reject(requeue=True))
 
     async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
         log.warning("dead-lettering message", extra={"message_id": message.message_id, "reason": reason})
@@ -132,6 +149,15 @@ class BatchConsumer:
             )
         except Exception:
             log.exception("could not dead-letter; the message goes back to the queue")
-            await message.nack(requeue=True)
+            await _settle(message.nack(requeue=True))
             return
-        await message.ack()
+        await _settle(message.ack())
+
+
+async def _settle(acknowledgement: Awaitable[None]) -> None:
+    """Ack/nack on a channel that closed meanwhile (a reconnect, the broker's consumer timeout) cannot be
+    delivered; the broker redelivers those messages, so the worker carries on instead of crashing."""
+    try:
+        await acknowledgement
+    except (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError, RuntimeError) as error:
+        log.warning("acknowledgement not delivered (%r); the broker will redeliver", error)

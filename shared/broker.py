@@ -49,10 +49,15 @@ class EventPublisher:
         self._exchanges: dict[str, AbstractExchange] = {}
 
     async def connect(self, *, declare: bool = True, timeout: float = 10.0) -> None:
-        self._connection = await aio_pika.connect_robust(self._url, timeout=timeout)
-        self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-        if declare:
-            await declare_topology(self._channel, self._topology)
+        connection = await aio_pika.connect_robust(self._url, timeout=timeout)
+        try:
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            if declare:
+                await declare_topology(channel, self._topology)
+        except BaseException:
+            await connection.close()
+            raise
+        self._connection, self._channel = connection, channel
 
     async def connect_with_retry(self, *, declare: bool = True, delay: float = 2.0) -> None:
         """Keep trying until RabbitMQ answers, so a service can start (and report not-ready) before it does."""

@@ -62,7 +62,8 @@ async def replay_dead_letters(
 ) -> list[str]:
     """Send up to ``limit`` messages back through the events exchange; each leaves the DLQ only once the
     broker confirmed its replay. Returns the replayed message ids."""
-    queue = await channel.get_queue(topology.dead_letter_queue(role), ensure=False)
+    queue = await channel.declare_queue(topology.dead_letter_queue(role), passive=True)
+    limit = min(limit, queue.declaration_result.message_count)  # never the ones that died again meanwhile
     replayed: list[str] = []
     while len(replayed) < limit:
         message = await queue.get(fail=False, no_ack=False)

@@ -105,7 +105,7 @@ class OutboxRelay:
             ).all()
             if not rows:
                 return 0
-            await asyncio.gather(
+            outcomes = await asyncio.gather(
                 *(
                     self._publisher.publish_raw(
                         self._exchange,
@@ -115,14 +115,25 @@ class OutboxRelay:
                         headers=row.headers,
                     )
                     for row in rows
+                ),
+                return_exceptions=True,
+            )
+            sent = [
+                row.id
+                for row, outcome in zip(rows, outcomes, strict=True)
+                if not isinstance(outcome, BaseException)
+            ]
+            for row, outcome in zip(rows, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    # stays pending and is tried again; the rows behind it are not held up
+                    log.error("outbox event %s not sent: %r", row.message_id, outcome)
+            if sent:
+                await connection.execute(
+                    update(outbox).where(outbox.c.id.in_(sent)).values(published_at=func.now())
                 )
-            )
-            await connection.execute(
-                update(outbox)
-                .where(outbox.c.id.in_([row.id for row in rows]))
-                .values(published_at=func.now())
-            )
-        return len(rows)
+            if not sent:
+                raise next(o for o in outcomes if isinstance(o, BaseException))
+        return len(sent)
 
     async def prune(self) -> int:
         async with self._engine.begin() as connection:

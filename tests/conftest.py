@@ -8,6 +8,11 @@ namespace (uniquely named exchanges and queues), deleted afterwards.
 
 from __future__ import annotations
 
+import os
+
+# Before anything imports huggingface_hub: no telemetry, whose first request would try to reach huggingface.co.
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
 import asyncio
 import contextlib
 import os

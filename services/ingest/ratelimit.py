@@ -70,6 +70,17 @@ class _Claim:
         return ("install", self.install_id, self.day), ("ip", self.client_ip, self.day)
 
 
+def _settle(claim: _Claim, error: Exception | None) -> None:
+    """A request cancelled while waiting (client gone, shutdown) keeps its units: it was counted, the
+    safe direction; the rest of its group is unaffected."""
+    if claim.outcome.done():
+        return
+    if error is None:
+        claim.outcome.set_result(None)
+    else:
+        claim.outcome.set_exception(error)
+
+
 def _columns(units_by_key: dict[Key, int]) -> tuple[list, list, list, list]:
     keys = sorted(units_by_key)
     return [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [units_by_key[k] for k in keys]
@@ -81,6 +92,7 @@ class PostgresRateLimiter:
         self._quota = quota
         self._waiting: list[_Claim] = []
         self._flushing = False
+        self._flush_task: asyncio.Task | None = None
 
     async def consume(self, install_id: str, client_ip: str, units: int, day: date) -> None:
         """Take ``units`` from both quotas, or from neither and raise ``QuotaExceeded``."""
@@ -91,7 +103,7 @@ class PostgresRateLimiter:
         self._waiting.append(claim)
         if not self._flushing:
             self._flushing = True
-            asyncio.create_task(self._flush())
+            self._flush_task = asyncio.create_task(self._flush())
         await claim.outcome
 
     async def refund(self, install_id: str, client_ip: str, units: int, day: date) -> None:
@@ -127,17 +139,17 @@ class PostgresRateLimiter:
                 await self._give_back(excess)
         for claim in group:
             if claim not in retry:
-                claim.outcome.set_result(None)
+                _settle(claim, None)
         for claim in retry:
             single = dict.fromkeys(claim.keys(), claim.units)
             got = await self._take(single)
             if len(got) == 2:
-                claim.outcome.set_result(None)
+                _settle(claim, None)
                 continue
             if got:
                 await self._give_back({key: claim.units for key in got})
             scope = next(key[0] for key in claim.keys() if key not in got)
-            claim.outcome.set_exception(QuotaExceeded(scope, self._quota.limit(scope)))
+            _settle(claim, QuotaExceeded(scope, self._quota.limit(scope)))
 
     async def _take(self, units_by_key: dict[Key, int]) -> set[Key]:
         rows = await self._pool.fetch(

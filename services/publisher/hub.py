@@ -18,8 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from huggingface_hub import CommitOperationAdd, HfApi
-from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+# A private deployment has no business reporting to huggingface.co (huggingface_hub reads this at import).
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from huggingface_hub import CommitOperationAdd, HfApi  # noqa: E402
+from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError  # noqa: E402
 
 log = logging.getLogger(__name__)
 

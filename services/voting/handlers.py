@@ -155,9 +155,21 @@ class ConsensusRefresher:
 
     async def _refresh_locked(self, force: TrainingForceRequested | None) -> RefreshOutcome:
         async with self._engine.begin() as connection:
-            last_seq = await connection.scalar(text("SELECT coalesce(max(seq), 0) FROM votes"))
-            previous = await connection.scalar(select(func.max(consensus_refreshes.c.last_vote_seq)))
-            if force is None and previous is not None and last_seq == previous:
+            # Every insert or change of a vote takes a new seq, so (count, sum of seq) changes with any of them,
+            # even when processes commit their seqs out of order (max(seq) alone would miss those).
+            count, seq_sum, last_seq = (
+                await connection.execute(
+                    text("SELECT count(*), coalesce(sum(seq), 0), coalesce(max(seq), 0) FROM votes")
+                )
+            ).one()
+            fingerprint = f"{count}:{seq_sum}"
+            previous = (
+                await connection.execute(
+                    select(consensus_refreshes.c.stats).order_by(consensus_refreshes.c.id.desc()).limit(1)
+                )
+            ).scalar()
+            unchanged = previous is not None and previous.get("fingerprint") == fingerprint
+            if force is None and unchanged and not previous.get("snapshot_pending"):
                 return RefreshOutcome(False)
             # Arrival order for consensus is the contribution's acceptance time (seq only says "changed since").
             rows = (
@@ -168,8 +180,9 @@ class ConsensusRefresher:
                 )
             ).all()
             accepted, stats = await self._write_consensus(connection, rows)
+            snapshot_id, pending = await self._maybe_snapshot(connection, rows, accepted, force)
+            stats |= {"fingerprint": fingerprint, "snapshot_pending": pending}
             await connection.execute(consensus_refreshes.insert().values(last_vote_seq=last_seq, stats=stats))
-            snapshot_id = await self._maybe_snapshot(connection, rows, accepted, force)
         if snapshot_id and self._relay is not None:
             self._relay.wake()
         return RefreshOutcome(True, snapshot_id, stats)
@@ -266,9 +279,11 @@ class ConsensusRefresher:
         rows,
         accepted: dict[str, dict],
         force: TrainingForceRequested | None,
-    ) -> uuid.UUID | None:
+    ) -> tuple[uuid.UUID | None, bool]:
+        """(the snapshot made, if any; whether a snapshot is due but deferred, so the next refresh looks again
+        even if no vote changed)."""
         if force is not None and not await claim_message(connection, "voting", force.message_id):
-            return None  # this admin request was already served
+            return None, False  # this admin request was already served
         previous = (
             await connection.execute(
                 select(training_snapshots.c.id).order_by(training_snapshots.c.created_at.desc()).limit(1)
@@ -292,26 +307,36 @@ class ConsensusRefresher:
             elif new_screens >= self._settings.screen_training_threshold:
                 trigger = "screen_threshold"
             else:
-                return None
+                return None, False
             if previous is not None and await self._awaits_training(connection, previous):
-                return None
+                return None, True
             if not await self._quiet_or_overdue(connection, max(new_icons, new_screens)):
-                return None
+                return None, True
         else:
             trigger = "admin"
-        return await self._write_snapshot(
+        snapshot_id = await self._write_snapshot(
             connection, previous, accepted, screens, trigger, new_icons, new_screens
         )
+        return snapshot_id, False
 
     async def _awaits_training(self, connection: AsyncConnection, snapshot_id: uuid.UUID) -> bool:
-        finished = await connection.scalar(
-            text(
-                "SELECT count(*) FROM training_runs WHERE snapshot_id = :s "
-                "AND status IN ('succeeded', 'failed', 'skipped')"
-            ),
-            {"s": snapshot_id},
-        )
-        return not finished
+        """The snapshot still waits: its run is unfinished, or it has none yet and was made recently (a request
+        lost on its way, e.g. dead-lettered, must not block training forever)."""
+        row = (
+            await connection.execute(
+                text(
+                    "SELECT count(*) FILTER (WHERE r.status IN ('succeeded', 'failed', 'skipped')) AS finished, "
+                    "count(r.id) AS runs, s.created_at FROM training_snapshots s "
+                    "LEFT JOIN training_runs r ON r.snapshot_id = s.id WHERE s.id = :s GROUP BY s.created_at"
+                ),
+                {"s": snapshot_id},
+            )
+        ).one()
+        if row.finished:
+            return False
+        if row.runs:
+            return True
+        return datetime.now(UTC) - row.created_at < timedelta(hours=self._settings.training_wait_hours)
 
     async def _quiet_or_overdue(self, connection: AsyncConnection, pending_changes: int) -> bool:
         """Debounce: wait for a burst to end (no vote for the debounce period) unless changes pile up."""

@@ -12,6 +12,9 @@ class VotingSettings(CommonSettings):
         20, ge=1, description="new screen-type screenshots that trigger one"
     )
     training_debounce_seconds: float = Field(30.0, ge=0, description="quiet time before a threshold snapshot")
+    training_wait_hours: float = Field(
+        3.0, gt=0, description="a snapshot no trainer took up within this long stops blocking the next one"
+    )
     refresh_seconds: float = Field(
         2.0, gt=0, description="how often consensus is recomputed when votes changed"
     )

@@ -153,3 +153,28 @@ async def test_three_consumers_racing_store_exactly_what_one_would(
         }
     expected = {(e.install_id, e.crop_sha256, e.label) for e in events}
     assert stored == expected
+
+
+async def test_a_deferred_snapshot_is_made_once_the_burst_is_over_without_new_votes(
+    service, engine, voting_settings
+):
+    refresher = ConsensusRefresher(
+        engine, voting_settings.model_copy(update={"training_debounce_seconds": 1})
+    )
+    await service.handle(agreeing_votes(range(12)))
+    assert (await refresher.refresh()).snapshot_id is None  # deferred: the burst may go on
+    await asyncio.sleep(1.1)
+    assert (await refresher.refresh()).snapshot_id is not None  # nothing new arrived, yet it was due
+    assert not (await refresher.refresh()).refreshed  # and then nothing is pending any more
+
+
+async def test_a_snapshot_nobody_trained_stops_blocking_after_the_wait_limit(
+    service, engine, voting_settings
+):
+    refresher = ConsensusRefresher(engine, voting_settings.model_copy(update={"training_wait_hours": 0.0003}))
+    await service.handle(agreeing_votes(range(12)))
+    assert (await refresher.refresh()).snapshot_id is not None
+    await service.handle(agreeing_votes(range(12, 24)))
+    assert (await refresher.refresh()).snapshot_id is None  # the first one still waits for its training
+    await asyncio.sleep(1.2)  # its request was lost: no run ever appeared
+    assert (await refresher.refresh()).snapshot_id is not None
