@@ -228,6 +228,12 @@ def create_app(hub: FakeHub) -> FastAPI:
             repo.commit("main", "initial commit", {".gitattributes": GITATTRIBUTES})
         return JSONResponse({"url": url, "name": repo_id, "id": os.urandom(12).hex()})
 
+    @app.post("/api/validate-yaml")
+    async def validate_yaml(request: Request) -> dict:
+        # create_commit sends a README.md's front matter here first; the real Hub answers errors or warnings.
+        with hub.handling(request, "validate_yaml"):
+            return {"errors": [], "warnings": []}
+
     @app.post("/api/{kind}/{ns}/{name}/preupload/{revision}")
     async def preupload(kind: str, ns: str, name: str, revision: str, request: Request) -> dict:
         body = await request.json()
