@@ -78,7 +78,8 @@ def model_card(record: Mapping[str, Any], metrics: Mapping[str, Any], lineage: M
         "",
         f"- trained at: {record['trained_at']}",
         f"- training snapshot: `{lineage.get('snapshot_id')}` (immutable: the exact crops and consensus labels)",
-        f"- training run: `{lineage.get('run_id')}`, {metrics.get('icon_epochs', '?')} epochs",
+        f"- training run: `{lineage.get('run_id')}`, {metrics.get('icon_epochs', '?')} epochs, "
+        f"{metrics.get('training_seconds', 0) / 60:.1f} minutes on CPU",
         f"- samples: {record['n_samples']} icon crops from {record['n_users']} installs",
         f"- quality gate: {'passed' if gate.get('publish') else 'not passed'} — {gate.get('reason', '-')}",
     ]

@@ -475,7 +475,9 @@ class TrainingRunner:
         files["models/per_class_accuracy.json"] = json.dumps(
             icon.per_class, indent=2, sort_keys=True
         ).encode()
+        started = run.started_at or datetime.now(UTC)
         metrics = {
+            "training_seconds": round((datetime.now(UTC) - started).total_seconds(), 1),
             "val_acc": icon.accuracy,
             "published_model_val_acc": icon.current_accuracy,
             "quality_gate": {"publish": gate.publish, "reason": gate.reason},
