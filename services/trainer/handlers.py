@@ -161,6 +161,7 @@ class TrainingRunner:
             started_at=run.started_at or now,
             deadline_at=deadline_at,
         )
+        run = await self._load_run(run_id)  # with started_at and deadline_at as recorded
         items = await self._snapshot_items(run.snapshot_id)
         if await self._adds_nothing(run.snapshot_id, items):
             await self._set(
