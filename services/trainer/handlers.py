@@ -43,12 +43,14 @@ from services.trainer.settings import TrainerSettings
 from services.trainer.tables import checkpoints, model_artifacts, training_runs
 from services.trainer.training import EpochReport, Phase, TrainConfig, fit
 from shared.blobstore import PostgresBlobStore
+from shared.consumer import is_outage
 from shared.events import ModelTrained, TrainingProgress, TrainingRequested, format_trained_at
 from shared.outbox import enqueue
 
 log = logging.getLogger(__name__)
 FINISHED = ("succeeded", "failed", "skipped")
 MIN_ICON_CROPS = 5  # the old trainer's floor
+MAX_ATTEMPTS = 3
 ProgressSink = Callable[[TrainingProgress], None]
 
 
@@ -141,17 +143,31 @@ class TrainingRunner:
             try:
                 await self.execute(run_id)
             except Exception as error:
+                if is_outage(error):
+                    log.warning("run %s interrupted by an outage (%r); it resumes later", run_id, error)
+                    return done
                 log.exception("training run failed", extra={"run_id": str(run_id)})
-                await self._set(
-                    run_id, status="failed", finished_at=datetime.now(UTC), error=repr(error)[:2000]
-                )
+                await self._fail(run_id, repr(error))
             done += 1
         return done
+
+    async def _fail(self, run_id: uuid.UUID, error: str) -> None:
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                training_runs.update()
+                .where(training_runs.c.id == run_id)
+                .values(status="failed", finished_at=datetime.now(UTC), error=error[:2000])
+            )
+            await _drop_checkpoints(connection, run_id)
 
     async def execute(self, run_id: uuid.UUID) -> str:
         run = await self._load_run(run_id)
         if run.status in FINISHED:
             return run.status
+        if run.attempts >= MAX_ATTEMPTS:
+            # e.g. a run that kills its process every time (out of memory) must not block every later run
+            await self._fail(run_id, f"gave up after {run.attempts} attempts")
+            return "failed"
         now = datetime.now(UTC)
         deadline_at = run.deadline_at or now + timedelta(minutes=self._settings.budget_minutes)
         await self._set(
@@ -510,17 +526,19 @@ class TrainingRunner:
                     .values(run_id=run.id, path=path, blob_sha256=sha)
                     .on_conflict_do_nothing()
                 )
-            for sha in (
-                await connection.execute(
-                    text("DELETE FROM checkpoints WHERE run_id = :r RETURNING blob_sha256"), {"r": run.id}
-                )
-            ).scalars():
-                await _delete_blob_if_unused(connection, sha)
-            await connection.execute(
+            await _drop_checkpoints(connection, run.id)
+            finished = await connection.execute(
                 training_runs.update()
-                .where(training_runs.c.id == run.id)
+                .where(
+                    training_runs.c.id == run.id,
+                    training_runs.c.status == "running",
+                    training_runs.c.attempts == run.attempts,
+                )
                 .values(status="succeeded", finished_at=datetime.now(UTC), metrics=metrics)
             )
+            if finished.rowcount != 1:
+                # another trainer took this run over (it holds a newer attempt): its result stands, not ours
+                raise RunTakenOver(f"run {run.id} was taken over by another trainer")
             await enqueue(
                 connection,
                 ModelTrained(
@@ -543,6 +561,19 @@ class TrainingRunner:
             gate.reason,
             extra={"run_id": str(run.id)},
         )
+
+
+class RunTakenOver(RuntimeError):
+    pass
+
+
+async def _drop_checkpoints(connection, run_id: uuid.UUID) -> None:
+    for sha in (
+        await connection.execute(
+            text("DELETE FROM checkpoints WHERE run_id = :r RETURNING blob_sha256"), {"r": run_id}
+        )
+    ).scalars():
+        await _delete_blob_if_unused(connection, sha)
 
 
 async def _delete_blob_if_unused(connection, sha: str) -> None:

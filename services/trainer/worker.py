@@ -67,10 +67,14 @@ class TrainerWorker:
             while not await lock_connection.scalar(select(func.pg_try_advisory_lock(ACTIVE_TRAINER_LOCK))):
                 await lock_connection.commit()
                 await asyncio.sleep(5)
+            await lock_connection.commit()  # the session lock stays; no transaction is left idle open
             self.active = True
             log.info("this trainer is the active one")
             try:
                 while True:
+                    # the lock lives as long as this connection: if it broke, stop being the active trainer
+                    await lock_connection.execute(select(1))
+                    await lock_connection.commit()
                     if not await self.runner.run_unfinished():
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(self.wake.wait(), timeout=10)

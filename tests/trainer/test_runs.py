@@ -166,3 +166,15 @@ async def test_a_snapshot_that_adds_nothing_over_the_published_model_is_skipped_
     started = time.monotonic()
     assert await runner.execute(run_id) == "skipped"
     assert time.monotonic() - started < 5
+
+
+async def test_a_run_that_keeps_dying_is_given_up_after_three_attempts(runner, engine):
+    run_id = await add_run(engine, await make_snapshot(engine, classes=2, variants=3))
+    async with engine.begin() as connection:
+        await connection.execute(
+            text("UPDATE training_runs SET status = 'running', attempts = 3 WHERE id = :r"), {"r": run_id}
+        )
+    assert await runner.execute(run_id) == "failed"
+    async with engine.connect() as connection:
+        error = await connection.scalar(text("SELECT error FROM training_runs WHERE id = :r"), {"r": run_id})
+    assert error == "gave up after 3 attempts"
