@@ -1,4 +1,4 @@
-"""A small HTTP health endpoint for the queue workers (compose health checks, operators)."""
+"""The queue workers' small HTTP surface: ``/health`` (compose health checks) and ``/metrics`` (Prometheus)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import contextlib
 from collections.abc import Callable
 
 import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from shared.broker import EventPublisher
@@ -33,7 +34,8 @@ async def dependency_status(publisher: EventPublisher, engine: AsyncEngine) -> d
 async def serve_health(
     port: int, publisher: EventPublisher, engine: AsyncEngine, details: Details = lambda: {}
 ) -> None:
-    """Serve ``GET /health`` until cancelled: 200 when broker and database answer, else 503."""
+    """Serve ``GET /health`` (200 when broker and database answer, else 503) and ``GET /metrics`` until
+    cancelled."""
 
     async def health(request: Request) -> JSONResponse:
         status = await dependency_status(publisher, engine)
@@ -41,7 +43,10 @@ async def serve_health(
         body = {"status": "ok" if healthy else "degraded", **status, **details()}
         return JSONResponse(body, status_code=200 if healthy else 503)
 
-    app = Starlette(routes=[Route("/health", health)])
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    app = Starlette(routes=[Route("/health", health), Route("/metrics", metrics)])
     server = uvicorn.Server(uvicorn.Config(app, host="0.0.0.0", port=port, log_config=None, access_log=False))
     server.install_signal_handlers = lambda: None  # the worker's own signal handling stops everything
     with contextlib.suppress(asyncio.CancelledError):

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from prometheus_client import Counter, Gauge
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -48,6 +49,10 @@ from shared.events import ModelTrained, TrainingProgress, TrainingRequested, for
 from shared.outbox import enqueue
 
 log = logging.getLogger(__name__)
+EPOCHS = Counter("warp_trainer_epochs_total", "Training epochs completed", ["model"])
+VAL_ACCURACY = Gauge("warp_trainer_val_accuracy", "Held-out accuracy of the latest epoch", ["model"])
+THROUGHPUT = Gauge("warp_trainer_images_per_second", "Training throughput of the latest epoch", ["model"])
+RUNS = Counter("warp_trainer_runs_total", "Training runs ended", ["status"])
 FINISHED = ("succeeded", "failed", "skipped")
 MIN_ICON_CROPS = 5  # the old trainer's floor
 MAX_ATTEMPTS = 3
@@ -152,6 +157,7 @@ class TrainingRunner:
         return done
 
     async def _fail(self, run_id: uuid.UUID, error: str) -> None:
+        RUNS.labels("failed").inc()
         async with self._engine.begin() as connection:
             await connection.execute(
                 training_runs.update()
@@ -264,6 +270,10 @@ class TrainingRunner:
                 )
             )
             history.append(epoch)
+            EPOCHS.labels(kind).inc()
+            THROUGHPUT.labels(kind).set(epoch.images_per_second)
+            if epoch.val_accuracy is not None:
+                VAL_ACCURACY.labels(kind).set(epoch.val_accuracy)
 
         def save(bundle: dict[str, Any]) -> None:
             asyncio.run_coroutine_threadsafe(
@@ -536,7 +546,9 @@ class TrainingRunner:
                 )
                 .values(status="succeeded", finished_at=datetime.now(UTC), metrics=metrics)
             )
-            if finished.rowcount != 1:
+            if finished.rowcount == 1:
+                RUNS.labels("succeeded").inc()
+            else:
                 # another trainer took this run over (it holds a newer attempt): its result stands, not ours
                 raise RunTakenOver(f"run {run.id} was taken over by another trainer")
             await enqueue(

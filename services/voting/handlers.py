@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -24,6 +25,11 @@ from shared.events import Contribution, Event, TrainingForceRequested, TrainingR
 from shared.outbox import OutboxRelay, enqueue
 
 log = logging.getLogger(__name__)
+STORED = Counter(
+    "warp_voting_contributions_stored_total", "Contribution events stored (redeliveries included)"
+)
+REFRESH_SECONDS = Histogram("warp_voting_refresh_seconds", "Duration of a consensus refresh")
+ACCEPTED_ITEMS = Gauge("warp_voting_accepted_items", "Items with accepted consensus", ["kind"])
 REFRESH_LOCK = 0x57A7_0001  # pg advisory lock key: one consensus refresher at a time across processes
 
 _STORE_BLOBS = """
@@ -102,6 +108,7 @@ class VoteStore:
                 [latest[k][0].message_id for k in keys],
                 [latest[k][0].occurred_at for k in keys],
             )
+        STORED.inc(len(events))
         for sha in images:
             self._known[sha] = None
         while len(self._known) > self._known_limit:
@@ -148,7 +155,8 @@ class ConsensusRefresher:
                     return RefreshOutcome(False)
                 await lock_connection.scalar(select(func.pg_advisory_lock(REFRESH_LOCK)))
             try:
-                return await self._refresh_locked(force)
+                with REFRESH_SECONDS.time():
+                    return await self._refresh_locked(force)
             finally:
                 await lock_connection.scalar(select(func.pg_advisory_unlock(REFRESH_LOCK)))
                 await lock_connection.commit()
@@ -211,6 +219,7 @@ class ConsensusRefresher:
                 if decision.accepted:
                     accepted[kind][item] = decision.label
             await self._write_reliability(connection, kind, result, votes)
+            ACCEPTED_ITEMS.labels(kind).set(len(accepted[kind]))
             stats[kind] = {
                 "items": len(result.decisions),
                 "accepted": len(accepted[kind]),
