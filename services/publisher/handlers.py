@@ -40,6 +40,14 @@ def _json(value: Any) -> bytes:
     return json.dumps(value, indent=2, sort_keys=True).encode()
 
 
+async def _knowledge_map(connection: AsyncConnection) -> dict[str, str]:
+    """The pHash -> item name map as voting's accepted consensus holds it now."""
+    rows = await connection.execute(
+        text("SELECT item_key, label FROM consensus WHERE item_kind = 'knowledge' AND status = 'accepted'")
+    )
+    return {row.item_key: row.label for row in rows}
+
+
 class ReleaseService:
     def __init__(
         self, engine: AsyncEngine, hub: Hub, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
@@ -127,12 +135,7 @@ class ReleaseService:
                 {"m": event.message_id},
             ):
                 return
-            rows = await connection.execute(
-                text(
-                    "SELECT item_key, label FROM consensus WHERE item_kind = 'knowledge' AND status = 'accepted'"
-                )
-            )
-            knowledge = {row.item_key: row.label for row in rows}
+            knowledge = await _knowledge_map(connection)
         updated_at = format_trained_at(self._clock())
         files = {"knowledge.json": _json({"knowledge": knowledge, "updated_at": updated_at})}
         published = await self._publish(f"knowledge-{event.message_id}", files, tag=False)
@@ -165,14 +168,7 @@ class ReleaseService:
             await connection.execute(
                 insert(model_versions).values(status="pending", **values).on_conflict_do_nothing()
             )
-            knowledge = {
-                row.item_key: row.label
-                for row in await connection.execute(
-                    text(
-                        "SELECT item_key, label FROM consensus WHERE item_kind = 'knowledge' AND status = 'accepted'"
-                    )
-                )
-            }
+            knowledge = await _knowledge_map(connection)
         record = model_version_record(
             version,
             values["trained_at"],
