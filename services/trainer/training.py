@@ -41,7 +41,11 @@ class TrainConfig:
     warmup_steps: int = 30
     focal_gamma: float = 2.0
     max_epochs: int = 400
-    patience: int = 15  # epochs without a better validation score before a phase stops early
+    # A phase stops early after `patience` epochs without a better validation score, and only once it has also
+    # trained on `patience_images` crops since the best: on a small snapshot an epoch is a fraction of a second,
+    # and a dozen of them say nothing.
+    patience: int = 15
+    patience_images: int = 20_000
     normalise: tuple[list[float], list[float]] | None = None  # (mean, std) for screens; icons: none
     seed: int = 0
 
@@ -149,17 +153,26 @@ def recalibrate_batch_norm(
 
 
 @torch.no_grad()
+def evaluate(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, size: int, config: TrainConfig
+) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy on held-out data (the loss breaks ties of accuracy on few samples)."""
+    if len(labels) == 0:
+        return 0.0, 0.0
+    model.eval()
+    correct, loss = 0, 0.0
+    for start in range(0, len(labels), 64):
+        x = to_input(images[start : start + 64], size, config.normalise)
+        logits = model(x)
+        correct += int((logits.argmax(1) == labels[start : start + 64]).sum())
+        loss += float(F.cross_entropy(logits, labels[start : start + 64], reduction="sum"))
+    return correct / len(labels), loss / len(labels)
+
+
 def accuracy(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, size: int, config: TrainConfig
 ) -> float:
-    if len(labels) == 0:
-        return 0.0
-    model.eval()
-    correct = 0
-    for start in range(0, len(labels), 64):
-        x = to_input(images[start : start + 64], size, config.normalise)
-        correct += int((model(x).argmax(1) == labels[start : start + 64]).sum())
-    return correct / len(labels)
+    return evaluate(model, images, labels, size, config)[0]
 
 
 def fit(
@@ -189,6 +202,7 @@ def fit(
     state = resume or {"phase": 0, "epoch": 0, "history": [], "best_accuracy": -1.0, "best_state": None}
     history = [EpochReport(**h) for h in state["history"]]
     best_state, best_accuracy = state["best_state"], state["best_accuracy"]
+    best_loss = state.get("best_loss", math.inf)
     epochs_total = len(history)
     last_checkpoint = time.monotonic()
     fit_started = time.monotonic() - (history[-1].elapsed if history else 0.0)
@@ -207,11 +221,14 @@ def fit(
         elif phase_index > 0 and best_state is not None:
             model.load_state_dict(best_state)  # the next phase starts from the best so far
             recalibrate_batch_norm(model, images[train_tensor], phase.size, config)
-            best_accuracy = accuracy(model, val_images, val_labels, phase.size, config) if val_idx else -1.0
+            if val_idx:
+                best_accuracy, best_loss = evaluate(model, val_images, val_labels, phase.size, config)
+            else:
+                best_accuracy, best_loss = -1.0, math.inf
             best_state = copy.deepcopy(model.state_dict())
         # time-based cosine schedule with warm-up: the phase's end is known, its epoch count is not
         phase_started, phase_length = time.monotonic(), max(phase_deadline.remaining, 1e-3)
-        stale = 0
+        stale, images_since_best = 0, 0
         epoch = start_epoch
         while epoch < config.max_epochs and not phase_deadline.expired and not deadline.expired:
             model.train()
@@ -243,10 +260,15 @@ def fit(
             epoch += 1
             epochs_total += 1
             recalibrate_batch_norm(model, images[train_tensor], phase.size, config)
-            val = accuracy(model, val_images, val_labels, phase.size, config) if val_idx else None
-            score = val if val is not None else -float(np.mean(losses or [0.0]))
-            if score > best_accuracy:
-                best_accuracy, best_state, stale = score, copy.deepcopy(model.state_dict()), 0
+            if val_idx:
+                val, val_loss = evaluate(model, val_images, val_labels, phase.size, config)
+                score, loss_now = val, val_loss
+            else:  # nothing held out: the training loss is all there is to go by
+                val, score, loss_now = None, -1.0, float(np.mean(losses or [0.0]))
+            images_since_best += seen
+            if (score, -loss_now) > (best_accuracy, -best_loss):
+                best_accuracy, best_loss, best_state = score, loss_now, copy.deepcopy(model.state_dict())
+                stale, images_since_best = 0, 0
             else:
                 stale += 1
             report = EpochReport(
@@ -271,11 +293,12 @@ def fit(
                         "generator": generator.get_state(),
                         "best_state": best_state,
                         "best_accuracy": best_accuracy,
+                        "best_loss": best_loss,
                         "history": [r.__dict__ for r in history],
                     }
                 )
                 last_checkpoint = time.monotonic()
-            if stale >= config.patience:
+            if stale >= config.patience and images_since_best >= config.patience_images:
                 break
         resume = None
     if best_state is None:

@@ -1,0 +1,77 @@
+"""From HTTP contributions to a release a WARP client installs and runs: the four services as separate processes."""
+
+import json
+
+import httpx
+
+from tests.system.conftest import post_all
+from tests.utils.warp_client import REPO, REQUIRED, WarpClient
+from tools.simulator.workload import WorkloadSpec, draw_icon, generate
+
+# A small community: 12 items seen in 4 variants each, 16 installs, one spammer, 5 % honest mistakes.
+SPEC = WorkloadSpec(
+    classes=12,
+    variants=4,
+    installs=16,
+    honest_error=0.05,
+    spammer_share=0.01,
+    group_size=0,
+    mean_labels_per_install=14,
+    seed=11,
+)
+HELD_OUT_VARIANTS = range(4, 10)  # variants no install ever sent: shifted and recoloured differently
+
+
+async def test_contributions_become_a_release_that_the_client_runs_well(system, tmp_path):
+    stack = system.stack
+    ingest = stack.start("ingest")
+    for service in ("voting", "trainer", "publisher"):
+        stack.start(service)
+    await stack.wait_ready()
+    workload = generate(SPEC)
+
+    sent = await post_all([ingest.url], workload)
+    assert sent == {"accepted": len(workload.votes)}
+
+    async def all_votes_counted() -> bool:
+        return await system.scalar("SELECT count(*) FROM votes") == len(workload.votes)
+
+    await system.wait_for("every vote counted", all_votes_counted, timeout=60)
+
+    async with httpx.AsyncClient(base_url=ingest.url) as client:
+
+        async def released() -> bool:
+            return (await client.get("/model/version")).json().get("available") is True
+
+        await system.wait_for("the first release", released, timeout=300, every=2)
+        remote = (await client.get("/model/version")).json()
+
+    record = await system.scalar(
+        "SELECT row_to_json(v) FROM model_versions v WHERE status = 'published'"
+    )
+    assert record["trained_at"] == remote["trained_at"] and record["hub_tag"] == record["version"]
+    labelled = await system.scalar(
+        "SELECT count(DISTINCT label) FROM consensus WHERE item_kind = 'icon' AND status = 'accepted'"
+    )
+    assert remote["n_classes"] == labelled == SPEC.classes
+
+    repo = system.hub.hub.repo(REPO)
+    head = repo.resolve("main")
+    assert repo.tags[record["version"]] == head.sha == record["hub_commit"]
+    assert set(REQUIRED) | {"models/icon_classifier.onnx", "models/model_version.json", "README.md"} <= set(
+        head.files
+    )
+    version_file = json.loads(head.files["models/model_version.json"])
+    assert version_file == {key: remote[key] for key in version_file}
+
+    client = WarpClient(system.hub.url, tmp_path / "client-cache", "2026-01-01T00:00:00.000000+00:00Z")
+    assert client.wants(remote)
+    client.install(remote)
+    held_out = [(cls, variant) for cls in range(SPEC.classes) for variant in HELD_OUT_VARIANTS]
+    right = sum(
+        client.classify(draw_icon(cls, variant))[0] == f"Item {cls:04d}" for cls, variant in held_out
+    )
+    accuracy = right / len(held_out)
+    chance = 1 / SPEC.classes
+    print(f"held-out top-1 through the client path: {accuracy:.1%} ({right}/{len(held_out)}), chance {chance:.1%}")
+    assert accuracy >= 6 * chance  # 50 %: a wide margin over 8.3 %
