@@ -46,6 +46,10 @@ class TrainConfig:
     # and a dozen of them say nothing.
     patience: int = 15
     patience_images: int = 20_000
+    # An epoch passes over the training crops as often as needed to see at least this many (at 64 px; fewer
+    # at larger sizes, in proportion to the cost): validation and BatchNorm recalibration after each epoch
+    # would otherwise take as long as the training itself on a small snapshot.
+    min_epoch_images: int = 384
     normalise: tuple[list[float], list[float]] | None = None  # (mean, std) for screens; icons: none
     seed: int = 0
 
@@ -209,7 +213,9 @@ def fit(
     for phase_index in range(state["phase"], len(config.phases)):
         phase = config.phases[phase_index]
         phase_deadline = deadline.share(phase.share)
-        steps_per_epoch = max(1, math.ceil(len(train_idx) / phase.batch_size))
+        min_images = config.min_epoch_images * (64 / phase.size) ** 2  # as costly at any input size
+        passes = max(1, math.ceil(min_images / max(len(train_idx), 1)))
+        steps_per_epoch = max(1, math.ceil(passes * len(train_idx) / phase.batch_size))
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay)
         start_epoch = 0
         if resume and phase_index == state["phase"] and "optimizer" in state:
@@ -232,7 +238,9 @@ def fit(
         epoch = start_epoch
         while epoch < config.max_epochs and not phase_deadline.expired and not deadline.expired:
             model.train()
-            order = train_tensor[torch.randperm(len(train_tensor), generator=generator)]
+            order = torch.cat(
+                [train_tensor[torch.randperm(len(train_tensor), generator=generator)] for _ in range(passes)]
+            )
             losses, seen, epoch_started, finished = [], 0, time.monotonic(), True
             for step in range(steps_per_epoch):
                 if phase_deadline.expired or deadline.expired:
@@ -255,7 +263,9 @@ def fit(
                 optimizer.step()
                 losses.append(float(loss.detach()))
                 seen += len(batch)
-            if not finished:
+            if not finished and (not losses or deadline.expired):
+                # an epoch cut short by its phase's end still counts if it trained at all; one cut short by
+                # the run's deadline does not (evaluating it could take longer than "seconds")
                 break
             epoch += 1
             epochs_total += 1
