@@ -60,7 +60,9 @@ class BatchConsumer:
         try:
             channel = await connection.channel()
             await channel.set_qos(prefetch_count=self._prefetch)
-            queue = await channel.get_queue(self._topology.queue(self._role), ensure=False)
+            # declare_queue (passive), not get_queue: only queues declared on a robust channel get their
+            # consumers restored after a reconnect (found by tests/system/test_faults.py stopping RabbitMQ)
+            queue = await channel.declare_queue(self._topology.queue(self._role), passive=True)
             arrived: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
             await queue.consume(arrived.put)
             loop = asyncio.get_running_loop()

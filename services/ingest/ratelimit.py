@@ -29,9 +29,19 @@ ON CONFLICT (scope, subject, day) DO UPDATE SET count = c.count + excluded.count
 WHERE c.count + excluded.count <= CASE c.scope WHEN 'install' THEN $5::int ELSE $6::int END
 RETURNING c.scope, c.subject, c.day
 """
+# UPDATE ... FROM locks rows in whatever order its join visits them; the counters are locked first, in the
+# same (byte) order as the claims take them, so a refund and a claim cannot deadlock (seen under a broker outage,
+# when every request gives its quota back).
 _GIVE_BACK = """
+WITH v AS MATERIALIZED (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::date[], $4::int[]) AS v(scope, subject, day, count)
+), locked AS MATERIALIZED (
+    SELECT c.scope, c.subject, c.day FROM rate_limit_counters AS c JOIN v USING (scope, subject, day)
+    ORDER BY c.scope COLLATE "C", c.subject COLLATE "C", c.day
+    FOR UPDATE OF c
+)
 UPDATE rate_limit_counters AS c SET count = greatest(c.count - v.count, 0)
-FROM unnest($1::text[], $2::text[], $3::date[], $4::int[]) AS v(scope, subject, day, count)
+FROM v JOIN locked USING (scope, subject, day)
 WHERE c.scope = v.scope AND c.subject = v.subject AND c.day = v.day
 """
 
