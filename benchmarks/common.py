@@ -1,4 +1,10 @@
-"""Helpers the benchmark scripts share: realistic crops, a throwaway database and namespace, a local server."""
+"""Helpers the benchmark scripts share: realistic crops, a throwaway database and namespace, a local server,
+and the minimal keep-alive HTTP/1.1 load client (``LoadRun``).
+
+The client is a bare loop over asyncio streams rather than httpx or aiohttp: on a 2-core machine the load
+generator competes with the server for CPU, and a general-purpose client would spend several times more of it
+per request than the server does.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
@@ -55,6 +64,21 @@ async def fresh_database(admin_url: str, name: str) -> str:
     finally:
         await admin.close()
     return url.set(database=name).render_as_string(hide_password=False)
+
+
+def asyncpg_dsn(database_url: str, database: str | None = None) -> str:
+    """A SQLAlchemy URL (postgresql+asyncpg://...) as a DSN for asyncpg.connect, optionally of another database."""
+    url = make_url(database_url).set(drivername="postgresql")
+    return (url.set(database=database) if database else url).render_as_string(hide_password=False)
+
+
+async def drop_database(admin_url: str, name: str) -> None:
+    """Drop a database made by fresh_database (connections still open to it are ended)."""
+    admin = await asyncpg.connect(asyncpg_dsn(admin_url, database="postgres"))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 def start_ingest(env: dict[str, str], port: int, workers: int) -> subprocess.Popen:
@@ -118,3 +142,72 @@ def add_server_options(parser) -> None:
             "WARP_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
         ),
     )
+
+
+async def read_response(reader: asyncio.StreamReader) -> int:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    await reader.readexactly(length)
+    return status
+
+
+@dataclass
+class LoadRun:
+    """What every connection of one load run shares: the requests, the schedule and the tallies.
+
+    ``request(i)`` gives the bytes of the i-th request (numbered across all connections in send order);
+    ``answered(i, status, at)``, if given, is called with each answer and its ``time.monotonic()`` arrival."""
+
+    host: str
+    port: int
+    request: Callable[[int], bytes]
+    warm_until: float
+    stop_at: float
+    interval: float  # seconds between sends on one connection; 0 = closed loop
+    answered: Callable[[int, int | str, float], None] | None = None
+    counter: Iterator[int] = field(default_factory=lambda: iter(range(10**12)))
+    latencies: list[float] = field(default_factory=list)
+    timeline: list[tuple[float, float]] = field(default_factory=list)
+    statuses: Counter = field(default_factory=Counter)  # after warm-up
+    all_statuses: Counter = field(default_factory=Counter)  # warm-up included
+
+    async def connection(self, offset: float) -> None:
+        """One keep-alive connection. With an interval it sends on a fixed schedule (open loop) and measures
+        latency from the scheduled send time, so falling behind shows up as latency instead of hiding (no
+        coordinated omission); without one, it sends the next request as soon as the previous is answered."""
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        scheduled = time.monotonic() + offset
+        try:
+            while time.monotonic() < self.stop_at:
+                index = next(self.counter)
+                payload = self.request(index)
+                if self.interval:
+                    scheduled += self.interval
+                    delay = scheduled - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    started = scheduled
+                else:
+                    started = time.monotonic()
+                writer.write(payload)
+                try:
+                    status: int | str = await read_response(reader)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    status = "connection_error"
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(self.host, self.port)
+                now = time.monotonic()
+                if self.answered is not None:
+                    self.answered(index, status, now)
+                self.all_statuses[status] += 1
+                if started >= self.warm_until:
+                    self.statuses[status] += 1
+                    if status != "connection_error":
+                        self.latencies.append(now - started)
+                        self.timeline.append((started, self.latencies[-1]))
+        finally:
+            writer.close()

@@ -7,9 +7,9 @@ By default it starts its own ingest (uvicorn, --workers 2) against the local Rab
 throwaway database and broker namespace with quotas raised, so nothing else is touched. It prints accepted/s,
 latency percentiles and errors, then counts the messages in the voting queue: every 2xx must be there.
 
-The client is a minimal keep-alive HTTP/1.1 loop over asyncio streams rather than httpx or aiohttp: on a
-2-core machine the load generator competes with the server for CPU, and a general-purpose client would
-spend several times more of it per request than the server does.
+The client (benchmarks.common.LoadRun) is a minimal keep-alive HTTP/1.1 loop over asyncio streams rather than
+httpx or aiohttp: on a 2-core machine the load generator competes with the server for CPU, and a
+general-purpose client would spend several times more of it per request than the server does.
 """
 
 from __future__ import annotations
@@ -23,9 +23,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import aio_pika
@@ -33,6 +30,7 @@ import aio_pika
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import (  # noqa: E402
+    LoadRun,
     add_server_options,
     free_port,
     fresh_database,
@@ -64,67 +62,6 @@ def request_bytes(host: str, index: int, crop_b64: str) -> bytes:
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode()
     return head + body
-
-
-async def read_response(reader: asyncio.StreamReader) -> int:
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line[:15].lower() == b"content-length:":
-            length = int(line[15:])
-    await reader.readexactly(length)
-    return status
-
-
-@dataclass
-class LoadRun:
-    """What every connection of one load run shares: the requests, the schedule and the tallies."""
-
-    host: str
-    port: int
-    requests: list[bytes]
-    warm_until: float
-    stop_at: float
-    interval: float  # seconds between sends on one connection; 0 = closed loop
-    counter: Iterator[int] = field(default_factory=lambda: iter(range(10**12)))
-    latencies: list[float] = field(default_factory=list)
-    timeline: list[tuple[float, float]] = field(default_factory=list)
-    statuses: Counter = field(default_factory=Counter)  # after warm-up
-    all_statuses: Counter = field(default_factory=Counter)  # warm-up included
-
-    async def connection(self, offset: float) -> None:
-        """One keep-alive connection. With an interval it sends on a fixed schedule (open loop) and measures
-        latency from the scheduled send time, so falling behind shows up as latency instead of hiding (no
-        coordinated omission); without one, it sends the next request as soon as the previous is answered."""
-        reader, writer = await asyncio.open_connection(self.host, self.port)
-        scheduled = time.monotonic() + offset
-        try:
-            while time.monotonic() < self.stop_at:
-                payload = self.requests[next(self.counter) % len(self.requests)]
-                if self.interval:
-                    scheduled += self.interval
-                    delay = scheduled - time.monotonic()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                    started = scheduled
-                else:
-                    started = time.monotonic()
-                writer.write(payload)
-                try:
-                    status = await read_response(reader)
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    status = "connection_error"
-                    writer.close()
-                    reader, writer = await asyncio.open_connection(self.host, self.port)
-                self.all_statuses[status] += 1
-                if started >= self.warm_until:
-                    self.statuses[status] += 1
-                    if status != "connection_error":
-                        self.latencies.append(time.monotonic() - started)
-                        self.timeline.append((started, self.latencies[-1]))
-        finally:
-            writer.close()
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -171,7 +108,7 @@ async def run(args: argparse.Namespace) -> int:
         load = LoadRun(
             host,
             port,
-            requests,
+            lambda index: requests[index % len(requests)],
             warm_until=begin + args.warmup,
             stop_at=begin + args.warmup + args.duration,
             interval=args.concurrency / args.rate if args.rate else 0.0,
