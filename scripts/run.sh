@@ -7,6 +7,9 @@ source scripts/setup.sh
 
 export WARP_DATABASE_URL=${WARP_DATABASE_URL:-postgresql+asyncpg://postgres@127.0.0.1:5432/warp}
 export WARP_BROKER_URL=${WARP_BROKER_URL:-amqp://guest:guest@127.0.0.1:5672/}
+# A short training budget so the demo (python -m tools.demo) shows a release within minutes; compose and
+# production keep the 50-minute default. Set WARP_BUDGET_MINUTES to override.
+export WARP_BUDGET_MINUTES=${WARP_BUDGET_MINUTES:-3}
 
 "$VENV/bin/python" - <<'PY'
 import asyncio, os
@@ -26,7 +29,6 @@ asyncio.run(ensure_database())
 PY
 "$VENV/bin/python" -m migrations
 
-export PROMETHEUS_MULTIPROC_DIR=${PROMETHEUS_MULTIPROC_DIR:-$(mktemp -d -t warp-metrics.XXXXXX)}
 export PATH="$PWD/$VENV/bin:$PATH"
 echo "run: ingest on http://${WARP_HOST:-127.0.0.1}:${WARP_PORT:-8000} (API docs at /docs); Ctrl-C stops everything"
 exec honcho start -f Procfile

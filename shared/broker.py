@@ -25,6 +25,10 @@ DEAD_LETTERED_FROM = "x-warp-dead-lettered-from"
 ORIGINAL_ROUTING_KEY = "x-warp-original-routing-key"
 
 
+class TopologyMismatch(RuntimeError):
+    """The broker holds this namespace's queues with other arguments: an operator has to act."""
+
+
 class PublishFailed(RuntimeError):
     """The broker did not take responsibility for the message; the caller must not report success."""
 
@@ -65,6 +69,14 @@ class EventPublisher:
             try:
                 await self.connect(declare=declare)
                 return
+            except aiormq.exceptions.ChannelPreconditionFailed as error:
+                # RabbitMQ answered: a queue exists with other arguments (e.g. WARP_DELIVERY_LIMIT changed).
+                # Retrying cannot help; say what to do instead of "not reachable" forever.
+                raise TopologyMismatch(
+                    f"RabbitMQ refused to declare the topology of namespace {self._topology.namespace!r}: "
+                    f"{error}. A queue exists with other arguments; see docs/operations.md (changing queue "
+                    "settings) or use a new WARP_BROKER_NAMESPACE."
+                ) from error
             except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as error:
                 log.warning("RabbitMQ not reachable yet (%r); retrying in %.0fs", error, delay)
                 await asyncio.sleep(delay)

@@ -47,7 +47,9 @@ async def serve_health(
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     app = Starlette(routes=[Route("/health", health), Route("/metrics", metrics)])
-    server = uvicorn.Server(uvicorn.Config(app, host="0.0.0.0", port=port, log_config=None, access_log=False))
+    # lifespan off: nothing to start, and a cancelled lifespan task would log a traceback at every shutdown
+    config = uvicorn.Config(app, host="0.0.0.0", port=port, log_config=None, access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # the worker's own signal handling stops everything
     with contextlib.suppress(asyncio.CancelledError):
         await server.serve()

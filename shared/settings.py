@@ -44,12 +44,27 @@ class CommonSettings(BaseSettings):
         description="prefix of every exchange and queue name, so several deployments can share a vhost",
     )
     delivery_limit: int = Field(
-        10, ge=1, le=1000, description="deliveries of a failing message before it is dead-lettered"
+        10,
+        ge=1,
+        le=1000,
+        description="deliveries of a failing message before it is dead-lettered; fixed when the queues are first declared",
     )
-    blob_backend: BlobBackend = BlobBackend.POSTGRES
-    log_level: str = "INFO"
-    log_format: LogFormat = LogFormat.TEXT
-    database_pool_size: int = Field(5, ge=1, le=100)
+    blob_backend: BlobBackend = Field(
+        BlobBackend.POSTGRES,
+        description="where images and model artifacts are kept; only postgres (the blobs table) exists, and "
+        "no service reads this value yet",
+    )
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL (case-insensitive)")
+    log_format: LogFormat = Field(
+        LogFormat.TEXT, description="json: one JSON object per line (compose sets it); text: readable lines"
+    )
+    database_pool_size: int = Field(
+        5,
+        ge=1,
+        le=100,
+        description="Postgres pool per process: this many connections plus as many overflow; each ingest HTTP "
+        "worker also opens a quota pool of this size",
+    )
 
     @field_validator("broker_url")
     @classmethod

@@ -38,7 +38,12 @@ class FeedQueue:
 CONSUMER_QUEUES = (
     ConsumerQueue("voting", ("contribution.*", "training.force_requested")),
     ConsumerQueue("trainer", ("training.requested",), single_active_consumer=True),
-    ConsumerQueue("publisher", ("model.trained", "knowledge.publish_requested", "model.rollback_requested")),
+    # one active publisher (others stand by): releases are committed to the Hub one at a time, in queue order
+    ConsumerQueue(
+        "publisher",
+        ("model.trained", "knowledge.publish_requested", "model.rollback_requested"),
+        single_active_consumer=True,
+    ),
 )
 FEED_QUEUES = (FeedQueue("activity", ("training.progress", "model.published", "knowledge.published")),)
 

@@ -8,17 +8,30 @@ from shared.settings import CommonSettings
 
 
 class IngestSettings(CommonSettings):
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
-    http_workers: int = Field(2, ge=1, le=64, description="HTTP worker processes (one per core is right)")
+    host: str = Field("127.0.0.1", description="address ingest listens on (0.0.0.0: every interface)")
+    port: int = Field(8000, ge=1, le=65535, description="ingest's HTTP port: API, /health, /ready, /metrics")
+    http_workers: int = Field(2, ge=1, le=64, description="HTTP worker processes; one per core is right")
     admin_key: SecretStr | None = Field(None, description="enables /admin/* when set; at least 16 characters")
     install_daily_limit: int = Field(2000, ge=1, description="contributions per install per UTC day")
     ip_daily_limit: int = Field(10000, ge=1, description="contributions per client IP per UTC day")
     trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(
-        default_factory=list, description="peers whose X-Forwarded-For is believed, e.g. 10.0.0.0/8,127.0.0.1"
+        default_factory=list,
+        description="comma-separated peers whose X-Forwarded-For is believed, e.g. 10.0.0.0/8,127.0.0.1",
     )
-    read_cache_seconds: float = Field(5.0, ge=0, le=300)
-    publish_timeout_seconds: float = Field(10.0, gt=0, le=120)
+    read_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description="how long each HTTP worker caches /model/version, /knowledge, /config/labels",
+    )
+    publish_timeout_seconds: float = Field(
+        10.0, gt=0, le=120, description="wait for RabbitMQ's publish confirm before answering 503"
+    )
+
+    @field_validator("admin_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value  # compose passes ${WARP_ADMIN_KEY:-} as an empty string
 
     @field_validator("admin_key")
     @classmethod

@@ -7,12 +7,17 @@ from shared.settings import CommonSettings
 
 class TrainerSettings(CommonSettings):
     budget_minutes: float = Field(50.0, gt=0, le=24 * 60, description="wall-clock budget of a whole run")
-    torch_threads: int = Field(2, ge=1, le=64)
+    torch_threads: int = Field(2, ge=1, le=64, description="CPU threads PyTorch uses for a training")
     quality_margin: float = Field(
-        0.0, ge=0, le=1, description="how much worse than the published model still publishes"
+        0.0,
+        ge=0,
+        le=1,
+        description="held-out accuracy a new model may lose against the published one and still be published",
     )
     checkpoint_seconds: float = Field(60.0, gt=0, description="how often a running training is checkpointed")
-    health_port: int = Field(8082, ge=0, le=65535, description="GET /health; 0 disables it")
+    health_port: int = Field(
+        8082, ge=0, le=65535, description="port of GET /health and /metrics; 0 disables both"
+    )
     initial_weights: Path | None = Field(
         None, description="local state dict to start the icon model from when nothing was published yet"
     )

@@ -4,14 +4,20 @@ from shared.settings import CommonSettings
 
 
 class VotingSettings(CommonSettings):
-    prefetch: int = Field(1000, ge=1, le=10000, description="unacknowledged contribution events held at once")
+    prefetch: int = Field(
+        1000, ge=1, le=10000, description="unacknowledged events a voting process holds at once"
+    )
     training_threshold: int = Field(
         10, ge=1, description="new or changed icon labels that trigger a training"
     )
     screen_training_threshold: int = Field(
-        20, ge=1, description="new screen-type screenshots that trigger one"
+        20, ge=1, description="new or relabelled screen-type screenshots that trigger a training"
     )
-    training_debounce_seconds: float = Field(30.0, ge=0, description="quiet time before a threshold snapshot")
+    training_debounce_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="no new contribution for this long before a threshold snapshot (unless changes reach 10x the threshold)",
+    )
     training_wait_hours: float = Field(
         3.0, gt=0, description="a snapshot no trainer took up within this long stops blocking the next one"
     )
@@ -24,6 +30,10 @@ class VotingSettings(CommonSettings):
     min_support: int = Field(
         2, ge=1, description="icon label acceptance: independent voters behind the winner"
     )
-    anchor_min_contributors: int = Field(3, ge=1)
+    anchor_min_contributors: int = Field(
+        3, ge=1, description="layout anchor grids a (build type, aspect) group needs before it is published"
+    )
     max_batch: int = Field(500, ge=1, le=5000, description="contributions stored per transaction")
-    health_port: int = Field(8081, ge=0, le=65535, description="GET /health; 0 disables it")
+    health_port: int = Field(
+        8081, ge=0, le=65535, description="port of GET /health and /metrics; 0 disables both"
+    )

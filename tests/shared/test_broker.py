@@ -6,7 +6,13 @@ import aiormq
 import pytest
 from aio_pika.abc import DeliveryMode
 
-from shared.broker import DEAD_LETTER_REASON, ORIGINAL_ROUTING_KEY, EventPublisher, UnroutableMessage
+from shared.broker import (
+    DEAD_LETTER_REASON,
+    ORIGINAL_ROUTING_KEY,
+    EventPublisher,
+    TopologyMismatch,
+    UnroutableMessage,
+)
 from shared.events import IconCropContributed, TrainingRequested
 from shared.topology import Topology, declare_topology
 from tests.utils.broker import queue_depth, wait_for_messages
@@ -37,7 +43,8 @@ async def test_queues_are_durable_quorum_queues_with_dead_letter_targets(topolog
         assert arguments["x-queue-type"] == "quorum"
         assert arguments["x-dead-letter-exchange"] == topology.dead_letter_exchange
         assert arguments["x-delivery-limit"] == topology.delivery_limit
-    assert topology.queue_arguments(topology.consumer("trainer"))["x-single-active-consumer"] is True
+    for role in ("trainer", "publisher"):  # one at a time: long trainings, Hub commits in order
+        assert topology.queue_arguments(topology.consumer(role))["x-single-active-consumer"] is True
     assert "x-single-active-consumer" not in topology.queue_arguments(topology.consumer("voting"))
 
 
@@ -138,3 +145,12 @@ async def test_the_broker_dead_letters_a_message_requeued_past_the_delivery_limi
     assert dead.message_id == event.message_id
     assert dead.headers["x-first-death-reason"] == "delivery_limit"
     assert await queue_depth(amqp_channel, topology.queue("voting")) == 0
+
+
+async def test_queues_declared_with_other_arguments_stop_the_service_with_a_clear_message(
+    topology, broker_url
+):
+    changed = Topology(namespace=topology.namespace, delivery_limit=topology.delivery_limit + 3)
+    publisher = EventPublisher(broker_url, changed)
+    with pytest.raises(TopologyMismatch, match=f"namespace '{topology.namespace}'.*WARP_BROKER_NAMESPACE"):
+        await asyncio.wait_for(publisher.connect_with_retry(delay=0.1), timeout=20)

@@ -71,3 +71,11 @@ def test_an_unparseable_list_names_its_variable(monkeypatch):
     monkeypatch.setenv("WARP_TRUSTED_PROXIES", "10.0.0.0/8,not-a-network")
     with pytest.raises(ConfigError, match="WARP_TRUSTED_PROXIES"):
         load_settings(IngestSettings)
+
+
+def test_empty_secrets_from_compose_mean_unset(monkeypatch):
+    # docker-compose.yml passes ${WARP_ADMIN_KEY:-} and ${WARP_HF_TOKEN:-}: empty when the operator set nothing
+    monkeypatch.setenv("WARP_ADMIN_KEY", "")
+    monkeypatch.setenv("WARP_HF_TOKEN", "")
+    assert load_settings(IngestSettings).admin_key is None  # admin disabled, not a start-up error
+    assert load_settings(PublisherSettings).hf_token is None  # publish to the local hub directory
