@@ -3,11 +3,14 @@ make snapshots and request training (one process at a time, under a Postgres adv
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import multiprocessing
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -15,7 +18,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.voting.domain.consensus import ConsensusParams, Vote, robust_consensus
+from services.voting.domain.consensus import ConsensusParams, ConsensusResult, Vote, robust_consensus
 from services.voting.domain.derived import anchor_consensus, cap_screen_types, ocr_corrections
 from services.voting.domain.items import Ballot, ballot_of
 from services.voting.settings import VotingSettings
@@ -31,6 +34,22 @@ STORED = Counter(
 REFRESH_SECONDS = Histogram("warp_voting_refresh_seconds", "Duration of a consensus refresh")
 ACCEPTED_ITEMS = Gauge("warp_voting_accepted_items", "Items with accepted consensus", ["kind"])
 REFRESH_LOCK = 0x57A7_0001  # pg advisory lock key: one consensus refresher at a time across processes
+_CONSENSUS_POOL: ProcessPoolExecutor | None = None
+
+
+def _consensus_pool() -> ProcessPoolExecutor:
+    """One worker process per voting process for the consensus computation: it is CPU-bound over every vote
+    (seconds at a few hundred thousand), and run on the event loop it stalled the storing of new votes for as
+    long (benchmarks/pipeline_load.py: p99 accept-to-vote grew from 0.1 to 2.7 s over 5 minutes)."""
+    global _CONSENSUS_POOL
+    if _CONSENSUS_POOL is None:
+        _CONSENSUS_POOL = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    return _CONSENSUS_POOL
+
+
+def _decide(jobs: list[tuple[str, list[Vote], ConsensusParams]]) -> dict[str, ConsensusResult]:
+    return {kind: robust_consensus(votes, params) for kind, votes, params in jobs}
+
 
 _STORE_BLOBS = """
 INSERT INTO blobs (sha256, size, data)
@@ -202,15 +221,17 @@ class ConsensusRefresher:
         accepted: dict[str, dict] = {kind: {} for kind in ("icon", "knowledge", "screen", "ocr", "anchor")}
         decided: list[tuple] = []
         stats: dict = {}
+        jobs = []
         for kind in ("icon", "knowledge", "screen", "ocr"):
-            kind_rows = by_kind.get(kind, [])
             votes = [
                 Vote(r.item_key, r.install_id, r.label, i)
-                for i, r in enumerate(kind_rows)
+                for i, r in enumerate(by_kind.get(kind, []))
                 if r.label is not None
             ]
-            params = self.icon_params if kind == "icon" else self.single_voter_params
-            result = robust_consensus(votes, params)
+            jobs.append((kind, votes, self.icon_params if kind == "icon" else self.single_voter_params))
+        results = await asyncio.get_running_loop().run_in_executor(_consensus_pool(), _decide, jobs)
+        for kind, votes, _ in jobs:
+            result = results[kind]
             for item, decision in result.decisions.items():
                 status = "accepted" if decision.accepted else "withheld"
                 decided.append(

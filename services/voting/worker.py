@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from services.voting.handlers import ConsensusRefresher, VoteStore, VotingService
 from services.voting.settings import VotingSettings
@@ -41,12 +42,16 @@ class VotingWorker:
         )
 
     async def refresh_forever(self) -> None:
+        pause = self.settings.refresh_seconds
         while True:
-            await asyncio.sleep(self.settings.refresh_seconds)
+            await asyncio.sleep(pause)
+            started = time.monotonic()
             try:
                 await self.refresher.refresh()
             except Exception:
                 log.exception("consensus refresh failed; retrying at the next interval")
+            # a refresh that takes long (many votes) runs less often: at most a third of the time
+            pause = max(self.settings.refresh_seconds, 2 * (time.monotonic() - started))
 
     async def run(self) -> None:
         await self.publisher.connect_with_retry()
