@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import multiprocessing
+import os
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -43,8 +44,15 @@ def _consensus_pool() -> ProcessPoolExecutor:
     long (benchmarks/pipeline_load.py: p99 accept-to-vote grew from 0.1 to 2.7 s over 5 minutes)."""
     global _CONSENSUS_POOL
     if _CONSENSUS_POOL is None:
-        _CONSENSUS_POOL = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        _CONSENSUS_POOL = ProcessPoolExecutor(
+            1, mp_context=multiprocessing.get_context("spawn"), initializer=_lower_priority
+        )
     return _CONSENSUS_POOL
+
+
+def _lower_priority() -> None:
+    """Storing votes and answering clients come first; consensus can wait for a spare core."""
+    os.nice(10)
 
 
 def _decide(jobs: list[tuple[str, list[Vote], ConsensusParams]]) -> dict[str, ConsensusResult]:

@@ -50,8 +50,8 @@ class VotingWorker:
                 await self.refresher.refresh()
             except Exception:
                 log.exception("consensus refresh failed; retrying at the next interval")
-            # a refresh that takes long (many votes) runs less often: at most a third of the time
-            pause = max(self.settings.refresh_seconds, 2 * (time.monotonic() - started))
+            # a refresh that takes long (many votes) runs less often: at most a quarter of the time
+            pause = max(self.settings.refresh_seconds, 3 * (time.monotonic() - started))
 
     async def run(self) -> None:
         await self.publisher.connect_with_retry()
