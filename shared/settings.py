@@ -29,7 +29,10 @@ class LogFormat(StrEnum):
 
 
 class CommonSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+    # env_ignore_empty: compose passes an unset ${WARP_ADMIN_KEY:-} or ${WARP_HF_TOKEN:-} as "", meaning unset
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", frozen=True, env_ignore_empty=True
+    )
 
     broker_url: str = Field(
         "amqp://guest:guest@127.0.0.1:5672/",

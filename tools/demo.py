@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from services.publisher.settings import PublisherSettings
 from shared.db import create_engine
 from shared.events import ModelPublished, ModelTrained, TrainingProgress, TrainingRequested, decode_event
 from shared.settings import load_settings
-from tools.simulator.workload import WorkloadSpec, generate, icon_events
+from tools.simulator.workload import WorkloadSpec, bulk_crops_body, generate, icon_events
 
 FOLLOWED = {
     TrainingRequested.event_type,
@@ -51,19 +50,8 @@ async def feed(url: str, spec: WorkloadSpec) -> tuple[int, int]:
 
         async def post(event) -> None:
             nonlocal accepted, failed
-            body = {
-                "install_id": event.install_id,
-                "items": [
-                    {
-                        "slot": event.slot,
-                        "name": event.label,
-                        "ml_name": event.model_guess,
-                        "crop_png_b64": base64.b64encode(event.png).decode(),
-                    }
-                ],
-            }
             async with semaphore:
-                response = await client.post("/contribute/bulk-crops", json=body)
+                response = await client.post("/contribute/bulk-crops", json=bulk_crops_body(event))
             if response.status_code == 200 and response.json().get("accepted") == 1:
                 accepted += 1
             else:

@@ -28,11 +28,6 @@ class IngestSettings(CommonSettings):
         10.0, gt=0, le=120, description="wait for RabbitMQ's publish confirm before answering 503"
     )
 
-    @field_validator("admin_key", mode="before")
-    @classmethod
-    def _empty_is_unset(cls, value: object) -> object:
-        return None if value == "" else value  # compose passes ${WARP_ADMIN_KEY:-} as an empty string
-
     @field_validator("admin_key")
     @classmethod
     def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:

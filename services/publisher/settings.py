@@ -26,11 +26,6 @@ class PublisherSettings(CommonSettings):
         8083, ge=0, le=65535, description="port of GET /health and /metrics; 0 disables both"
     )
 
-    @field_validator("hf_token", mode="before")
-    @classmethod
-    def _empty_is_unset(cls, value: object) -> object:
-        return None if value == "" else value  # compose passes ${WARP_HF_TOKEN:-} as an empty string
-
     @field_validator("hf_endpoint")
     @classmethod
     def _http_url(cls, value: str) -> str:

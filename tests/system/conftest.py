@@ -5,7 +5,6 @@ training budget) so a contribution becomes a release within a couple of minutes.
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -21,7 +20,7 @@ from shared.db import create_engine
 from shared.topology import Topology, delete_topology
 from tests.utils.hub_server import RunningHub, running_hub
 from tests.utils.warp_client import REPO
-from tools.simulator.workload import Workload, icon_events
+from tools.simulator.workload import Workload, bulk_crops_body, icon_events
 from tools.stack import LocalStack
 
 ADMIN_KEY = "system-test-admin-key-0123456789"
@@ -76,20 +75,6 @@ class System:
             await asyncio.sleep(every)
 
 
-def contribution_body(event) -> dict:
-    return {
-        "install_id": event.install_id,
-        "items": [
-            {
-                "slot": event.slot,
-                "name": event.label,
-                "ml_name": event.model_guess,
-                "crop_png_b64": base64.b64encode(event.png).decode(),
-            }
-        ],
-    }
-
-
 async def post_all(urls: list[str], workload: Workload, concurrency: int = 8) -> dict[str, int]:
     """Every vote of the workload as one /contribute/bulk-crops request, spread over the ingest URLs.
 
@@ -101,7 +86,7 @@ async def post_all(urls: list[str], workload: Workload, concurrency: int = 8) ->
         async def post(index: int, event) -> None:
             async with semaphore:
                 response = await client.post(
-                    f"{urls[index % len(urls)]}/contribute/bulk-crops", json=contribution_body(event)
+                    f"{urls[index % len(urls)]}/contribute/bulk-crops", json=bulk_crops_body(event)
                 )
             if response.status_code == 200 and response.json()["accepted"] == 1:
                 outcome["accepted"] += 1

@@ -13,13 +13,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import os
 import sys
 import time
 
 from services.voting.domain.consensus import ConsensusParams, Vote, plain_majority, robust_consensus
-from tools.simulator.workload import WorkloadSpec, accepted_labels, generate, icon_events, score
+from tools.simulator.workload import (
+    WorkloadSpec,
+    accepted_labels,
+    bulk_crops_body,
+    generate,
+    icon_events,
+    score,
+)
 
 
 def spec_from(args: argparse.Namespace) -> WorkloadSpec:
@@ -80,19 +86,8 @@ async def feed(args: argparse.Namespace) -> int:
 
             async def post(event) -> None:
                 nonlocal sent
-                body = {
-                    "install_id": event.install_id,
-                    "items": [
-                        {
-                            "slot": event.slot,
-                            "name": event.label,
-                            "ml_name": event.model_guess,
-                            "crop_png_b64": base64.b64encode(event.png).decode(),
-                        }
-                    ],
-                }
                 async with semaphore:
-                    response = await client.post("/contribute/bulk-crops", json=body)
+                    response = await client.post("/contribute/bulk-crops", json=bulk_crops_body(event))
                 response.raise_for_status()
                 sent += response.json()["accepted"]
 

@@ -179,6 +179,19 @@ def accepted_labels(decisions: dict, items: Iterable) -> dict:
     }
 
 
+def bulk_crops_body(event) -> dict:
+    """An icon-crop event as the WARP client posts it to ``POST /contribute/bulk-crops``."""
+    import base64
+
+    item = {
+        "slot": event.slot,
+        "name": event.label,
+        "ml_name": event.model_guess,
+        "crop_png_b64": base64.b64encode(event.png).decode(),
+    }
+    return {"install_id": event.install_id, "items": [item]}
+
+
 def icon_events(workload: Workload, start=None) -> list:
     """The workload as the icon-crop events ingest would publish, in arrival order, one millisecond apart."""
     from datetime import UTC, datetime, timedelta
