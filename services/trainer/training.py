@@ -34,7 +34,7 @@ class Phase:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    phases: tuple[Phase, ...] = (Phase(64, 0.8, 64), Phase(224, 1.0, 16))
+    phases: tuple[Phase, ...] = (Phase(64, 0.8, 32), Phase(224, 1.0, 16))
     learning_rate: float = 1e-3
     fine_tune_learning_rate: float = 3e-4
     weight_decay: float = 0.05
