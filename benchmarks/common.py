@@ -105,6 +105,19 @@ async def wait_ready(host: str, port: int, timeout: float = 60) -> None:
     raise TimeoutError(f"ingest on {host}:{port} not ready after {timeout}s")
 
 
+def service_env(database_url: str, broker_url: str, broker_namespace: str) -> dict[str, str]:
+    """Settings for services under benchmark: their own database and namespace, quotas out of the way."""
+    return {
+        "WARP_DATABASE_URL": database_url,
+        "WARP_BROKER_URL": broker_url,
+        "WARP_BROKER_NAMESPACE": broker_namespace,
+        "WARP_INSTALL_DAILY_LIMIT": "100000000",
+        "WARP_IP_DAILY_LIMIT": "100000000",
+        "WARP_LOG_LEVEL": "WARNING",
+        "WARP_DATABASE_POOL_SIZE": "10",
+    }
+
+
 def namespace() -> str:
     return f"bench{uuid.uuid4().hex[:8]}"
 

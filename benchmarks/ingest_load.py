@@ -37,6 +37,7 @@ from benchmarks.common import (  # noqa: E402
     histogram_summary,
     icon_crop,
     namespace,
+    service_env,
     start_ingest,
     wait_ready,
 )
@@ -70,15 +71,7 @@ async def run(args: argparse.Namespace) -> int:
     host, port = "127.0.0.1", args.port or free_port()
     if args.url is None:
         database_url = await fresh_database(args.database_url, "warp_bench")
-        env = {
-            "WARP_DATABASE_URL": database_url,
-            "WARP_BROKER_URL": args.broker_url,
-            "WARP_BROKER_NAMESPACE": bench_namespace,
-            "WARP_INSTALL_DAILY_LIMIT": "100000000",
-            "WARP_IP_DAILY_LIMIT": "100000000",
-            "WARP_LOG_LEVEL": "WARNING",
-            "WARP_DATABASE_POOL_SIZE": "10",
-        }
+        env = service_env(database_url, args.broker_url, bench_namespace)
         migrate = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

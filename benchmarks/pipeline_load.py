@@ -61,6 +61,7 @@ from benchmarks.common import (  # noqa: E402
     fresh_database,
     icon_crop,
     namespace,
+    service_env,
 )
 from shared.topology import Topology, delete_topology  # noqa: E402
 from tools.stack import LocalStack  # noqa: E402
@@ -206,15 +207,7 @@ async def run(args: argparse.Namespace) -> int:
     )
     database_url = await fresh_database(args.database_url, database_name)
     await asyncio.to_thread(migrations.upgrade, database_url)
-    env = {
-        "WARP_DATABASE_URL": database_url,
-        "WARP_BROKER_URL": args.broker_url,
-        "WARP_BROKER_NAMESPACE": bench_namespace,
-        "WARP_INSTALL_DAILY_LIMIT": "100000000",
-        "WARP_IP_DAILY_LIMIT": "100000000",
-        "WARP_LOG_LEVEL": "WARNING",
-        "WARP_DATABASE_POOL_SIZE": "10",
-    }
+    env = service_env(database_url, args.broker_url, bench_namespace)
     stack = LocalStack(env, workdir)
     broker = await aio_pika.connect(args.broker_url)
     tasks: list[asyncio.Task] = []
