@@ -8,7 +8,6 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 
 import asyncpg
 from fastapi import FastAPI, Request
@@ -16,10 +15,10 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.ingest.domain import ImageRejected
+from services.ingest import errors
+from services.ingest.fastpath import ContributionFastPath
 from services.ingest.handlers import ContributionService, ServiceUnavailable
-from services.ingest.metrics import UNAVAILABLE
-from services.ingest.ratelimit import PostgresRateLimiter, Quota, QuotaExceeded
+from services.ingest.ratelimit import PostgresRateLimiter, Quota
 from services.ingest.readmodels import ReadModels, ReadModelUnavailable
 from services.ingest.routes import router
 from services.ingest.settings import IngestSettings
@@ -30,7 +29,6 @@ from shared.settings import load_settings
 from shared.topology import Topology
 
 log = logging.getLogger(__name__)
-RETRY_AFTER_SECONDS = 5
 
 
 @dataclass
@@ -106,40 +104,17 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
     )
     app.include_router(router)
 
-    @app.exception_handler(ImageRejected)
-    async def bad_image(request: Request, problem: ImageRejected) -> JSONResponse:
-        field = getattr(request.state, "image_field", "image")
-        return JSONResponse(
-            status_code=400,
-            content={"detail": [{"loc": ["body", field], "msg": str(problem), "type": problem.code}]},
-        )
+    app.add_middleware(ContributionFastPath)
 
-    @app.exception_handler(QuotaExceeded)
-    async def over_quota(request: Request, exceeded: QuotaExceeded) -> JSONResponse:
-        now = datetime.now(UTC)
-        midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
-        return JSONResponse(
-            status_code=429,
-            content={"detail": str(exceeded), "scope": exceeded.scope, "limit": exceeded.limit},
-            headers={"Retry-After": str(int((midnight - now).total_seconds()) + 1)},
-        )
+    def answer(status: int, content: dict, headers: dict[str, str]) -> JSONResponse:
+        return JSONResponse(content, status_code=status, headers=headers)
 
     @app.exception_handler(ServiceUnavailable)
     async def unavailable(request: Request, problem: ServiceUnavailable) -> JSONResponse:
-        UNAVAILABLE.labels(problem.dependency).inc()
-        return JSONResponse(
-            status_code=503,
-            content={"detail": f"{problem.dependency} unavailable, nothing was recorded; retry later"},
-            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-        )
+        return answer(*errors.unavailable(problem))
 
     @app.exception_handler(ReadModelUnavailable)
     async def read_unavailable(request: Request, problem: ReadModelUnavailable) -> JSONResponse:
-        UNAVAILABLE.labels("database").inc()
-        return JSONResponse(
-            status_code=503,
-            content={"detail": "database unavailable; retry later"},
-            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-        )
+        return answer(*errors.read_unavailable(problem))
 
     return app

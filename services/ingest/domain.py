@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TEXT_SLOTS = frozenset({"Ship Type", "Ship Tier"})
@@ -117,6 +117,8 @@ def check_png(data: bytes, limits: ImageLimits) -> CheckedImage:
         raise
     except Image.DecompressionBombError:
         raise ImageRejected("decompression_bomb", "PNG decompresses to more pixels than allowed") from None
+    except UnidentifiedImageError:  # its message names a Python object, of no use to a client
+        raise ImageRejected("corrupt_png", "PNG is truncated or corrupt (no decodable PNG header)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageRejected("corrupt_png", f"PNG is truncated or corrupt ({error})") from None
     std = float(pixels.std())

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Literal
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import aio_pika
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy import text
 
-from services.ingest import metrics
+from services.ingest import errors, metrics
 from services.ingest.domain import ImageRejected, client_ip
 from services.ingest.handlers import (
     Intake,
@@ -22,6 +25,7 @@ from services.ingest.handlers import (
     knowledge_intake,
     screen_types_intake,
 )
+from services.ingest.ratelimit import QuotaExceeded
 from services.ingest.schemas import (
     AnchorsRequest,
     BatchResponse,
@@ -79,24 +83,57 @@ async def require_admin(runtime: RuntimeDep, x_admin_key: Annotated[str | None, 
 AdminDep = Depends(require_admin)
 
 
-async def _accept(
-    runtime: Runtime, intake: Intake, install_id: str, ip: str, answer: Callable[[Intake], JSONResponse]
-) -> JSONResponse:
-    await runtime.service.submit(intake, install_id, ip)
-    return answer(intake)
+@dataclass(frozen=True)
+class ContributionEndpoint:
+    """One contribution route: its body schema, how the body becomes events, and how the outcome is answered.
+
+    Served by the FastAPI route of the same path (which documents it in OpenAPI and answers schema errors) and,
+    for well-formed JSON bodies, by the fast path in ``services.ingest.fastpath``; both call ``accept``."""
+
+    path: str
+    kind: str
+    schema: type[BaseModel]
+    intake: Callable[[Any, datetime], Intake]
+    answer: Callable[[Intake], tuple[int, dict]]
+    image_field: str = "image"
+
+    async def accept(self, body: Any, runtime: Runtime, ip: str) -> tuple[int, dict]:
+        """``(status, body)`` of the answer; raises ``ImageRejected``, ``QuotaExceeded`` or ``ServiceUnavailable``
+        (answered by ``services.ingest.errors``)."""
+        try:
+            intake = self.intake(body, runtime.service.clock())
+        except ImageRejected as problem:
+            metrics.REJECTED.labels(self.kind, problem.code).inc()
+            raise
+        await runtime.service.submit(intake, body.install_id, ip)
+        return self.answer(intake)
+
+    async def respond(self, body: Any, runtime: Runtime, ip: str) -> JSONResponse:
+        try:
+            status, content = await self.accept(body, runtime, ip)
+            return JSONResponse(content, status_code=status)
+        except (ImageRejected, QuotaExceeded, ServiceUnavailable) as problem:
+            answer = errors.contribution_problem(problem, self.image_field)
+            assert answer is not None
+            status, content, headers = answer
+            return JSONResponse(content, status_code=status, headers=headers)
 
 
-def _batch_answer(intake: Intake) -> JSONResponse:
+def _contribute_answer(intake: Intake) -> tuple[int, dict]:
+    return 200, ContributeResponse(contribution_id=intake.events[0][1].message_id).model_dump()
+
+
+def _batch_answer(intake: Intake) -> tuple[int, dict]:
     body = BatchResponse(
         ok=bool(intake.events),
         accepted=len(intake.events),
         rejected=len(intake.rejections),
         rejected_reasons=[r.reason for r in intake.rejections[:MAX_REASONS]],
     )
-    return JSONResponse(body.model_dump(), status_code=200 if intake.events else 400)
+    return (200 if intake.events else 400), body.model_dump()
 
 
-def _v1_answer(intake: Intake) -> JSONResponse:
+def _v1_answer(intake: Intake) -> tuple[int, dict]:
     results = [ItemResult(index=i, status="accepted", contribution_id=e.message_id) for i, e in intake.events]
     results += [ItemResult(index=r.index, status="rejected", reason=r.reason) for r in intake.rejections]
     body = V1BatchResponse(
@@ -104,23 +141,52 @@ def _v1_answer(intake: Intake) -> JSONResponse:
         rejected=len(intake.rejections),
         results=sorted(results, key=lambda r: r.index),
     )
-    return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if intake.events else 400)
+    return (200 if intake.events else 400), body.model_dump(exclude_none=True)
+
+
+CONTRIBUTE = ContributionEndpoint(
+    "/contribute", "knowledge", ContributeRequest, knowledge_intake, _contribute_answer, "crop_png_b64"
+)
+BULK_CROPS = ContributionEndpoint(
+    "/contribute/bulk-crops", "bulk_crops", BulkCropsRequest, bulk_crops_intake, _batch_answer
+)
+SCREEN_TYPES = ContributionEndpoint(
+    "/upload/screen-types", "screen_type", ScreenTypesRequest, screen_types_intake, _batch_answer
+)
+ANCHORS = ContributionEndpoint(
+    "/upload/anchors", "anchor_grid", AnchorsRequest, anchors_intake, _batch_answer
+)
+V1_CROPS = ContributionEndpoint(
+    "/v1/contributions/crops", "bulk_crops", BulkCropsRequest, bulk_crops_intake, _v1_answer
+)
+V1_SCREEN_TYPES = ContributionEndpoint(
+    "/v1/contributions/screen-types", "screen_type", ScreenTypesRequest, screen_types_intake, _v1_answer
+)
+V1_ANCHORS = ContributionEndpoint(
+    "/v1/contributions/anchors", "anchor_grid", AnchorsRequest, anchors_intake, _v1_answer
+)
+CONTRIBUTION_ENDPOINTS = (
+    CONTRIBUTE,
+    BULK_CROPS,
+    SCREEN_TYPES,
+    ANCHORS,
+    V1_CROPS,
+    V1_SCREEN_TYPES,
+    V1_ANCHORS,
+)
 
 
 # --- contributions, wire-compatible -----------------------------------------------------------------------------
 
+_CONTRIBUTE_RESPONSES = {400: {"description": "the crop is not a usable PNG; `detail[0].msg` says why"}}
 
-@router.post("/contribute", response_model=ContributeResponse, tags=["contributions"])
-async def contribute(body: ContributeRequest, request: Request, runtime: RuntimeDep, ip: ClientIpDep):
+
+@router.post(
+    "/contribute", response_model=ContributeResponse, responses=_CONTRIBUTE_RESPONSES, tags=["contributions"]
+)
+async def contribute(body: ContributeRequest, runtime: RuntimeDep, ip: ClientIpDep):
     """One pHash knowledge crop (the original WARP endpoint). A resend gets the same id and counts once."""
-    request.state.image_field = "crop_png_b64"
-    try:
-        intake = knowledge_intake(body, runtime.service.clock())
-    except ImageRejected as problem:
-        metrics.REJECTED.labels("knowledge", problem.code).inc()
-        raise
-    await runtime.service.submit(intake, body.install_id, ip)
-    return ContributeResponse(contribution_id=intake.events[0][1].message_id)
+    return await CONTRIBUTE.respond(body, runtime, ip)
 
 
 _BATCH_RESPONSES = {400: {"model": BatchResponse, "description": "every item was rejected"}}
@@ -131,9 +197,7 @@ _BATCH_RESPONSES = {400: {"model": BatchResponse, "description": "every item was
 )
 async def bulk_crops(body: BulkCropsRequest, runtime: RuntimeDep, ip: ClientIpDep):
     """Labelled icon crops and Ship Type/Tier text crops (OCR corrections), up to 50 per request."""
-    return await _accept(
-        runtime, bulk_crops_intake(body, runtime.service.clock()), body.install_id, ip, _batch_answer
-    )
+    return await BULK_CROPS.respond(body, runtime, ip)
 
 
 @router.post(
@@ -141,17 +205,13 @@ async def bulk_crops(body: BulkCropsRequest, runtime: RuntimeDep, ip: ClientIpDe
 )
 async def screen_types(body: ScreenTypesRequest, runtime: RuntimeDep, ip: ClientIpDep):
     """Screenshots labelled with their screen type, up to 20 per request."""
-    return await _accept(
-        runtime, screen_types_intake(body, runtime.service.clock()), body.install_id, ip, _batch_answer
-    )
+    return await SCREEN_TYPES.respond(body, runtime, ip)
 
 
 @router.post("/upload/anchors", response_model=BatchResponse, tags=["contributions"])
 async def anchors(body: AnchorsRequest, runtime: RuntimeDep, ip: ClientIpDep):
     """Layout anchor grids (where a build screen's slots sit), up to 20 per request."""
-    return await _accept(
-        runtime, anchors_intake(body, runtime.service.clock()), body.install_id, ip, _batch_answer
-    )
+    return await ANCHORS.respond(body, runtime, ip)
 
 
 # --- contributions, native /v1: a result and contribution id per item -------------------------------------------
@@ -162,25 +222,19 @@ _V1_RESPONSES = {400: {"model": V1BatchResponse, "description": "every item was 
 @router.post("/v1/contributions/crops", response_model=V1BatchResponse, responses=_V1_RESPONSES, tags=["v1"])
 async def v1_crops(body: BulkCropsRequest, runtime: RuntimeDep, ip: ClientIpDep):
     """As /contribute/bulk-crops, answering each item's status and contribution id in request order."""
-    return await _accept(
-        runtime, bulk_crops_intake(body, runtime.service.clock()), body.install_id, ip, _v1_answer
-    )
+    return await V1_CROPS.respond(body, runtime, ip)
 
 
 @router.post(
     "/v1/contributions/screen-types", response_model=V1BatchResponse, responses=_V1_RESPONSES, tags=["v1"]
 )
 async def v1_screen_types(body: ScreenTypesRequest, runtime: RuntimeDep, ip: ClientIpDep):
-    return await _accept(
-        runtime, screen_types_intake(body, runtime.service.clock()), body.install_id, ip, _v1_answer
-    )
+    return await V1_SCREEN_TYPES.respond(body, runtime, ip)
 
 
 @router.post("/v1/contributions/anchors", response_model=V1BatchResponse, tags=["v1"])
 async def v1_anchors(body: AnchorsRequest, runtime: RuntimeDep, ip: ClientIpDep):
-    return await _accept(
-        runtime, anchors_intake(body, runtime.service.clock()), body.install_id, ip, _v1_answer
-    )
+    return await V1_ANCHORS.respond(body, runtime, ip)
 
 
 # --- what clients poll ------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from multiprocessing.process import BaseProcess
 
@@ -39,7 +40,16 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _serve(host: str, port: int) -> None:
+def _stop_when_orphaned(parent: int) -> None:
+    """A worker whose launcher died (SIGKILL, OOM) shuts down gracefully instead of serving on, unsupervised."""
+    while os.getppid() == parent:
+        time.sleep(1)
+    log.warning("ingest launcher %d is gone; worker %d shutting down", parent, os.getpid())
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _serve(host: str, port: int, parent: int) -> None:
+    threading.Thread(target=_stop_when_orphaned, args=(parent,), daemon=True, name="orphan-watch").start()
     config = uvicorn.Config(
         "services.ingest.app:create_app",
         factory=True,
@@ -61,7 +71,9 @@ def main() -> int:
     stopping = False
 
     def start() -> BaseProcess:
-        process = context.Process(target=_serve, args=(settings.host, settings.port), daemon=False)
+        process = context.Process(
+            target=_serve, args=(settings.host, settings.port, os.getpid()), daemon=False
+        )
         process.start()
         return process
 

@@ -4,6 +4,7 @@ import asyncio
 import hashlib
 import io
 import json
+from collections import Counter
 
 import pytest
 from PIL import Image
@@ -459,3 +460,36 @@ async def test_every_contribution_endpoint_answers_200_429_and_503(
             assert down.status_code == 503 and down.headers["Retry-After"] == "5"
     await wait_for_messages(amqp_channel, topology.queue("voting"), 1)
     await assert_nothing_published(amqp_channel, topology)
+
+
+FAST, FASTAPI = "application/json", "application/vnd.warp+json"  # the fast path takes only the first
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/contribute", knowledge_body(11)),
+        ("/contribute", knowledge_body(12, crop_png_b64=b64(b"\x89PNG\r\n\x1a\n" + b"\0" * 200))),
+        ("/contribute/bulk-crops", bulk_body([icon_item(13), icon_item(14, name="__empty__")])),
+        ("/contribute/bulk-crops", bulk_body([icon_item(15, name="__empty__")])),
+        ("/v1/contributions/crops", bulk_body([icon_item(16), icon_item(17, slot="Ship Name")])),
+        ("/contribute/bulk-crops", bulk_body([icon_item(18)], install_id="short")),
+        ("/contribute/bulk-crops", {"install_id": INSTALL, "items": "not a list"}),
+    ],
+)
+async def test_the_fast_path_answers_as_the_fastapi_route(ingest, amqp_channel, topology, path, body):
+    """Well-formed JSON bodies are served by services.ingest.fastpath, the rest by the FastAPI route: same
+    answer either way (status, headers that matter, body, and the same events published)."""
+    content = json.dumps(body).encode()
+    answers = []
+    for content_type in (FAST, FASTAPI):
+        response = await ingest.client.post(path, content=content, headers={"content-type": content_type})
+        answers.append((response.status_code, response.headers["content-type"], response.json()))
+    assert answers[0] == answers[1]
+    if answers[0][0] != 200:
+        await assert_nothing_published(amqp_channel, topology)
+        return
+    accepted = len(body["items"]) - answers[0][2]["rejected"] if "items" in body else 1
+    messages = await wait_for_messages(amqp_channel, topology.queue("voting"), 2 * accepted)
+    ids = Counter(m.message_id for m in messages)  # both answers published the same ids: counted once
+    assert len(ids) == accepted and set(ids.values()) == {2}

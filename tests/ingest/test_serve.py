@@ -96,3 +96,15 @@ async def test_sigterm_finishes_in_flight_requests_and_loses_no_accepted_contrib
     assert {m.message_id for m in messages} == set(accepted)
     await asyncio.sleep(0.2)
     assert await queue_depth(amqp_channel, topology.queue("voting")) == 0
+
+
+async def test_workers_stop_when_the_launcher_is_killed(serve):
+    process, url = serve
+    async with httpx.AsyncClient(base_url=url) as client:
+        await until_healthy(client)
+    workers = http_workers(process.pid)
+    assert len(workers) == 2
+    process.kill()
+    process.wait()
+    gone, alive = await asyncio.to_thread(psutil.wait_procs, workers, 15)
+    assert not alive, f"orphaned workers still serving: {[w.pid for w in alive]}"

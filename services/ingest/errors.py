@@ -1,0 +1,57 @@
+"""How ingest's own failures are answered: one place for the FastAPI exception handlers and the fast path.
+
+Each function turns an exception into ``(status, body, headers)``; the wire contract fixes the shapes.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from services.ingest.domain import ImageRejected
+from services.ingest.handlers import ServiceUnavailable
+from services.ingest.metrics import UNAVAILABLE
+from services.ingest.ratelimit import QuotaExceeded
+from services.ingest.readmodels import ReadModelUnavailable
+
+RETRY_AFTER_SECONDS = 5
+Answer = tuple[int, dict, dict[str, str]]
+
+
+def bad_image(problem: ImageRejected, field: str) -> Answer:
+    return 400, {"detail": [{"loc": ["body", field], "msg": str(problem), "type": problem.code}]}, {}
+
+
+def over_quota(exceeded: QuotaExceeded) -> Answer:
+    """429 until the quota day ends (UTC midnight), which is what ``Retry-After`` says."""
+    now = datetime.now(UTC)
+    midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
+    return (
+        429,
+        {"detail": str(exceeded), "scope": exceeded.scope, "limit": exceeded.limit},
+        {"Retry-After": str(int((midnight - now).total_seconds()) + 1)},
+    )
+
+
+def unavailable(problem: ServiceUnavailable) -> Answer:
+    UNAVAILABLE.labels(problem.dependency).inc()
+    return (
+        503,
+        {"detail": f"{problem.dependency} unavailable, nothing was recorded; retry later"},
+        {"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+def read_unavailable(_problem: ReadModelUnavailable) -> Answer:
+    UNAVAILABLE.labels("database").inc()
+    return 503, {"detail": "database unavailable; retry later"}, {"Retry-After": str(RETRY_AFTER_SECONDS)}
+
+
+def contribution_problem(problem: Exception, image_field: str) -> Answer | None:
+    """The answer to an exception a contribution request may raise, or None when it is not one of ours."""
+    if isinstance(problem, ImageRejected):
+        return bad_image(problem, image_field)
+    if isinstance(problem, QuotaExceeded):
+        return over_quota(problem)
+    if isinstance(problem, ServiceUnavailable):
+        return unavailable(problem)
+    return None
