@@ -92,6 +92,18 @@ def decode_base64(text: str) -> bytes:
         raise ImageRejected("not_base64", "image is not valid base64") from None
 
 
+_LEVELS = np.arange(256, dtype=np.float64)
+
+
+def _pixel_std(rgb_histogram: list[int]) -> float:
+    """Standard deviation of every channel value of an RGB image, from its 3 x 256-bin histogram: the same
+    figure as ``numpy.asarray(image).std()``, without copying the pixels out of Pillow (a third of the check)."""
+    counts = np.asarray(rgb_histogram, dtype=np.float64).reshape(3, 256).sum(axis=0)
+    total = counts.sum()
+    mean = counts @ _LEVELS / total
+    return float(np.sqrt(max(counts @ (_LEVELS - mean) ** 2 / total, 0.0)))
+
+
 def check_png(data: bytes, limits: ImageLimits) -> CheckedImage:
     """Accept only a complete, sane, non-uniform PNG within the limits; raise ``ImageRejected`` otherwise."""
     if len(data) > limits.max_bytes:
@@ -112,7 +124,7 @@ def check_png(data: bytes, limits: ImageLimits) -> CheckedImage:
                 f"image is {width}x{height} pixels; at least {limits.min_width}x{limits.min_height} is required",
             )
         image.load()
-        pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+        histogram = (image if image.mode == "RGB" else image.convert("RGB")).histogram()
     except ImageRejected:
         raise
     except Image.DecompressionBombError:
@@ -121,7 +133,7 @@ def check_png(data: bytes, limits: ImageLimits) -> CheckedImage:
         raise ImageRejected("corrupt_png", "PNG is truncated or corrupt (no decodable PNG header)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageRejected("corrupt_png", f"PNG is truncated or corrupt ({error})") from None
-    std = float(pixels.std())
+    std = _pixel_std(histogram)
     if std < limits.min_std:
         raise ImageRejected(
             "near_uniform", f"image is near-uniform (pixel standard deviation {std:.1f} < {limits.min_std:g})"

@@ -13,6 +13,7 @@ from services.ingest.domain import (
     TEXT_CROP_LIMITS,
     ImageLimits,
     ImageRejected,
+    _pixel_std,
     check_png,
     clean_install_id,
     clean_text,
@@ -114,3 +115,17 @@ def test_contribution_ids_are_deterministic_and_distinct():
 )
 def test_client_ip_believes_forwarded_for_only_from_trusted_proxies(peer, forwarded, expected):
     assert client_ip(peer, forwarded, [ipaddress.ip_network("10.0.0.0/8")]) == expected
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "P", "I;16"])
+def test_uniformity_is_measured_on_the_rgb_values_whatever_the_png_mode(mode):
+    """The histogram shortcut gives numpy's std of the RGB pixels, for every mode clients may send."""
+    rng = np.random.default_rng(7)
+    for scale in (3, 40, 255):
+        array = (rng.random((24, 40, 3)) * scale).astype(np.uint8)
+        image = Image.fromarray(array).convert(mode)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        decoded = Image.open(io.BytesIO(buffer.getvalue()))
+        expected = np.asarray(decoded.convert("RGB"), dtype=np.float64).std()
+        assert _pixel_std(decoded.convert("RGB").histogram()) == pytest.approx(expected, abs=1e-9)
