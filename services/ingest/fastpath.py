@@ -6,6 +6,9 @@ much CPU as checking the PNG and publishing it. Here a well-formed JSON body is 
 from the bytes and handed to the same ``ContributionEndpoint.accept`` the FastAPI routes call; the answer is the
 same bytes FastAPI's ``JSONResponse`` would send. ``benchmarks/ingest_load.py`` measures the difference.
 
+It also bounds the body of every contribution POST, whatever its content type: a body longer than the route's
+``max_body_bytes`` is answered 413 (with the limit) before it is buffered, by its Content-Length when declared.
+
 What it does not take goes to FastAPI unchanged, so the documented behaviour has one source: any other path or
 method, a body that is not ``application/json``, and a body that fails the schema (FastAPI re-reads it from a
 replay and answers its usual 422 naming the field). Unexpected errors propagate to Starlette's
@@ -20,7 +23,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.ingest import errors
+from services.ingest import errors, metrics
 from services.ingest.domain import ImageRejected, client_ip
 from services.ingest.handlers import ServiceUnavailable
 from services.ingest.ratelimit import QuotaExceeded
@@ -47,14 +50,23 @@ def _is_plain_json(content_type: bytes | None) -> bool:
     return content_type.partition(b";")[0].strip().lower() == b"application/json"
 
 
-async def _read_body(receive: Receive) -> bytes | None:
-    """The whole request body, or None when the client disconnected first."""
-    chunks = []
+class BodyTooLarge(Exception):
+    pass
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, or None when the client disconnected first; ``BodyTooLarge`` as soon as it
+    passes ``limit`` (a chunked body has no Content-Length to refuse it by)."""
+    chunks, size = [], 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             return None
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
 
@@ -97,12 +109,26 @@ class ContributionFastPath:
             if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path")
             else None
         )
-        if endpoint is None or not _is_plain_json(_header(scope, b"content-type")):
+        if endpoint is None:
             await self.app(scope, receive, send)
             return
-        body = await _read_body(receive)
+        declared = _header(scope, b"content-length")
+        try:
+            if declared is not None and int(declared) > endpoint.max_body_bytes:
+                raise BodyTooLarge
+            body = await _read_body(receive, endpoint.max_body_bytes)
+        except BodyTooLarge:
+            metrics.REJECTED.labels(endpoint.kind, "body_too_large").inc()
+            detail = (
+                f"request body too large: the limit of {endpoint.path} is {endpoint.max_body_bytes} bytes"
+            )
+            await _send_json(send, 413, {"detail": detail, "limit": endpoint.max_body_bytes})
+            return
         if body is None:
             return  # the client is gone: nothing was taken, nothing to answer
+        if not _is_plain_json(_header(scope, b"content-type")):
+            await self.app(scope, _replaying(body, receive), send)
+            return
         try:
             request = endpoint.schema.model_validate_json(body)
         except ValidationError:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -87,6 +87,9 @@ AdminDep = Depends(require_admin)
 class ContributionEndpoint:
     """One contribution route: its body schema, how the body becomes events, and how the outcome is answered.
 
+    ``max_body_bytes`` is the largest body the schema can accept (every item at its size limit, names fully
+    JSON-escaped), rounded up: a longer body is refused with 413 before it is read.
+
     Served by the FastAPI route of the same path (which documents it in OpenAPI and answers schema errors) and,
     for well-formed JSON bodies, by the fast path in ``services.ingest.fastpath``; both call ``accept``."""
 
@@ -95,6 +98,7 @@ class ContributionEndpoint:
     schema: type[BaseModel]
     intake: Callable[[Any, datetime], Intake]
     answer: Callable[[Intake], tuple[int, dict]]
+    max_body_bytes: int
     image_field: str = "image"
 
     async def accept(self, body: Any, runtime: Runtime, ip: str) -> tuple[int, dict]:
@@ -144,27 +148,43 @@ def _v1_answer(intake: Intake) -> tuple[int, dict]:
     return (200 if intake.events else 400), body.model_dump(exclude_none=True)
 
 
+KIB, MIB = 1024, 1024 * 1024
 CONTRIBUTE = ContributionEndpoint(
-    "/contribute", "knowledge", ContributeRequest, knowledge_intake, _contribute_answer, "crop_png_b64"
+    "/contribute",
+    "knowledge",
+    ContributeRequest,
+    knowledge_intake,
+    _contribute_answer,
+    max_body_bytes=256 * KIB,  # one 200,000-character crop
+    image_field="crop_png_b64",
 )
 BULK_CROPS = ContributionEndpoint(
-    "/contribute/bulk-crops", "bulk_crops", BulkCropsRequest, bulk_crops_intake, _batch_answer
+    "/contribute/bulk-crops",
+    "bulk_crops",
+    BulkCropsRequest,
+    bulk_crops_intake,
+    _batch_answer,
+    max_body_bytes=12 * MIB,  # 50 crops of 200,000 characters
 )
 SCREEN_TYPES = ContributionEndpoint(
-    "/upload/screen-types", "screen_type", ScreenTypesRequest, screen_types_intake, _batch_answer
+    "/upload/screen-types",
+    "screen_type",
+    ScreenTypesRequest,
+    screen_types_intake,
+    _batch_answer,
+    max_body_bytes=80 * MIB,  # 20 screenshots of 4,000,000 characters
 )
 ANCHORS = ContributionEndpoint(
-    "/upload/anchors", "anchor_grid", AnchorsRequest, anchors_intake, _batch_answer
+    "/upload/anchors",
+    "anchor_grid",
+    AnchorsRequest,
+    anchors_intake,
+    _batch_answer,
+    max_body_bytes=4 * MIB,  # 20 grids of 200 slots
 )
-V1_CROPS = ContributionEndpoint(
-    "/v1/contributions/crops", "bulk_crops", BulkCropsRequest, bulk_crops_intake, _v1_answer
-)
-V1_SCREEN_TYPES = ContributionEndpoint(
-    "/v1/contributions/screen-types", "screen_type", ScreenTypesRequest, screen_types_intake, _v1_answer
-)
-V1_ANCHORS = ContributionEndpoint(
-    "/v1/contributions/anchors", "anchor_grid", AnchorsRequest, anchors_intake, _v1_answer
-)
+V1_CROPS = replace(BULK_CROPS, path="/v1/contributions/crops", answer=_v1_answer)
+V1_SCREEN_TYPES = replace(SCREEN_TYPES, path="/v1/contributions/screen-types", answer=_v1_answer)
+V1_ANCHORS = replace(ANCHORS, path="/v1/contributions/anchors", answer=_v1_answer)
 CONTRIBUTION_ENDPOINTS = (
     CONTRIBUTE,
     BULK_CROPS,

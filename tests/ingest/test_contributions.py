@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import text
 
+from services.ingest.routes import ANCHORS, BULK_CROPS, CONTRIBUTE, SCREEN_TYPES
 from shared.events import decode_event
 from tests.ingest.conftest import b64, crop, running_ingest
 from tests.utils.broker import queue_depth, wait_for_messages
@@ -493,3 +494,83 @@ async def test_the_fast_path_answers_as_the_fastapi_route(ingest, amqp_channel, 
     messages = await wait_for_messages(amqp_channel, topology.queue("voting"), 2 * accepted)
     ids = Counter(m.message_id for m in messages)  # both answers published the same ids: counted once
     assert len(ids) == accepted and set(ids.values()) == {2}
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_a_body_over_the_route_limit_is_413_naming_the_limit(
+    ingest, amqp_channel, topology, engine, chunked
+):
+    """A body longer than any the schema accepts is refused before it is buffered, by its declared length or,
+    when chunked, as soon as it passes the limit; any content type."""
+    content = json.dumps(knowledge_body(crop_png_b64="A" * 300_000)).encode()
+
+    async def chunks():
+        for start in range(0, len(content), 16_384):
+            yield content[start : start + 16_384]
+
+    response = await ingest.client.post(
+        "/contribute",
+        content=chunks() if chunked else content,
+        headers={"content-type": "text/plain"},
+    )
+    assert response.status_code == 413
+    assert response.json()["limit"] == 256 * 1024
+    assert "/contribute is 262144 bytes" in response.json()["detail"]
+    await assert_nothing_published(amqp_channel, topology)
+    assert await counters(engine) == {}
+    # the largest body the schema allows is under the limit: it is read, and answered by the schema check
+    largest = json.dumps(knowledge_body(crop_png_b64="A" * 200_000, item_name="\u00e9" * 300)).encode()
+    assert len(largest) < 256 * 1024
+    response = await ingest.client.post(
+        "/contribute", content=largest, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400 and response.json()["detail"][0]["type"] == "not_png"
+
+
+def test_every_route_limit_admits_the_largest_body_its_schema_accepts():
+    wide = "\u00e9"  # JSON-escaped to six bytes
+    largest = {
+        CONTRIBUTE: knowledge_body(
+            install_id="i" * 64,
+            phash="0" * 16,
+            crop_png_b64="A" * 200_000,
+            item_name=wide * 300,
+            wrong_name=wide * 300,
+            warp_version=wide * 20,
+            timestamp=wide * 30,
+        ),
+        BULK_CROPS: bulk_body(
+            [{"slot": wide * 80, "name": wide * 120, "crop_png_b64": "A" * 200_000, "ml_name": wide * 120}]
+            * 50,
+            install_id="i" * 64,
+        ),
+        SCREEN_TYPES: {
+            "install_id": "i" * 64,
+            "screen_type": "s" * 40,
+            "items": [{"png_b64": "A" * 4_000_000}] * 20,
+        },
+        ANCHORS: {
+            "install_id": "i" * 64,
+            "grids": [
+                {
+                    "build_type": wide * 40,
+                    "aspect": 1.7777777777777777,
+                    "resolution": wide * 16,
+                    "slots": {
+                        f"{wide * 76}{n:04d}": {
+                            "x0_rel": 0.1234567890123456,
+                            "y_rel": 0.1234567890123456,
+                            "w_rel": 0.1234567890123456,
+                            "h_rel": 0.1234567890123456,
+                            "step_rel": 0.1234567890123456,
+                            "count": 1000,
+                        }
+                        for n in range(200)
+                    },
+                }
+            ]
+            * 20,
+        },
+    }
+    for endpoint, body in largest.items():
+        assert len(json.dumps(body).encode()) <= endpoint.max_body_bytes, endpoint.path
