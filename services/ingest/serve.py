@@ -1,14 +1,12 @@
 """``python -m services.ingest.serve``: the production entry of ingest.
 
-Starts ``WARP_HTTP_WORKERS`` uvicorn processes sharing one listening socket, held by this launcher, each
-accepting one connection per wake-up (libuv's ``UV_TCP_SINGLE_ACCEPT``). Measured with the 32 keep-alive
-connections of ``benchmarks/ingest_load.py`` (sockets per worker, the worker's own broker and database
-connections included): without single accept, the first worker to wake took all of them (35/1) while the other
-idled; with a SO_REUSEPORT socket per worker the kernel's hash split them 13/24, making one worker the
-bottleneck; with single accept three runs split them 18/19, 16/21 and 10/27. Still not even, but never all on
-one worker, without per-connection work in Python. A shared
-socket also keeps the connections queued in it when a worker dies (a SO_REUSEPORT socket's queue is reset with
-its worker). Workers that die are restarted; SIGTERM/SIGINT stop them gracefully.
+Starts ``WARP_HTTP_WORKERS`` uvicorn processes, each with its own listening socket bound with SO_REUSEPORT, so
+the kernel spreads connections across them by a hash of the addresses. (``uvicorn --workers`` shares one socket,
+and which worker accepts a connection is a race: measured with the 32 keep-alive connections of
+``benchmarks/ingest_load.py``, splits from 35/1 to 18/19 over four runs, the worker holding most of them the
+bottleneck. The hash split them 13/24 in the one run counted: not even either, but a binomial spread, rarely
+lopsided.) A closed worker socket refuses new connections at once, so shutdown does not leave clients
+waiting on a listening port. Workers that die are restarted; SIGTERM/SIGINT stop them gracefully.
 """
 
 from __future__ import annotations
@@ -38,6 +36,7 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(2048)
     sock.set_inheritable(True)
@@ -52,8 +51,7 @@ def _stop_when_orphaned(parent: int) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _serve(sock: socket.socket, parent: int) -> None:
-    os.environ["UV_TCP_SINGLE_ACCEPT"] = "1"  # read by libuv (under uvloop) when the worker starts listening
+def _serve(host: str, port: int, parent: int) -> None:
     threading.Thread(target=_stop_when_orphaned, args=(parent,), daemon=True, name="orphan-watch").start()
     config = uvicorn.Config(
         "services.ingest.app:create_app",
@@ -65,7 +63,7 @@ def _serve(sock: socket.socket, parent: int) -> None:
         timeout_graceful_shutdown=GRACEFUL_SECONDS,
         log_config=None,
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    uvicorn.Server(config).run(sockets=[_listening_socket(host, port)])
 
 
 def main() -> int:
@@ -76,7 +74,9 @@ def main() -> int:
     stopping = False
 
     def start() -> BaseProcess:
-        process = context.Process(target=_serve, args=(listener, os.getpid()), daemon=False)
+        process = context.Process(
+            target=_serve, args=(settings.host, settings.port, os.getpid()), daemon=False
+        )
         process.start()
         return process
 
@@ -86,7 +86,7 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    listener = _listening_socket(settings.host, settings.port)
+    _listening_socket(settings.host, settings.port).close()  # fail fast, in the parent, if the port is taken
     workers = [start() for _ in range(settings.http_workers)]
     log.info("ingest listening on http://%s:%d with %d workers", settings.host, settings.port, len(workers))
     while not stopping:
