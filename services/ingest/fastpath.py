@@ -42,9 +42,17 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+def _route_path(scope: Scope) -> str:
+    """The path the routes match: without the ``root_path`` prefix when served under one (as Starlette does)."""
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] == "/":
+        return path[len(root) :]
+    return path
+
+
 def _is_plain_json(content_type: bytes | None) -> bool:
-    """``application/json``, with parameters or not. (FastAPI also parses ``+json`` types and bodies without a
-    content type as JSON; those rare requests take the FastAPI route.)"""
+    """``application/json``, with parameters or not. (FastAPI also parses ``+json`` types, and answers 422 to a
+    body without a content type; those rare requests take the FastAPI route.)"""
     if content_type is None:
         return False
     return content_type.partition(b";")[0].strip().lower() == b"application/json"
@@ -105,8 +113,8 @@ class ContributionFastPath:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = (
-            self.endpoints.get(scope["path"])
-            if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path")
+            self.endpoints.get(_route_path(scope))
+            if scope["type"] == "http" and scope["method"] == "POST"
             else None
         )
         if endpoint is None:

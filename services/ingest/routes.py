@@ -87,8 +87,10 @@ AdminDep = Depends(require_admin)
 class ContributionEndpoint:
     """One contribution route: its body schema, how the body becomes events, and how the outcome is answered.
 
-    ``max_body_bytes`` is the largest body the schema can accept (every item at its size limit, names fully
-    JSON-escaped), rounded up: a longer body is refused with 413 before it is read.
+    ``max_body_bytes`` bounds what is buffered: a longer body is refused with 413 before it is read. It is the
+    largest body the schema accepts (every item at its size limit, base64 written plainly, every name character
+    escaped as a surrogate pair: 12 bytes) plus a quarter, rounded up. Base64 written with JSON escapes
+    (``\u002b`` for ``+``, as some encoders do) or ignored extra fields eat into that margin.
 
     Served by the FastAPI route of the same path (which documents it in OpenAPI and answers schema errors) and,
     for well-formed JSON bodies, by the fast path in ``services.ingest.fastpath``; both call ``accept``."""
@@ -155,7 +157,7 @@ CONTRIBUTE = ContributionEndpoint(
     ContributeRequest,
     knowledge_intake,
     _contribute_answer,
-    max_body_bytes=256 * KIB,  # one 200,000-character crop
+    max_body_bytes=320 * KIB,  # one 200,000-character crop
     image_field="crop_png_b64",
 )
 BULK_CROPS = ContributionEndpoint(
@@ -164,7 +166,7 @@ BULK_CROPS = ContributionEndpoint(
     BulkCropsRequest,
     bulk_crops_intake,
     _batch_answer,
-    max_body_bytes=12 * MIB,  # 50 crops of 200,000 characters
+    max_body_bytes=16 * MIB,  # 50 crops of 200,000 characters
 )
 SCREEN_TYPES = ContributionEndpoint(
     "/upload/screen-types",
@@ -172,7 +174,7 @@ SCREEN_TYPES = ContributionEndpoint(
     ScreenTypesRequest,
     screen_types_intake,
     _batch_answer,
-    max_body_bytes=80 * MIB,  # 20 screenshots of 4,000,000 characters
+    max_body_bytes=100 * MIB,  # 20 screenshots of 4,000,000 characters
 )
 ANCHORS = ContributionEndpoint(
     "/upload/anchors",
@@ -180,7 +182,7 @@ ANCHORS = ContributionEndpoint(
     AnchorsRequest,
     anchors_intake,
     _batch_answer,
-    max_body_bytes=4 * MIB,  # 20 grids of 200 slots
+    max_body_bytes=6 * MIB,  # 20 grids of 200 slots
 )
 V1_CROPS = replace(BULK_CROPS, path="/v1/contributions/crops", answer=_v1_answer)
 V1_SCREEN_TYPES = replace(SCREEN_TYPES, path="/v1/contributions/screen-types", answer=_v1_answer)
