@@ -25,8 +25,11 @@ HELD_OUT_VARIANTS = range(4, 10)  # variants no install ever sent: shifted and r
 async def test_contributions_become_a_release_that_the_client_runs_well(system, tmp_path):
     stack = system.stack
     ingest = stack.start("ingest")
-    for service in ("voting", "trainer", "publisher"):
-        stack.start(service)
+    stack.start("voting")
+    # 4 minutes rather than the system tests' 2.5: on a slower machine of this kind (64 px training at 33-52
+    # images/s instead of 126) 2.5 minutes left the 224 px phase two epochs and 12/72 held-out crops right.
+    stack.start("trainer", WARP_BUDGET_MINUTES="4")
+    stack.start("publisher")
     await stack.wait_ready()
     workload = generate(SPEC)
 
@@ -43,7 +46,7 @@ async def test_contributions_become_a_release_that_the_client_runs_well(system, 
         async def released() -> bool:
             return (await client.get("/model/version")).json().get("available") is True
 
-        await system.wait_for("the first release", released, timeout=300, every=2)
+        await system.wait_for("the first release", released, timeout=420, every=2)
         remote = (await client.get("/model/version")).json()
 
     record = await system.scalar("SELECT row_to_json(v) FROM model_versions v WHERE status = 'published'")
@@ -72,4 +75,5 @@ async def test_contributions_become_a_release_that_the_client_runs_well(system, 
     print(
         f"held-out top-1 through the client path: {accuracy:.1%} ({right}/{len(held_out)}), chance {chance:.1%}"
     )
-    assert accuracy >= 4 * chance  # 33 %: a wide margin over 8.3 % (measured: 50 % with 2.5 minutes)
+    # 33 %: a wide margin over 8.3 % (measured: 50 % with 2.5 minutes on a faster machine)
+    assert accuracy >= 4 * chance
