@@ -186,6 +186,7 @@ class LoadRun:
     latencies: list[float] = field(default_factory=list)
     timeline: list[tuple[float, float]] = field(default_factory=list)
     statuses: Counter = field(default_factory=Counter)  # after warm-up
+    send_lags: list[float] = field(default_factory=list)  # open loop: timer lateness of sends, after warm-up
     all_statuses: Counter = field(default_factory=Counter)  # warm-up included
 
     async def connection(self, offset: float) -> None:
@@ -203,6 +204,8 @@ class LoadRun:
                     delay = scheduled - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)
+                        if scheduled >= self.warm_until:  # the generator's own lateness, not the server's
+                            self.send_lags.append(time.monotonic() - scheduled)
                     started = scheduled
                 else:
                     started = time.monotonic()

@@ -126,6 +126,12 @@ async def run(args: argparse.Namespace) -> int:
             f"max {1000 * latencies[-1]:.1f}"
         )
         print(f"errors: {errors or 0}")
+        if load.send_lags:
+            lags = sorted(load.send_lags)
+            print(
+                f"load generator timer lateness ms (part of the latencies): p50 {1000 * lags[len(lags) // 2]:.1f}"
+                f"   p99 {1000 * lags[int(len(lags) * 0.99)]:.1f}   max {1000 * lags[-1]:.1f}"
+            )
         print("p99 ms per 10 s:", " ".join(_window_p99(timeline, warm_until, 10)))
         for name, shares in (
             await histogram_summary(host, port, ("warp_ingest_quota_seconds", "warp_ingest_publish_seconds"))
