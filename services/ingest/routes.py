@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import aio_pika
+import aiormq
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -353,12 +355,23 @@ async def admin_rollback(version: Annotated[str, Path(min_length=1, max_length=6
 Role = Literal["voting", "trainer", "publisher"]
 
 
+@contextlib.asynccontextmanager
+async def _admin_connection(runtime: Runtime) -> AsyncIterator[aio_pika.abc.AbstractConnection]:
+    """A short-lived connection for reading dead-letter queues; RabbitMQ unreachable -> 503, not 500."""
+    try:
+        connection = await aio_pika.connect(runtime.settings.broker_url, timeout=5)
+    except (OSError, TimeoutError, aiormq.exceptions.AMQPError) as error:
+        raise ServiceUnavailable("broker", repr(error)) from error
+    async with connection:
+        yield connection
+
+
 @router.get("/admin/dead-letters/{role}", dependencies=[AdminDep], tags=["admin"])
 async def admin_dead_letters(
     role: Role, runtime: RuntimeDep, limit: Annotated[int, Query(ge=1, le=500)] = 50
 ):
     """What sits in a consumer's dead-letter queue, and why."""
-    async with await aio_pika.connect(runtime.settings.broker_url) as connection:
+    async with _admin_connection(runtime) as connection:
         letters = await list_dead_letters(await connection.channel(), runtime.topology, role, limit)
     return {
         "queue": runtime.topology.dead_letter_queue(role),
@@ -369,7 +382,7 @@ async def admin_dead_letters(
 @router.post("/admin/dead-letters/{role}/replay", dependencies=[AdminDep], tags=["admin"])
 async def admin_replay(role: Role, runtime: RuntimeDep, limit: Annotated[int, Query(ge=1, le=10_000)] = 100):
     """Send dead-lettered messages back to their consumers (after the cause was fixed)."""
-    async with await aio_pika.connect(runtime.settings.broker_url) as connection:
+    async with _admin_connection(runtime) as connection:
         replayed = await replay_dead_letters(
             await connection.channel(), runtime.publisher, runtime.topology, role, limit
         )

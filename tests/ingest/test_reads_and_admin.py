@@ -236,3 +236,17 @@ async def test_admin_rollback_asks_the_publisher_for_a_new_release_of_an_old_ver
     assert response.status_code == 202
     [message] = await wait_for_messages(amqp_channel, topology.queue("publisher"), 1)
     assert decode_event(message.body).target_version == "v20260501-100000-000000"
+
+
+async def test_dead_letter_admin_answers_503_when_rabbitmq_is_unreachable(ingest_settings):
+    unreachable = ingest_settings | {"broker_url": "amqp://guest:guest@127.0.0.1:1/"}
+    async with running_ingest(**unreachable) as ingest:
+        admin = {"x-admin-key": ADMIN_KEY}
+        for method, path in (
+            ("get", "/admin/dead-letters/voting"),
+            ("post", "/admin/dead-letters/voting/replay"),
+        ):
+            response = await ingest.client.request(method.upper(), path, headers=admin)
+            assert response.status_code == 503, path
+            assert response.headers["Retry-After"] == "5"
+            assert "broker unavailable" in response.json()["detail"]
