@@ -18,7 +18,6 @@ import signal
 import socket
 import sys
 import tempfile
-import threading
 import time
 from multiprocessing.process import BaseProcess
 
@@ -26,6 +25,7 @@ import uvicorn
 
 from services.ingest.settings import IngestSettings
 from shared.logs import configure_logging
+from shared.processes import exit_with_parent
 from shared.settings import load_settings
 
 log = logging.getLogger("services.ingest.serve")
@@ -43,16 +43,10 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _stop_when_orphaned(parent: int) -> None:
-    """A worker whose launcher died (SIGKILL, OOM) shuts down gracefully instead of serving on, unsupervised."""
-    while os.getppid() == parent:
-        time.sleep(1)
-    log.warning("ingest launcher %d is gone; worker %d shutting down", parent, os.getpid())
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
 def _serve(host: str, port: int, parent: int) -> None:
-    threading.Thread(target=_stop_when_orphaned, args=(parent,), daemon=True, name="orphan-watch").start()
+    exit_with_parent(
+        parent
+    )  # a worker whose launcher was killed shuts down instead of serving on, unsupervised
     config = uvicorn.Config(
         "services.ingest.app:create_app",
         factory=True,

@@ -27,6 +27,7 @@ from services.voting.tables import consensus_refreshes, training_snapshots
 from shared.db import claim_message
 from shared.events import Contribution, Event, TrainingForceRequested, TrainingRequested
 from shared.outbox import OutboxRelay, enqueue
+from shared.processes import exit_with_parent
 
 log = logging.getLogger(__name__)
 STORED = Counter(
@@ -45,14 +46,19 @@ def _consensus_pool() -> ProcessPoolExecutor:
     global _CONSENSUS_POOL
     if _CONSENSUS_POOL is None:
         _CONSENSUS_POOL = ProcessPoolExecutor(
-            1, mp_context=multiprocessing.get_context("spawn"), initializer=_lower_priority
+            1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_lower_priority,
+            initargs=(os.getpid(),),
         )
     return _CONSENSUS_POOL
 
 
-def _lower_priority() -> None:
-    """Storing votes and answering clients come first; consensus can wait for a spare core."""
+def _lower_priority(parent: int) -> None:
+    """Storing votes and answering clients come first; consensus can wait for a spare core. The worker also
+    stops when its voting process was killed, instead of lingering."""
     os.nice(10)
+    exit_with_parent(parent)
 
 
 def _decide(jobs: list[tuple[str, list[Vote], ConsensusParams]]) -> dict[str, ConsensusResult]:
