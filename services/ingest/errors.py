@@ -46,12 +46,14 @@ def read_unavailable(_problem: ReadModelUnavailable) -> Answer:
     return 503, {"detail": "database unavailable; retry later"}, {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
-def contribution_problem(problem: Exception, image_field: str) -> Answer | None:
-    """The answer to an exception a contribution request may raise, or None when it is not one of ours."""
+ContributionProblem = ImageRejected | QuotaExceeded | ServiceUnavailable
+CONTRIBUTION_PROBLEMS = (ImageRejected, QuotaExceeded, ServiceUnavailable)
+
+
+def contribution_problem(problem: ContributionProblem, image_field: str) -> Answer:
+    """The answer to an exception a contribution request may raise (catch ``CONTRIBUTION_PROBLEMS``)."""
     if isinstance(problem, ImageRejected):
         return bad_image(problem, image_field)
     if isinstance(problem, QuotaExceeded):
         return over_quota(problem)
-    if isinstance(problem, ServiceUnavailable):
-        return unavailable(problem)
-    return None
+    return unavailable(problem)

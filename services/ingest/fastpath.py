@@ -24,9 +24,7 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.ingest import errors, metrics
-from services.ingest.domain import ImageRejected, client_ip
-from services.ingest.handlers import ServiceUnavailable
-from services.ingest.ratelimit import QuotaExceeded
+from services.ingest.domain import client_ip
 from services.ingest.routes import CONTRIBUTION_ENDPOINTS
 
 if TYPE_CHECKING:
@@ -150,9 +148,7 @@ class ContributionFastPath:
         )
         try:
             status, content = await endpoint.accept(request, runtime, ip)
-        except (ImageRejected, QuotaExceeded, ServiceUnavailable) as problem:
-            answer = errors.contribution_problem(problem, endpoint.image_field)
-            assert answer is not None
-            await _send_json(send, *answer)
+        except errors.CONTRIBUTION_PROBLEMS as problem:
+            await _send_json(send, *errors.contribution_problem(problem, endpoint.image_field))
             return
         await _send_json(send, status, content)

@@ -27,7 +27,6 @@ from services.ingest.handlers import (
     knowledge_intake,
     screen_types_intake,
 )
-from services.ingest.ratelimit import QuotaExceeded
 from services.ingest.schemas import (
     AnchorsRequest,
     BatchResponse,
@@ -120,10 +119,8 @@ class ContributionEndpoint:
         try:
             status, content = await self.accept(body, runtime, ip)
             return JSONResponse(content, status_code=status)
-        except (ImageRejected, QuotaExceeded, ServiceUnavailable) as problem:
-            answer = errors.contribution_problem(problem, self.image_field)
-            assert answer is not None
-            status, content, headers = answer
+        except errors.CONTRIBUTION_PROBLEMS as problem:
+            status, content, headers = errors.contribution_problem(problem, self.image_field)
             return JSONResponse(content, status_code=status, headers=headers)
 
 
