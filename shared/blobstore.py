@@ -7,9 +7,10 @@ Postgres is the default backend so services need no shared volume; anything impl
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from typing import Protocol
 
-from sqlalchemy import CheckConstraint, Column, DateTime, Integer, LargeBinary, String, Table, func, select
+from sqlalchemy import CheckConstraint, Column, DateTime, Integer, LargeBinary, String, Table, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -72,3 +73,34 @@ class PostgresBlobStore:
             insert(blobs).values(sha256=digest, size=len(data), data=data).on_conflict_do_nothing()
         )
         return digest
+
+
+# Every (table, column) with a foreign key to blobs.sha256, read from the catalog: the schema is the one list of
+# what may reference a blob, so a table added by any service is honoured without touching this module.
+_REFERENCES = text(
+    """
+    SELECT c.conrelid::regclass::text AS ref_table, a.attname AS ref_column
+    FROM pg_constraint c
+    JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+    WHERE c.contype = 'f' AND c.confrelid = 'blobs'::regclass
+    ORDER BY 1, 2
+    """
+)
+
+
+async def delete_unreferenced(connection: AsyncConnection, shas: Iterable[str]) -> int:
+    """Delete those of ``shas`` that no row references any more, inside the caller's transaction.
+
+    The rule: a blob is kept while a row references it. Returns how many blobs were deleted."""
+    candidates = sorted(set(shas))
+    if not candidates:
+        return 0
+    references = (await connection.execute(_REFERENCES)).all()
+    unreferenced = " ".join(
+        f'AND NOT EXISTS (SELECT 1 FROM {row.ref_table} WHERE "{row.ref_column}" = b.sha256)'
+        for row in references
+    )
+    deleted = await connection.execute(
+        text(f"DELETE FROM blobs b WHERE b.sha256 = ANY(:shas) {unreferenced}"), {"shas": candidates}
+    )
+    return deleted.rowcount

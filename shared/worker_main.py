@@ -7,8 +7,12 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.broker import EventPublisher
+from shared.health import Details, serve_health
 from shared.logs import configure_logging
 from shared.settings import CommonSettings, load_settings
 
@@ -31,3 +35,32 @@ def run_worker(settings_class: type[SettingsT], service: str, build: Callable[[S
             await task
 
     asyncio.run(main())
+
+
+async def run_service(
+    tasks: list[Awaitable[Any]],
+    *,
+    publisher: EventPublisher,
+    engine: AsyncEngine,
+    health_port: int = 0,
+    health_details: Details = lambda: {},
+    broker: Any = None,
+) -> None:
+    """The life of a queue worker: connect the publisher (and start the FastStream ``broker``, if any), run
+    ``tasks`` and the health endpoint until one fails or all are cancelled, then close everything in reverse.
+
+    A failing task cancels the others (a TaskGroup), so a worker never limps on with half of its loops."""
+    await publisher.connect_with_retry()
+    if broker is not None:
+        await broker.start()
+    if health_port:
+        tasks = [*tasks, serve_health(health_port, publisher, engine, health_details)]
+    try:
+        async with asyncio.TaskGroup() as group:
+            for task in tasks:
+                group.create_task(task)
+    finally:
+        if broker is not None:
+            await broker.stop()
+        await publisher.close()
+        await engine.dispose()

@@ -15,7 +15,6 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import asyncio
 import contextlib
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -31,6 +30,23 @@ import migrations
 from shared.broker import EventPublisher
 from shared.db import create_engine
 from shared.topology import Topology, declare_topology, delete_topology
+
+TIERS = ("unit", "integration", "system")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Give every test one tier: ``system`` under tests/system, ``integration`` when it needs the real servers
+    (any fixture built on ``servers``), ``unit`` otherwise; an explicit tier marker wins."""
+    for item in items:
+        if any(item.get_closest_marker(tier) for tier in TIERS):
+            continue
+        if "tests/system/" in item.nodeid:
+            item.add_marker(pytest.mark.system)
+        elif "servers" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+        else:
+            item.add_marker(pytest.mark.unit)
+
 
 LOCAL_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/"
 LOCAL_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"

@@ -1,0 +1,49 @@
+"""Reads that more than one service makes of another service's tables, written once.
+
+Each owner keeps writing its own tables; these are the read-only views others rely on (the publisher's
+current release, voting's snapshots and accepted consensus), so a change of the owner's schema has one place
+to follow it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import Row, bindparam, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+_LATEST_PUBLISHED = text(
+    "SELECT version, run_id, snapshot_id, trained_at, n_classes, n_samples, n_users, metrics "
+    "FROM model_versions WHERE status = 'published' ORDER BY trained_at DESC LIMIT 1"
+)
+_SNAPSHOT_LABELS = text(
+    "SELECT item_kind, item_key, label FROM snapshot_items WHERE snapshot_id = :snapshot AND item_kind IN :kinds"
+).bindparams(bindparam("kinds", expanding=True))
+_ACCEPTED_LABELS = text(
+    "SELECT item_key, label FROM consensus "
+    "WHERE item_kind = :kind AND status = 'accepted' AND label IS NOT NULL ORDER BY item_key"
+)
+
+TRAINED_KINDS = ("icon", "screen")
+
+
+async def latest_published_version(connection: AsyncConnection) -> Row[Any] | None:
+    """The release clients are told about (publisher's ``model_versions``): version, run_id, snapshot_id,
+    trained_at, n_classes, n_samples, n_users, metrics; None before the first release."""
+    return (await connection.execute(_LATEST_PUBLISHED)).first()
+
+
+async def snapshot_labels(
+    connection: AsyncConnection, snapshot_id: uuid.UUID, kinds: Iterable[str] = TRAINED_KINDS
+) -> dict[tuple[str, str], str | None]:
+    """{(item kind, item key): label} of one of voting's immutable training snapshots."""
+    rows = await connection.execute(_SNAPSHOT_LABELS, {"snapshot": snapshot_id, "kinds": list(kinds)})
+    return {(row.item_kind, row.item_key): row.label for row in rows}
+
+
+async def accepted_labels(connection: AsyncConnection, kind: str) -> dict[str, str]:
+    """{item key: label} of voting's accepted consensus of one item kind (``knowledge`` is the pHash map)."""
+    rows = await connection.execute(_ACCEPTED_LABELS, {"kind": kind})
+    return {row.item_key: row.label for row in rows}
