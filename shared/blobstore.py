@@ -10,7 +10,18 @@ import hashlib
 from collections.abc import Iterable
 from typing import Protocol
 
-from sqlalchemy import CheckConstraint, Column, DateTime, Integer, LargeBinary, String, Table, func, select, text
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    DateTime,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    func,
+    select,
+    text,
+)
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
