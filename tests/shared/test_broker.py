@@ -94,6 +94,7 @@ async def test_dead_letter_keeps_the_body_and_says_why(publisher, topology, amqp
 
 async def test_the_trainer_queue_feeds_a_single_active_consumer(publisher, topology, broker_url):
     received: dict[str, int] = {"a": 0, "b": 0}
+    all_received = asyncio.Event()
     connections = [await aio_pika.connect(broker_url) for _ in received]
     try:
         for name, connection in zip(received, connections, strict=True):
@@ -104,16 +105,15 @@ async def test_the_trainer_queue_feeds_a_single_active_consumer(publisher, topol
             async def on_message(message, name=name):
                 received[name] += 1
                 await message.ack()
+                if sum(received.values()) == 6:
+                    all_received.set()
 
             await queue.consume(on_message)
         for _ in range(6):
             await publisher.publish(
                 TrainingRequested(snapshot_id=uuid.uuid4(), reason="admin", new_labels=0, total_labels=0)
             )
-        for _ in range(100):
-            if sum(received.values()) == 6:
-                break
-            await asyncio.sleep(0.05)
+        await asyncio.wait_for(all_received.wait(), timeout=15)
         assert sorted(received.values()) == [0, 6]
     finally:
         for connection in connections:
@@ -134,13 +134,16 @@ async def test_the_broker_dead_letters_a_message_requeued_past_the_delivery_limi
     await publisher.publish(event)
     queue = await amqp_channel.get_queue(topology.queue("voting"), ensure=False)
     deliveries = 0
-    while deliveries <= topology.delivery_limit:
-        message = await queue.get(fail=False, no_ack=False)
-        if message is None:
-            await asyncio.sleep(0.05)
-            continue
-        deliveries += 1
-        await message.nack(requeue=True)
+    async with asyncio.timeout(
+        15
+    ):  # a requeued message that never came back fails here, not at the suite's timeout
+        while deliveries <= topology.delivery_limit:
+            message = await queue.get(fail=False, no_ack=False)
+            if message is None:
+                await asyncio.sleep(0.05)  # basic.get does not wait: poll until the requeue lands
+                continue
+            deliveries += 1
+            await message.nack(requeue=True)
     [dead] = await wait_for_messages(amqp_channel, topology.dead_letter_queue("voting"), 1)
     assert dead.message_id == event.message_id
     assert dead.headers["x-first-death-reason"] == "delivery_limit"
