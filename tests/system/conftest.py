@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import aio_pika
 import httpx
+import pytest
 import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -37,6 +38,16 @@ QUICK = {
     "WARP_MAX_RETRIES": "8",
     "WARP_LOG_LEVEL": "INFO",
 }
+READY_SECONDS = 90  # LocalStack.wait_ready's default: every process answering its probe
+# Around a test's own waits: the fixture's start (Hub, database) and stop (SIGTERM, 20 s grace), posting the
+# workload and the checks at the end.
+OUTSIDE_THE_WAITS_SECONDS = 90
+
+
+def within(*waits: float) -> pytest.MarkDecorator:
+    """The test's timeout: the sum of the timeouts of its waits, so each wait fails with its own message (and
+    every process's log) before pytest-timeout stops the test."""
+    return pytest.mark.timeout(sum(waits) + OUTSIDE_THE_WAITS_SECONDS)
 
 
 @dataclass
@@ -51,12 +62,12 @@ class System:
         async with self.engine.connect() as connection:
             return await connection.scalar(text(sql), params)
 
-    async def queue_depth(self, role: str) -> int:
+    async def queue_consumers(self, role: str) -> int:
         connection = await aio_pika.connect(self.broker_url)
         async with connection:
             channel = await connection.channel()
             queue = await channel.declare_queue(self.topology.queue(role), passive=True)
-            return queue.declaration_result.message_count
+            return queue.declaration_result.consumer_count
 
     async def wait_for(
         self, what: str, check: Callable[[], Awaitable[bool]], timeout: float, every: float = 0.5
