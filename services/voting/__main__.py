@@ -1,5 +1,3 @@
-from services.voting.settings import VotingSettings
-from services.voting.worker import VotingWorker
-from shared.worker_main import run_worker
+from services.voting.worker import main
 
-run_worker(VotingSettings, "voting", VotingWorker)
+main()

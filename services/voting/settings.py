@@ -1,5 +1,8 @@
+from datetime import timedelta
+
 from pydantic import Field
 
+from services.voting.domain.snapshots import SnapshotRules
 from shared.settings import CommonSettings
 
 
@@ -37,3 +40,11 @@ class VotingSettings(CommonSettings):
     health_port: int = Field(
         8081, ge=0, le=65535, description="port of GET /health and /metrics; 0 disables both"
     )
+
+    def snapshot_rules(self) -> SnapshotRules:
+        return SnapshotRules(
+            icon_threshold=self.training_threshold,
+            screen_threshold=self.screen_training_threshold,
+            debounce=timedelta(seconds=self.training_debounce_seconds),
+            training_wait=timedelta(hours=self.training_wait_hours),
+        )

@@ -1,19 +1,20 @@
 import asyncio
 import contextlib
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import timedelta
 
+import pytest
 import pytest_asyncio
 
-from services.voting.handlers import ConsensusRefresher, VoteStore, VotingService
+from services.voting.bootstrap import ACCEPTED_EVENTS, Voting, bootstrap
+from services.voting.handlers import VotingService
 from services.voting.settings import VotingSettings
-from services.voting.worker import ACCEPTED_EVENTS
 from shared.batch_consumer import BatchConsumer
 from shared.blobstore import sha256_hex
 from shared.consumer import RetryPolicy
 from shared.events import IconCropContributed
 from tests.utils.images import make_png
-
-T0 = datetime(2026, 3, 1, tzinfo=UTC)
+from tests.voting.fakes import T0, ShiftedClock
 
 
 def crop_vote(install: str, crop_seed: int, label: str, at: int = 0, **overrides) -> IconCropContributed:
@@ -42,9 +43,28 @@ async def voting_settings(broker_url, database_url, topology) -> VotingSettings:
     )
 
 
-@pytest_asyncio.fixture
-async def service(engine, voting_settings) -> VotingService:
-    return VotingService(VoteStore(engine), ConsensusRefresher(engine, voting_settings))
+@pytest.fixture
+def clock() -> ShiftedClock:
+    return ShiftedClock()
+
+
+@pytest.fixture
+def voting_with(engine, voting_settings, clock) -> Callable[..., Voting]:
+    """Voting over the real store of this test's database, the real consensus worker process and a clock the
+    test moves; keyword arguments change settings."""
+    return lambda **settings: bootstrap(
+        voting_settings.model_copy(update=settings), engine=engine, clock=clock
+    )
+
+
+@pytest.fixture
+def voting(voting_with) -> Voting:
+    return voting_with()
+
+
+@pytest.fixture
+def service(voting) -> VotingService:
+    return voting.service
 
 
 @contextlib.asynccontextmanager

@@ -9,8 +9,8 @@ import psutil
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = """
 import os, time
-from services.voting.handlers import _consensus_pool
-print(_consensus_pool().submit(os.getpid).result(), flush=True)
+from services.voting.bootstrap import consensus_pool
+print(consensus_pool().submit(os.getpid).result(), flush=True)
 time.sleep(120)
 """
 

@@ -6,7 +6,6 @@ import uuid
 from sqlalchemy import insert, text
 
 from services.trainer.tables import training_runs
-from services.voting.handlers import ConsensusRefresher, VoteStore, VotingService
 from shared.events import (
     AnchorGridContributed,
     KnowledgeContributed,
@@ -26,7 +25,7 @@ def agreeing_votes(crops: range, installs=("a", "b")) -> list:
     return [crop_vote(install, crop, f"Item {crop}") for crop in crops for install in installs]
 
 
-async def test_consensus_is_written_for_every_kind(service, engine, voting_settings):
+async def test_consensus_is_written_for_every_kind(voting, engine):
     png = make_png(120, 20, 9)
     slot = {"x0_rel": 0.1, "y_rel": 0.2, "w_rel": 0.05, "h_rel": 0.05}
     events = agreeing_votes(range(3)) + [crop_vote("a", 50, "Lonely")]
@@ -59,8 +58,8 @@ async def test_consensus_is_written_for_every_kind(service, engine, voting_setti
                 slots={"A": slot, "B": slot, "C": slot},
             )
         )
-    await service.handle(events)
-    outcome = await ConsensusRefresher(engine, voting_settings).refresh()
+    await voting.service.handle(events)
+    outcome = await voting.refresher.refresh()
     assert outcome.refreshed
     async with engine.connect() as connection:
         decided = {
@@ -72,13 +71,11 @@ async def test_consensus_is_written_for_every_kind(service, engine, voting_setti
     assert ("knowledge", "Phaser", "accepted") in decided
     assert ("ocr", "Cruiser", "accepted") in decided
     assert ("anchor", None, "accepted") in decided
-    assert not (
-        await ConsensusRefresher(engine, voting_settings).refresh()
-    ).refreshed  # nothing changed since
+    assert not (await voting.refresher.refresh()).refreshed  # nothing changed since
 
 
-async def test_a_burst_makes_one_snapshot_and_one_training_request(service, engine, voting_settings):
-    refresher = ConsensusRefresher(engine, voting_settings)
+async def test_a_burst_makes_one_snapshot_and_one_training_request(voting, service, engine):
+    refresher = voting.refresher
     await service.handle(agreeing_votes(range(5)))
     assert (await refresher.refresh()).snapshot_id is None  # 5 new labels, threshold 10
     for start in range(5, 60, 5):
@@ -108,10 +105,9 @@ async def test_a_burst_makes_one_snapshot_and_one_training_request(service, engi
     )
 
 
-async def test_a_snapshot_waits_for_the_burst_to_end(service, engine, voting_settings):
-    patient = ConsensusRefresher(
-        engine, voting_settings.model_copy(update={"training_debounce_seconds": 3600})
-    )
+async def test_a_snapshot_waits_for_the_burst_to_end(voting_with):
+    voting = voting_with(training_debounce_seconds=3600)
+    service, patient = voting.service, voting.refresher
     await service.handle(agreeing_votes(range(12)))
     assert (await patient.refresh()).snapshot_id is None  # votes still arriving: wait
     await service.handle(agreeing_votes(range(12, 120)))
@@ -128,7 +124,7 @@ async def test_an_admin_request_snapshots_now_once(service, engine):
 
 
 async def test_three_consumers_racing_store_exactly_what_one_would(
-    voting_settings, topology, publisher, engine
+    voting_settings, topology, publisher, engine, service
 ):
     from tools.simulator.workload import WorkloadSpec, generate, icon_events
 
@@ -136,7 +132,6 @@ async def test_three_consumers_racing_store_exactly_what_one_would(
         WorkloadSpec(classes=60, variants=3, installs=40, mean_labels_per_install=40, group_size=5, seed=3)
     )
     events = icon_events(workload)
-    service = VotingService(VoteStore(engine), ConsensusRefresher(engine, voting_settings))
     duplicates = events[::7]
     async with consuming(
         voting_settings, topology, publisher, service.handle, consumers=3, max_batch=50
@@ -155,26 +150,22 @@ async def test_three_consumers_racing_store_exactly_what_one_would(
     assert stored == expected
 
 
-async def test_a_deferred_snapshot_is_made_once_the_burst_is_over_without_new_votes(
-    service, engine, voting_settings
-):
-    refresher = ConsensusRefresher(
-        engine, voting_settings.model_copy(update={"training_debounce_seconds": 1})
-    )
-    await service.handle(agreeing_votes(range(12)))
-    assert (await refresher.refresh()).snapshot_id is None  # deferred: the burst may go on
-    await asyncio.sleep(1.1)
-    assert (await refresher.refresh()).snapshot_id is not None  # nothing new arrived, yet it was due
-    assert not (await refresher.refresh()).refreshed  # and then nothing is pending any more
+async def test_a_deferred_snapshot_is_made_once_the_burst_is_over_without_new_votes(voting_with, clock):
+    voting = voting_with(training_debounce_seconds=60)
+    await voting.service.handle(agreeing_votes(range(12)))
+    assert (await voting.refresher.refresh()).snapshot_id is None  # deferred: the burst may go on
+    clock.advance(seconds=60)
+    assert (await voting.refresher.refresh()).snapshot_id is not None  # nothing new arrived, yet it was due
+    assert not (await voting.refresher.refresh()).refreshed  # and then nothing is pending any more
 
 
-async def test_a_snapshot_nobody_trained_stops_blocking_after_the_wait_limit(
-    service, engine, voting_settings
-):
-    refresher = ConsensusRefresher(engine, voting_settings.model_copy(update={"training_wait_hours": 0.0003}))
-    await service.handle(agreeing_votes(range(12)))
-    assert (await refresher.refresh()).snapshot_id is not None
-    await service.handle(agreeing_votes(range(12, 24)))
-    assert (await refresher.refresh()).snapshot_id is None  # the first one still waits for its training
-    await asyncio.sleep(1.2)  # its request was lost: no run ever appeared
-    assert (await refresher.refresh()).snapshot_id is not None
+async def test_a_snapshot_nobody_trained_stops_blocking_after_the_wait_limit(voting_with, clock):
+    voting = voting_with(training_wait_hours=3)
+    await voting.service.handle(agreeing_votes(range(12)))
+    assert (await voting.refresher.refresh()).snapshot_id is not None
+    await voting.service.handle(agreeing_votes(range(12, 24)))
+    assert (
+        await voting.refresher.refresh()
+    ).snapshot_id is None  # the first one still waits for its training
+    clock.advance(hours=3)  # its request was lost: no run ever appeared
+    assert (await voting.refresher.refresh()).snapshot_id is not None

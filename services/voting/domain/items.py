@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,3 +56,31 @@ def ballot_of(event: Contribution) -> Ballot:
             value = {"resolution": event.resolution, "slots": slots}
             return Ballot("anchor", anchor_group(event.build_type, event.aspect), None, value, None, None)
     raise TypeError(f"not a contribution event: {type(event).__name__}")
+
+
+VoteKey = tuple[str, str, str]  # (item kind, item key, install)
+
+
+@dataclass(frozen=True)
+class BallotBatch:
+    """One batch of contributions as stored: each contribution once, the images they carry, and per install
+    and item only its latest vote (by the contribution's time, then message id)."""
+
+    contributions: dict[str, tuple[Contribution, Ballot]]
+    votes: dict[VoteKey, tuple[Contribution, Ballot]]
+    images: dict[str, bytes]
+
+
+def batch_of(events: Sequence[Contribution]) -> BallotBatch:
+    ballots = [(event, ballot_of(event)) for event in events]
+    latest: dict[VoteKey, tuple[Contribution, Ballot]] = {}
+    for event, ballot in ballots:
+        key = (ballot.item_kind, ballot.item_key, event.install_id)
+        held = latest.get(key)
+        if held is None or (event.occurred_at, event.message_id) > (held[0].occurred_at, held[0].message_id):
+            latest[key] = (event, ballot)
+    return BallotBatch(
+        contributions={event.message_id: (event, ballot) for event, ballot in ballots},
+        votes=latest,
+        images={b.image_sha256: b.image for _, b in ballots if b.image_sha256 and b.image is not None},
+    )

@@ -1,0 +1,180 @@
+"""When a refresh recomputes consensus, when it makes a training snapshot, and what the snapshot holds: pure
+decisions of plain values and ``now``.
+
+A snapshot is made when enough accepted labels are new or changed since the last one (icons or screenshots),
+unless the last one still waits for its training (at most one waits) or contributions are still arriving (the
+debounce), which ten times the threshold of changes overrides. An admin request snapshots at once. A snapshot
+that is due but deferred keeps the next refresh looking, even if no vote changes meanwhile.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from services.voting.domain.derived import ocr_corrections
+
+Trigger = Literal["icon_threshold", "screen_threshold", "admin"]
+FINISHED_RUN_STATUSES = ("succeeded", "failed", "skipped")
+
+
+@dataclass(frozen=True)
+class SnapshotRules:
+    icon_threshold: int
+    screen_threshold: int
+    debounce: timedelta
+    training_wait: timedelta
+    pile_up_factor: int = 10
+
+    @property
+    def pile_up(self) -> int:
+        """Changes that snapshot even while contributions are still arriving."""
+        return self.pile_up_factor * self.icon_threshold
+
+
+@dataclass(frozen=True)
+class LabelChanges:
+    """Accepted labels new or changed since the previous snapshot."""
+
+    icons: int
+    screens: int
+
+
+@dataclass(frozen=True)
+class PreviousSnapshot:
+    id: uuid.UUID
+    created_at: datetime
+    runs: int
+    finished_runs: int
+
+
+@dataclass(frozen=True)
+class SnapshotDecision:
+    make: bool
+    still_due: bool  # deferred: the next refresh looks again even if no vote changed
+    trigger: Trigger | None
+    reason: str
+
+
+def refresh_due(fingerprint: str, last_stats: Mapping[str, Any] | None, *, forced: bool) -> bool:
+    """Recompute consensus when votes changed since the last refresh, a snapshot was deferred, or an admin
+    asks."""
+    if forced or last_stats is None:
+        return True
+    return last_stats.get("fingerprint") != fingerprint or bool(last_stats.get("snapshot_pending"))
+
+
+def refresh_pause(interval_seconds: float, last_took_seconds: float) -> float:
+    """A refresh that takes long (many votes) runs less often: at most a quarter of the time."""
+    return max(interval_seconds, 3 * last_took_seconds)
+
+
+def count_changes(
+    icons: Mapping[str, str], screens: Mapping[str, str], before: Mapping[tuple[str, str], str | None]
+) -> LabelChanges:
+    """``before``: {(kind, key): label} of the previous snapshot (empty before the first)."""
+    return LabelChanges(
+        icons=sum(1 for key, label in icons.items() if before.get(("icon", key)) != label),
+        screens=sum(1 for key, label in screens.items() if before.get(("screen", key)) != label),
+    )
+
+
+def awaits_training(previous: PreviousSnapshot, now: datetime, wait: timedelta) -> bool:
+    """The snapshot still waits: its run is unfinished, or it has none yet and was made recently (a request
+    lost on its way, e.g. dead-lettered, must not block training forever)."""
+    if previous.finished_runs:
+        return False
+    if previous.runs:
+        return True
+    return now - previous.created_at < wait
+
+
+def decide_snapshot(
+    changes: LabelChanges,
+    rules: SnapshotRules,
+    *,
+    now: datetime,
+    previous: PreviousSnapshot | None,
+    last_arrival: datetime | None,
+    forced: bool = False,
+) -> SnapshotDecision:
+    if forced:
+        return SnapshotDecision(True, False, "admin", "an admin asked for training")
+    trigger: Trigger
+    if changes.icons >= rules.icon_threshold:
+        trigger, counted = "icon_threshold", f"{changes.icons} new icon labels"
+    elif changes.screens >= rules.screen_threshold:
+        trigger, counted = "screen_threshold", f"{changes.screens} new screenshots"
+    else:
+        return SnapshotDecision(False, False, None, "below both thresholds")
+    if previous is not None and awaits_training(previous, now, rules.training_wait):
+        return SnapshotDecision(
+            False, True, trigger, f"{counted}, but snapshot {previous.id} awaits training"
+        )
+    quiet = last_arrival is None or now - last_arrival >= rules.debounce
+    if quiet:
+        return SnapshotDecision(True, False, trigger, f"{counted} and no contribution for {rules.debounce}")
+    if max(changes.icons, changes.screens) >= rules.pile_up:
+        return SnapshotDecision(True, False, trigger, f"{counted}: at least {rules.pile_up}, burst or not")
+    return SnapshotDecision(False, True, trigger, f"{counted}, but contributions are still arriving")
+
+
+@dataclass(frozen=True)
+class SnapshotItem:
+    kind: str
+    key: str
+    label: str | None
+    value: dict[str, Any] | None
+    image_sha256: str | None
+
+
+@dataclass(frozen=True)
+class NewSnapshot:
+    id: uuid.UUID
+    parent_id: uuid.UUID | None
+    reason: Literal["threshold", "admin"]
+    items: list[SnapshotItem]
+    new_label_count: int
+    total_icon_labels: int
+    details: dict[str, Any]
+
+
+def compose_snapshot(
+    snapshot_id: uuid.UUID,
+    parent_id: uuid.UUID | None,
+    accepted: Mapping[str, Mapping[str, Any]],
+    screens: Mapping[str, str],
+    changes: LabelChanges,
+    trigger: Trigger,
+    rules: SnapshotRules,
+) -> NewSnapshot:
+    """What training gets: accepted icon labels (with their image), ``screens`` (capped per type), knowledge
+    entries; derived maps in their published form (OCR: {raw text: corrected name}; anchor grids)."""
+    corrections = ocr_corrections(accepted["ocr"])
+    items = [SnapshotItem("icon", key, label, None, key) for key, label in accepted["icon"].items()]
+    items += [SnapshotItem("screen", key, label, None, key) for key, label in screens.items()]
+    items += [
+        SnapshotItem("knowledge", key, label, None, None) for key, label in accepted["knowledge"].items()
+    ]
+    items += [SnapshotItem("ocr", raw, fixed, None, None) for raw, fixed in corrections.items()]
+    items += [SnapshotItem("anchor", key, None, value, None) for key, value in accepted["anchor"].items()]
+    items.sort(key=lambda item: (item.kind, item.key))
+    return NewSnapshot(
+        id=snapshot_id,
+        parent_id=parent_id,
+        reason="admin" if trigger == "admin" else "threshold",
+        items=items,
+        new_label_count=changes.icons,
+        total_icon_labels=len(accepted["icon"]),
+        details={
+            "trigger": trigger,
+            "new_icon_labels": changes.icons,
+            "new_screen_images": changes.screens,
+            "icon_threshold": rules.icon_threshold,
+            "screen_threshold": rules.screen_threshold,
+            "ocr_corrections": len(corrections),
+        },
+    )
