@@ -12,13 +12,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import KW_ONLY, dataclass, field
 
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractIncomingMessage
 
 from shared.broker import EventPublisher
-from shared.consumer import DEFAULT_RETRY, RetryPolicy, Unprocessable, call_riding_out_outages
+from shared.consumer import (
+    DEFAULT_RETRY,
+    Action,
+    RetryPolicy,
+    delivery_number,
+    handle_judged,
+    judge_failure,
+)
 from shared.events import Event, UndecodableEvent, decode_event
 from shared.topology import Topology
 
@@ -27,49 +35,37 @@ log = logging.getLogger(__name__)
 BatchHandler = Callable[[list[Event]], Awaitable[None]]
 
 
+@dataclass(eq=False)
 class BatchConsumer:
-    def __init__(
-        self,
-        broker_url: str,
-        topology: Topology,
-        role: str,
-        handler: BatchHandler,
-        publisher: EventPublisher,
-        *,
-        accepted: frozenset[str],
-        prefetch: int = 500,
-        max_batch: int = 500,
-        max_wait_seconds: float = 0.02,
-        retry: RetryPolicy = DEFAULT_RETRY,
-    ) -> None:
-        self._url = broker_url
-        self._topology = topology
-        self._role = role
-        self._handler = handler
-        self._publisher = publisher
-        self._accepted = accepted
-        self._prefetch = prefetch
-        self._max_batch = max_batch
-        self._max_wait = max_wait_seconds
-        self._retry = retry
-        self.processed = 0
+    broker_url: str
+    topology: Topology
+    role: str
+    handler: BatchHandler
+    publisher: EventPublisher
+    _: KW_ONLY
+    accepted: frozenset[str]
+    prefetch: int = 500
+    max_batch: int = 500
+    max_wait_seconds: float = 0.02
+    retry: RetryPolicy = DEFAULT_RETRY
+    processed: int = field(default=0, init=False)
 
     async def run(self) -> None:
         """Consume until cancelled; the robust connection resumes consuming after a broker restart."""
-        connection = await aio_pika.connect_robust(self._url)
+        connection = await aio_pika.connect_robust(self.broker_url)
         try:
             channel = await connection.channel()
-            await channel.set_qos(prefetch_count=self._prefetch)
+            await channel.set_qos(prefetch_count=self.prefetch)
             # declare_queue (passive), not get_queue: only queues declared on a robust channel get their
             # consumers restored after a reconnect (found by tests/system/test_faults.py stopping RabbitMQ)
-            queue = await channel.declare_queue(self._topology.queue(self._role), passive=True)
+            queue = await channel.declare_queue(self.topology.queue(self.role), passive=True)
             arrived: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
             await queue.consume(arrived.put)
             loop = asyncio.get_running_loop()
             while True:
                 batch = [await arrived.get()]
-                deadline = loop.time() + self._max_wait
-                while len(batch) < self._max_batch:
+                deadline = loop.time() + self.max_wait_seconds
+                while len(batch) < self.max_batch:
                     if arrived.empty():
                         remaining = deadline - loop.time()
                         if remaining <= 0:
@@ -88,15 +84,25 @@ class BatchConsumer:
         decoded: list[tuple[AbstractIncomingMessage, Event]] = []
         for message in batch:
             try:
-                decoded.append((message, decode_event(message.body, self._accepted)))
+                decoded.append((message, decode_event(message.body, self.accepted)))
             except UndecodableEvent as problem:
-                await self._dead_letter(message, str(problem))
+                verdict = judge_failure(
+                    problem,
+                    delivery=delivery_number(message.headers),
+                    delivery_limit=self.topology.delivery_limit,
+                )
+                await self._dead_letter(message, verdict.reason)
         if not decoded:
             return
-        try:
-            await call_riding_out_outages(lambda: self._handler([event for _, event in decoded]), self._retry)
-        except Exception:
-            log.warning("batch of %d failed; retrying its messages one by one", len(decoded), exc_info=True)
+        # A batch is never dead-lettered whole: whatever failed, its messages are then judged one by one.
+        verdict = await handle_judged(
+            lambda: self.handler([event for _, event in decoded]),
+            delivery=1,
+            delivery_limit=self.topology.delivery_limit,
+            retry=self.retry,
+            log_extra={"batch": len(decoded)},
+        )
+        if verdict is not None:
             await self._isolate(decoded)
             return
         for message, _ in decoded:
@@ -105,44 +111,34 @@ class BatchConsumer:
 
     async def _isolate(self, decoded: list[tuple[AbstractIncomingMessage, Event]]) -> None:
         """Find the message(s) that fail: the others are stored and acked; a failing one is dead-lettered
-        when its deliveries are spent, else goes back to the queue (after one shared backoff)."""
+        or goes back to the queue as ``judge_failure`` says (after one shared backoff)."""
         back: list[AbstractIncomingMessage] = []
         for message, event in decoded:
-            try:
-                await call_riding_out_outages(lambda event=event: self._handler([event]), self._retry)
-            except Unprocessable as error:
-                await self._dead_letter(message, str(error))
-                continue
-            except Exception as error:
-                deliveries = int((message.headers or {}).get("x-delivery-count") or 0) + 1
-                if deliveries >= self._topology.delivery_limit:
-                    await self._dead_letter(
-                        message, f"handler failed on all {deliveries} deliveries: {error!r}"
-                    )
-                else:
-                    log.warning(
-                        "handler failed; message goes back to the queue",
-                        extra={
-                            "message_id": message.message_id,
-                            "delivery": deliveries,
-                            "reason": repr(error),
-                        },
-                    )
-                    back.append(message)
-                continue
-            await _settle(message.ack())
-            self.processed += 1
+            delivery = delivery_number(message.headers)
+            verdict = await handle_judged(
+                lambda event=event: self.handler([event]),
+                delivery=delivery,
+                delivery_limit=self.topology.delivery_limit,
+                retry=self.retry,
+                log_extra={"message_id": message.message_id, "delivery": delivery},
+            )
+            if verdict is None:
+                await _settle(message.ack())
+                self.processed += 1
+            elif verdict.action is Action.DEAD_LETTER:
+                await self._dead_letter(message, verdict.reason)
+            else:
+                back.append(message)
         if back:
-            deliveries = max(int((m.headers or {}).get("x-delivery-count") or 0) for m in back)
-            await asyncio.sleep(self._retry.delay(deliveries))
+            await asyncio.sleep(self.retry.delay(max(delivery_number(m.headers) for m in back) - 1))
             for message in back:
                 await _settle(message.reject(requeue=True))
 
     async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
         log.warning("dead-lettering message", extra={"message_id": message.message_id, "reason": reason})
         try:
-            await self._publisher.dead_letter(
-                self._role,
+            await self.publisher.dead_letter(
+                self.role,
                 message.body,
                 message_id=message.message_id or "",
                 headers=dict(message.headers or {}),

@@ -8,6 +8,8 @@
 - any other failure is retried through the queue with backoff; on its last allowed delivery the message is
   dead-lettered with the error (the quorum queue's own delivery limit stays as the backstop, should the
   consumer die mid-way). Retries use ``basic.reject`` with requeue, which every RabbitMQ version counts.
+
+``judge_failure`` is that decision, written once for this FastStream subscriber and for ``shared.batch_consumer``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
 
 import aiormq
 from faststream import AckPolicy
@@ -49,6 +53,37 @@ def is_outage(error: BaseException) -> bool:
     ) or isinstance(error, aiormq.exceptions.AMQPConnectionError)
 
 
+class Action(StrEnum):
+    RIDE_OUT = "ride_out"  # call the handler again in place, without spending the delivery
+    DEAD_LETTER = "dead_letter"
+    REQUEUE = "requeue"  # back to the queue, after a backoff, for another delivery
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: Action
+    reason: str
+
+
+def judge_failure(
+    error: BaseException, *, delivery: int, delivery_limit: int, outage_seconds: float = 0.0
+) -> Verdict:
+    """What becomes of a message whose handling raised ``error`` on its ``delivery``-th delivery (1: the first),
+    ``outage_seconds`` after it started waiting out an outage in place."""
+    if isinstance(error, Unprocessable | UndecodableEvent):
+        return Verdict(Action.DEAD_LETTER, str(error))
+    if is_outage(error) and outage_seconds <= OUTAGE_PATIENCE_SECONDS:
+        return Verdict(Action.RIDE_OUT, repr(error))
+    if delivery >= delivery_limit:
+        return Verdict(Action.DEAD_LETTER, f"handler failed on all {delivery} deliveries: {error!r}")
+    return Verdict(Action.REQUEUE, repr(error))
+
+
+def delivery_number(headers: Mapping[str, Any] | None) -> int:
+    """1 on a message's first delivery; quorum queues count the earlier ones in ``x-delivery-count``."""
+    return int((headers or {}).get("x-delivery-count") or 0) + 1
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Backoff before a failed message goes back to the queue, so a short outage does not burn its deliveries."""
@@ -63,19 +98,32 @@ class RetryPolicy:
 DEFAULT_RETRY = RetryPolicy()
 
 
-async def call_riding_out_outages(handler: Callable[[], Awaitable[None]], retry: RetryPolicy) -> None:
-    """Call ``handler``; while it fails because a dependency is down, wait and call it again (up to
-    ``OUTAGE_PATIENCE_SECONDS``). Other errors propagate at once."""
-    started, attempt = time.monotonic(), 0
+async def handle_judged(
+    handler: Callable[[], Awaitable[None]],
+    *,
+    delivery: int,
+    delivery_limit: int,
+    retry: RetryPolicy,
+    log_extra: Mapping[str, Any] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> Verdict | None:
+    """Call ``handler``: None once it returned, else the verdict on its failure. While the verdict is to ride
+    an outage out, wait (with backoff) and call it again."""
+    started, attempt = clock(), 0
     while True:
         try:
             await handler()
-            return
+            return None
         except Exception as error:
-            if not is_outage(error) or time.monotonic() - started > OUTAGE_PATIENCE_SECONDS:
-                raise
+            verdict = judge_failure(
+                error, delivery=delivery, delivery_limit=delivery_limit, outage_seconds=clock() - started
+            )
+            if verdict.action is not Action.RIDE_OUT:
+                log.warning("handler failed: %s", verdict.action, exc_info=error, extra=dict(log_extra or {}))
+                return verdict
             log.warning("dependency unavailable (%r); retrying in place", error)
-            await asyncio.sleep(max(retry.delay(attempt), 0.05))
+            await sleep(max(retry.delay(attempt), 0.05))
             attempt += 1
 
 
@@ -97,6 +145,7 @@ def subscribe_events(
     async def consume(message: RabbitMessage) -> None:
         headers = dict(message.headers or {})
         message_id = message.message_id or ""
+        delivery = delivery_number(headers)
 
         async def dead_letter(reason: str) -> None:
             log.warning("dead-lettering message", extra={"message_id": message_id, "reason": reason})
@@ -121,23 +170,19 @@ def subscribe_events(
         try:
             event = decode_event(message.body, accepted)
         except UndecodableEvent as problem:
-            await dead_letter(str(problem))
-            return
-        try:
-            await call_riding_out_outages(lambda: by_type[event.event_type](event), retry)
-        except Unprocessable as error:
-            await dead_letter(str(error))
-            return
-        except Exception as error:
-            deliveries = int(headers.get("x-delivery-count") or 0) + 1
-            if deliveries >= topology.delivery_limit:
-                await dead_letter(f"handler failed on all {deliveries} deliveries: {error!r}")
-                return
-            log.exception(
-                "handler failed; message will be redelivered",
-                extra={"message_id": message_id, "event_type": event.event_type, "delivery": deliveries},
+            verdict = judge_failure(problem, delivery=delivery, delivery_limit=topology.delivery_limit)
+        else:
+            verdict = await handle_judged(
+                lambda: by_type[event.event_type](event),
+                delivery=delivery,
+                delivery_limit=topology.delivery_limit,
+                retry=retry,
+                log_extra={"message_id": message_id, "event_type": event.event_type, "delivery": delivery},
             )
-            await asyncio.sleep(retry.delay(deliveries - 1))
+        if verdict is None:
+            await message.ack()
+        elif verdict.action is Action.DEAD_LETTER:
+            await dead_letter(verdict.reason)
+        else:
+            await asyncio.sleep(retry.delay(delivery - 1))
             await message.raw_message.reject(requeue=True)
-            return
-        await message.ack()

@@ -3,7 +3,7 @@ makes consumers idempotent."""
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, MetaData, String, Table, func, text
+from sqlalchemy import Column, DateTime, MetaData, String, Table, func
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -44,8 +44,3 @@ async def claim_message(connection: AsyncConnection, consumer: str, message_id: 
         .returning(processed_messages.c.message_id)
     )
     return claimed.first() is not None
-
-
-async def ping(engine: AsyncEngine) -> None:
-    async with engine.connect() as connection:
-        await connection.execute(text("SELECT 1"))

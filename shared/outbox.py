@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import timedelta
 
 from sqlalchemy import (
@@ -62,24 +63,16 @@ async def enqueue(connection: AsyncConnection, event: Event) -> None:
     )
 
 
+@dataclass(eq=False)
 class OutboxRelay:
-    def __init__(
-        self,
-        engine: AsyncEngine,
-        publisher: EventPublisher,
-        exchange: str,
-        *,
-        batch_size: int = 100,
-        poll_seconds: float = 0.5,
-        keep_published: timedelta = timedelta(days=7),
-    ) -> None:
-        self._engine = engine
-        self._publisher = publisher
-        self._exchange = exchange
-        self._batch_size = batch_size
-        self._poll_seconds = poll_seconds
-        self._keep_published = keep_published
-        self._wakeup = asyncio.Event()
+    engine: AsyncEngine
+    publisher: EventPublisher
+    exchange: str
+    _: KW_ONLY
+    batch_size: int = 100
+    poll_seconds: float = 0.5
+    keep_published: timedelta = timedelta(days=7)
+    _wakeup: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
     def wake(self) -> None:
         """Tell the relay there is new work now rather than at the next poll."""
@@ -87,7 +80,7 @@ class OutboxRelay:
 
     async def relay_once(self) -> int:
         """Publish one batch of pending events and mark them sent; returns how many were sent."""
-        async with self._engine.begin() as connection:
+        async with self.engine.begin() as connection:
             rows = (
                 await connection.execute(
                     select(
@@ -99,7 +92,7 @@ class OutboxRelay:
                     )
                     .where(outbox.c.published_at.is_(None))
                     .order_by(outbox.c.id)
-                    .limit(self._batch_size)
+                    .limit(self.batch_size)
                     .with_for_update(skip_locked=True)
                 )
             ).all()
@@ -107,8 +100,8 @@ class OutboxRelay:
                 return 0
             outcomes = await asyncio.gather(
                 *(
-                    self._publisher.publish_raw(
-                        self._exchange,
+                    self.publisher.publish_raw(
+                        self.exchange,
                         row.routing_key,
                         row.body,
                         message_id=row.message_id,
@@ -136,9 +129,9 @@ class OutboxRelay:
         return len(sent)
 
     async def prune(self) -> int:
-        async with self._engine.begin() as connection:
+        async with self.engine.begin() as connection:
             result = await connection.execute(
-                outbox.delete().where(outbox.c.published_at < func.now() - self._keep_published)
+                outbox.delete().where(outbox.c.published_at < func.now() - self.keep_published)
             )
         return result.rowcount
 
@@ -155,10 +148,10 @@ class OutboxRelay:
             except Exception:
                 log.exception("outbox relay failed; retrying")
                 sent = 0
-                await asyncio.sleep(self._poll_seconds * 4)
-            if sent < self._batch_size:
+                await asyncio.sleep(self.poll_seconds * 4)
+            if sent < self.batch_size:
                 try:
-                    await asyncio.wait_for(self._wakeup.wait(), timeout=self._poll_seconds)
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=self.poll_seconds)
                 except TimeoutError:
                     pass
                 self._wakeup.clear()

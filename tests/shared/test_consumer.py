@@ -1,16 +1,29 @@
-"""The acknowledgement rules every consumer gets from ``subscribe_events``, against the real broker."""
+"""The acknowledgement rules every consumer gets: the verdict on a failure (in memory), then
+``subscribe_events`` against the real broker."""
 
 import asyncio
 import contextlib
 import json
 
+import pytest
 from faststream.rabbit import RabbitBroker
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from shared.broker import DEAD_LETTER_REASON
-from shared.consumer import RetryPolicy, subscribe_events
+from shared.consumer import (
+    OUTAGE_PATIENCE_SECONDS,
+    Action,
+    RetryPolicy,
+    Unprocessable,
+    Verdict,
+    delivery_number,
+    handle_judged,
+    judge_failure,
+    subscribe_events,
+)
 from shared.db import claim_message
-from shared.events import IconCropContributed, TrainingForceRequested
+from shared.events import IconCropContributed, TrainingForceRequested, UndecodableEvent
 from tests.utils.broker import queue_depth, wait_for_messages
 from tests.utils.images import make_png
 
@@ -20,6 +33,100 @@ NO_WAIT = RetryPolicy(base_seconds=0.0, max_seconds=0.0)
 def icon_event(**overrides) -> IconCropContributed:
     fields = dict(install_id="install-1", crop_sha256="ef" * 32, png=make_png(), slot="Deflector", label="X")
     return IconCropContributed(**(fields | overrides))
+
+
+@pytest.mark.parametrize(
+    "error",
+    [Unprocessable("no published version 'v1'"), UndecodableEvent("body is not JSON")],
+)
+def test_a_message_that_can_never_be_processed_is_dead_lettered_on_its_first_delivery(error):
+    assert judge_failure(error, delivery=1, delivery_limit=10) == Verdict(Action.DEAD_LETTER, str(error))
+
+
+@pytest.mark.parametrize(
+    "error",
+    [ConnectionError("refused"), OperationalError("SELECT 1", {}, OSError("gone")), TimeoutError()],
+)
+def test_an_outage_is_ridden_out_in_place_until_the_patience_runs_out(error):
+    assert judge_failure(error, delivery=10, delivery_limit=10).action is Action.RIDE_OUT
+    assert (
+        judge_failure(error, delivery=1, delivery_limit=10, outage_seconds=OUTAGE_PATIENCE_SECONDS).action
+        is Action.RIDE_OUT
+    )
+    late = judge_failure(error, delivery=1, delivery_limit=10, outage_seconds=OUTAGE_PATIENCE_SECONDS + 1)
+    assert late.action is Action.REQUEUE
+
+
+def test_any_other_error_is_requeued_until_its_last_delivery_then_dead_lettered_with_the_error():
+    error = RuntimeError("database is on fire")
+    assert judge_failure(error, delivery=1, delivery_limit=3) == Verdict(Action.REQUEUE, repr(error))
+    assert judge_failure(error, delivery=2, delivery_limit=3).action is Action.REQUEUE
+    assert judge_failure(error, delivery=3, delivery_limit=3) == Verdict(
+        Action.DEAD_LETTER, "handler failed on all 3 deliveries: RuntimeError('database is on fire')"
+    )
+
+
+def test_the_delivery_number_counts_from_one():
+    assert delivery_number(None) == delivery_number({}) == 1
+    assert delivery_number({"x-delivery-count": 2}) == 3
+
+
+class ManualTime:
+    """A clock that moves only when the code under test sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    async def handle(self, handler, retry: RetryPolicy) -> Verdict | None:
+        return await handle_judged(
+            handler, delivery=1, delivery_limit=2, retry=retry, clock=self.clock, sleep=self.sleep
+        )
+
+
+async def test_an_outage_is_waited_out_with_backoff_without_spending_the_delivery():
+    time = ManualTime()
+    calls: list[int] = []
+
+    async def down_twice():
+        calls.append(1)
+        if len(calls) <= 2:
+            raise ConnectionError("postgres restarting")
+
+    verdict = await time.handle(down_twice, RetryPolicy(base_seconds=1, max_seconds=30))
+    assert verdict is None and len(calls) == 3
+    assert time.sleeps == [1, 2]
+
+
+async def test_an_outage_longer_than_the_patience_goes_back_to_the_queue():
+    time = ManualTime()
+
+    async def always_down():
+        raise ConnectionError("postgres is gone")
+
+    verdict = await time.handle(always_down, RetryPolicy(base_seconds=60, max_seconds=60))
+    assert verdict == Verdict(Action.REQUEUE, repr(ConnectionError("postgres is gone")))
+    assert (
+        sum(time.sleeps) > OUTAGE_PATIENCE_SECONDS and len(time.sleeps) == OUTAGE_PATIENCE_SECONDS // 60 + 1
+    )
+
+
+async def test_a_failure_that_is_not_an_outage_is_judged_at_once():
+    time = ManualTime()
+
+    async def refuses():
+        raise Unprocessable("rollback: no published version 'v-nope'")
+
+    verdict = await time.handle(refuses, RetryPolicy())
+    assert verdict == Verdict(Action.DEAD_LETTER, "rollback: no published version 'v-nope'")
+    assert time.sleeps == []
 
 
 @contextlib.asynccontextmanager
@@ -127,22 +234,23 @@ async def test_a_duplicate_message_id_is_processed_once(broker_url, topology, pu
     async with engine.begin() as connection:
         await connection.execute(text("CREATE TABLE effects (message_id text NOT NULL)"))
 
+    handled: list[str] = []
+
     async def count_once(event):
         async with engine.begin() as connection:
             if await claim_message(connection, "voting", event.message_id):
                 await connection.execute(text("INSERT INTO effects VALUES (:id)"), {"id": event.message_id})
+        handled.append(event.message_id)
 
     event = icon_event()
     async with running_consumer(broker_url, topology, publisher, {IconCropContributed: count_once}):
         await asyncio.gather(*(publisher.publish(event) for _ in range(3)))
         await publisher.publish(icon_event(message_id="other"))
 
-        async def all_processed():
-            async with engine.connect() as connection:
-                return await connection.scalar(text("SELECT count(*) FROM processed_messages")) == 2
+        async def all_four_handled():
+            return len(handled) == 4
 
-        await eventually(all_processed)
-        await asyncio.sleep(0.3)
+        await eventually(all_four_handled)
     async with engine.connect() as connection:
         rows = (await connection.execute(text("SELECT message_id FROM effects ORDER BY 1"))).scalars().all()
     assert rows == sorted([event.message_id, "other"])
