@@ -2,6 +2,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -12,6 +14,7 @@ def test_ci_runs_the_test_command_the_readme_names():
     assert "exec bash scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
 
 
+@pytest.mark.integration  # runs scripts/test.sh, which sources scripts/setup.sh: servers, a pytest process
 def test_no_tests_collected_is_a_failure():
     result = subprocess.run(
         ["bash", "scripts/test.sh", "tests/utils", "-p", "no:cacheprovider"],

@@ -29,11 +29,13 @@ def compose() -> dict:
     return yaml.safe_load(COMPOSE.read_text())
 
 
+@pytest.mark.integration  # check-jsonschema runs as a process of its own
 def test_the_file_follows_the_compose_specification():
     result = validate(COMPOSE)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.integration
 def test_the_validator_rejects_a_broken_file(tmp_path):
     broken = tmp_path / "docker-compose.yml"
     broken.write_text(

@@ -2,6 +2,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# ruff runs as a process of its own
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parent.parent
 RUFF = [sys.executable, "-m", "ruff"]
 

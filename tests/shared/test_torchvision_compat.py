@@ -2,6 +2,11 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+# a fresh interpreter importing torch per check: seconds each
+pytestmark = pytest.mark.integration
+
 
 def run_isolated(code: str) -> str:
     """Each check in a fresh interpreter: the workaround acts at import time, once per process."""
