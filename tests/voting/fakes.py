@@ -122,10 +122,6 @@ class FakeVotingStore:
     def add_run(self, snapshot_id: uuid.UUID, status: str) -> None:
         self.runs.setdefault(snapshot_id, []).append(status)
 
-    def snapshot_items(self, snapshot_id: uuid.UUID) -> dict[tuple[str, str], Any]:
-        [snapshot] = [s for s, _ in self.snapshots if s.id == snapshot_id]
-        return {(i.kind, i.key): i.label if i.value is None else i.value for i in snapshot.items}
-
 
 class FakeRefresh:
     def __init__(self, store: FakeVotingStore) -> None:

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = """
@@ -15,6 +16,7 @@ time.sleep(120)
 """
 
 
+@pytest.mark.integration  # spawns processes
 def test_the_consensus_worker_stops_when_voting_is_killed():
     voting = subprocess.Popen([sys.executable, "-c", SCRIPT], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
