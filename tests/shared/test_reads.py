@@ -1,0 +1,64 @@
+"""The reads services make of other services' tables (shared/reads.py), against a migrated database."""
+
+from shared.reads import accepted_labels, latest_published_version, snapshot_labels
+from tests.utils.rows import add_consensus, add_snapshot, add_version, trained_at
+
+
+async def test_no_release_yet_reads_as_none(engine):
+    async with engine.connect() as connection:
+        assert await latest_published_version(connection) is None
+
+
+async def test_the_latest_published_version_is_the_newest_published_not_the_newest_row(engine):
+    async with engine.begin() as connection:
+        await add_version(connection, "v1", trained_at=trained_at(1))
+        newest_run = await add_version(
+            connection, "v2", trained_at=trained_at(2), n_classes=7, metrics={"icon_top1": 0.9}
+        )
+        await add_version(connection, "v3", trained_at=trained_at(3), status="pending")
+        await add_version(connection, "v4", trained_at=trained_at(4), status="rejected")
+    async with engine.connect() as connection:
+        latest = await latest_published_version(connection)
+    assert latest.version == "v2"
+    assert latest.run_id == newest_run
+    assert latest.trained_at == trained_at(2)
+    assert (latest.n_classes, latest.n_samples, latest.n_users) == (7, 70, 5)
+    assert latest.metrics == {"icon_top1": 0.9}
+    assert latest.snapshot_id is not None
+
+
+async def test_snapshot_labels_are_one_snapshots_items_of_the_kinds_asked(engine):
+    async with engine.begin() as connection:
+        snapshot = await add_snapshot(
+            connection,
+            [
+                ("icon", "a", "Item A", None),
+                ("icon", "b", None, None),
+                ("screen", "s", "hangar", None),
+                ("knowledge", "k", "Item K", None),
+            ],
+        )
+        await add_snapshot(connection, [("icon", "other", "Item O", None)])
+    async with engine.connect() as connection:
+        trained = await snapshot_labels(connection, snapshot)
+        icons = await snapshot_labels(connection, snapshot, kinds=("icon",))
+        knowledge = await snapshot_labels(connection, snapshot, kinds=["knowledge"])
+    assert trained == {("icon", "a"): "Item A", ("icon", "b"): None, ("screen", "s"): "hangar"}
+    assert icons == {("icon", "a"): "Item A", ("icon", "b"): None}
+    assert knowledge == {("knowledge", "k"): "Item K"}
+
+
+async def test_accepted_labels_leave_out_withheld_and_unlabelled_entries_and_other_kinds(engine):
+    async with engine.begin() as connection:
+        await add_consensus(connection, "knowledge", "p2", "Item B")
+        await add_consensus(connection, "knowledge", "p1", "Item A")
+        await add_consensus(connection, "knowledge", "p3", "Item C", status="withheld")
+        await add_consensus(connection, "knowledge", "p4", None)
+        await add_consensus(connection, "icon", "i1", "Item I")
+    async with engine.connect() as connection:
+        knowledge = await accepted_labels(connection, "knowledge")
+        icons = await accepted_labels(connection, "icon")
+        screens = await accepted_labels(connection, "screen")
+    assert list(knowledge.items()) == [("p1", "Item A"), ("p2", "Item B")]  # in key order
+    assert icons == {"i1": "Item I"}
+    assert screens == {}
