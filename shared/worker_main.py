@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import signal
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
@@ -50,9 +51,16 @@ async def run_service(
     ``tasks`` and the health endpoint until one fails or all are cancelled, then close everything in reverse.
 
     A failing task cancels the others (a TaskGroup), so a worker never limps on with half of its loops."""
-    await publisher.connect_with_retry()
-    if broker is not None:
-        await broker.start()
+    try:
+        await publisher.connect_with_retry()
+        if broker is not None:
+            await broker.start()
+    except BaseException:
+        # stopped while connecting (SIGTERM before the broker answered): the tasks never start
+        for task in tasks:
+            if inspect.iscoroutine(task):
+                task.close()
+        raise
     if health_port:
         tasks = [*tasks, serve_health(health_port, publisher, engine, health_details)]
     try:
