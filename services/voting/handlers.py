@@ -24,7 +24,14 @@ from services.voting.domain.snapshots import (
     refresh_due,
     refresh_pause,
 )
-from services.voting.domain.tally import ESTIMATED_KINDS, StoredVote, Tally, consensus_jobs, decide_all, tally
+from services.voting.domain.tally import (
+    ESTIMATED_KINDS,
+    StoredVote,
+    Tally,
+    consensus_jobs,
+    decide_all,
+    tally_votes,
+)
 from services.voting.settings import VotingSettings
 from services.voting.store import RefreshUnit, VotingStore
 from shared.events import Contribution, Event, TrainingForceRequested, TrainingRequested
@@ -120,7 +127,7 @@ class ConsensusRefresher:
     async def _tally(self, votes: list[StoredVote]) -> Tally:
         jobs = consensus_jobs(votes, self.icon_params, self.single_voter_params)
         results = await asyncio.get_running_loop().run_in_executor(self._executor, decide_all, jobs)
-        decided = tally(jobs, results, votes, self._anchor_min_contributors)
+        decided = tally_votes(jobs, results, votes, self._anchor_min_contributors)
         for kind in ESTIMATED_KINDS:
             ACCEPTED_ITEMS.labels(kind).set(len(decided.accepted[kind]))
         return decided

@@ -72,7 +72,7 @@ def decide_all(jobs: list[Job]) -> dict[str, ConsensusResult]:
     return {kind: robust_consensus(votes, params) for kind, votes, params in jobs}
 
 
-def tally(
+def tally_votes(
     jobs: list[Job],
     results: dict[str, ConsensusResult],
     votes: Sequence[StoredVote],
