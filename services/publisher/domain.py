@@ -1,13 +1,21 @@
-"""Pure pieces of a release: version names, the version record clients poll, the model card."""
+"""Pure rules of a release: what a model.trained or a rollback asks for, what a redelivery does, version names,
+the files of a release (the version record clients poll, the model card, the knowledge map) and the events
+that announce it."""
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCardData
 
-MODEL_VERSION_KEYS = ("version", "trained_at", "n_classes", "val_acc", "n_samples", "n_users")
+from shared.events import KnowledgePublished, ModelPublished, ModelTrained, format_trained_at
+
+SETTLED = ("published", "rejected")  # a release in these states is never attempted again
 SCREEN_KEYS = ("screen_trained_at", "screen_val_acc", "screen_n_samples")
 
 
@@ -15,6 +23,133 @@ def version_name(trained_at: str) -> str:
     """``v20260406-120102-345678``: readable, unique per ``trained_at``, and sorting like it."""
     date, time_part = trained_at[:10], trained_at[11:26]
     return f"v{date.replace('-', '')}-{time_part.replace(':', '').replace('.', '-')}"
+
+
+@dataclass(frozen=True)
+class Release:
+    """A row of ``model_versions`` as the publisher writes it."""
+
+    version: str
+    source_message_id: str
+    run_id: uuid.UUID
+    snapshot_id: uuid.UUID
+    trained_at: str
+    metrics: Mapping[str, Any] = field(hash=False)
+    n_classes: int
+    n_samples: int
+    n_users: int
+    rollback_of: str | None = None
+    status: str = "pending"
+
+    @property
+    def lineage(self) -> dict[str, Any]:
+        return {"snapshot_id": self.snapshot_id, "run_id": self.run_id, "rollback_of": self.rollback_of}
+
+
+@dataclass(frozen=True)
+class Published:
+    """Where a release landed on the Hub: its commit, and its tag (empty for an untagged commit)."""
+
+    commit: str
+    tag: str
+
+
+def is_settled(release: Release | None) -> bool:
+    """A redelivered request whose release was published (or refused) already has nothing left to do; a pending
+    or failed one is attempted again under the same version."""
+    return release is not None and release.status in SETTLED
+
+
+def trained_release(event: ModelTrained, recorded: Release | None) -> Release:
+    """The release a model.trained asks for (``recorded``: what an earlier delivery of it wrote)."""
+    return Release(
+        version=recorded.version if recorded is not None else version_name(event.trained_at),
+        source_message_id=event.message_id,
+        run_id=event.run_id,
+        snapshot_id=event.snapshot_id,
+        trained_at=event.trained_at,
+        metrics=event.metrics,
+        n_classes=event.n_classes,
+        n_samples=event.n_samples,
+        n_users=event.n_users,
+        status="pending" if event.quality_gate_passed else "rejected",
+    )
+
+
+def rollback_refusal(target_version: str, target: Release | None) -> str | None:
+    """Why a rollback to ``target_version`` cannot be done (None: it can): only a published version returns."""
+    if target is None or target.status != "published":
+        return f"rollback: no published version {target_version!r}"
+    return None
+
+
+def rollback_release(target: Release, message_id: str, recorded: Release | None, now: datetime) -> Release:
+    """The old weights of ``target`` as a new release: clients install only a newer ``trained_at``, so it gets
+    one (``now``, or the one an earlier delivery of this request recorded)."""
+    trained_at = recorded.trained_at if recorded is not None else format_trained_at(now)
+    return replace(
+        target,
+        version=version_name(trained_at),
+        source_message_id=message_id,
+        trained_at=trained_at,
+        rollback_of=target.version,
+        status="pending",
+    )
+
+
+def knowledge_version(message_id: str) -> str:
+    """The commit name of a knowledge-map publication (one per request)."""
+    return f"knowledge-{message_id}"
+
+
+def knowledge_file(knowledge: Mapping[str, str], updated_at: str) -> bytes:
+    return _json({"knowledge": dict(knowledge), "updated_at": updated_at})
+
+
+def release_files(
+    release: Release, artifacts: Mapping[str, bytes], knowledge: Mapping[str, str]
+) -> dict[str, bytes]:
+    """Every file of one release commit: the trainer's artifacts, the version record, the model card and the
+    knowledge map as it stands."""
+    record = model_version_record(
+        release.version,
+        release.trained_at,
+        release.n_classes,
+        release.n_samples,
+        release.n_users,
+        release.metrics,
+    )
+    return dict(artifacts) | {
+        "models/model_version.json": _json(record),
+        "README.md": model_card(record, release.metrics, release.lineage).encode(),
+        "knowledge.json": knowledge_file(knowledge, release.trained_at),
+    }
+
+
+def model_published(release: Release, landed: Published) -> ModelPublished:
+    return ModelPublished(
+        message_id=f"model-published-{release.version}",
+        version=release.version,
+        trained_at=release.trained_at,
+        hub_commit=landed.commit,
+        hub_tag=landed.tag,
+        run_id=release.run_id,
+    )
+
+
+def knowledge_published(
+    request_id: str, landed: Published, entries: int, updated_at: str
+) -> KnowledgePublished:
+    return KnowledgePublished(
+        message_id=f"knowledge-published-{request_id}",
+        hub_commit=landed.commit,
+        n_entries=entries,
+        updated_at=updated_at,
+    )
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, indent=2, sort_keys=True).encode()
 
 
 def model_version_record(

@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -24,17 +24,13 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 from huggingface_hub import CommitOperationAdd, HfApi  # noqa: E402
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError  # noqa: E402
 
+from services.publisher.domain import Published  # noqa: E402
+
 log = logging.getLogger(__name__)
 
 
 class PermanentPublishError(RuntimeError):
     """Retrying cannot help (authentication, a missing repository, a refused request)."""
-
-
-@dataclass(frozen=True)
-class Published:
-    commit: str
-    tag: str
 
 
 def commit_message(version: str) -> str:
@@ -65,10 +61,18 @@ class RetryPolicy:
 class HfHub:
     """The real Hub through ``huggingface_hub``: optimistic concurrency on the parent commit, then a tag."""
 
-    def __init__(self, endpoint: str, token: str, repo_id: str, retry: RetryPolicy = RetryPolicy()) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        token: str,
+        repo_id: str,
+        retry: RetryPolicy = RetryPolicy(),
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self._api = HfApi(endpoint=endpoint, token=token)
         self._repo_id = repo_id
         self._retry = retry
+        self._sleep = sleep
         self._ready = False
 
     def publish(self, version: str, files: Mapping[str, bytes], *, tag: bool = True) -> Published:
@@ -150,13 +154,13 @@ class HfHub:
                 delay = self._retry.delay(attempt, retry_after)
                 # 412: another commit landed since we read the parent; the next attempt reads it again
                 log.warning("Hub answered %s; retrying in %.1fs (attempt %d)", status, delay, attempt + 1)
-                time.sleep(delay)
+                self._sleep(delay)
             except (ConnectionError, TimeoutError, OSError) as error:
                 if attempt == self._retry.attempts:
                     raise
                 delay = self._retry.delay(attempt, None)
                 log.warning("Hub unreachable (%r); retrying in %.1fs", error, delay)
-                time.sleep(delay)
+                self._sleep(delay)
         raise AssertionError("unreachable")
 
 

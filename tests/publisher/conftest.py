@@ -4,6 +4,9 @@ import uuid
 import pytest_asyncio
 from sqlalchemy import insert
 
+from services.publisher.handlers import ReleaseService
+from services.publisher.hub import Hub
+from services.publisher.store import PostgresReleaseStore
 from services.trainer.tables import model_artifacts, training_runs
 from services.voting.tables import training_snapshots
 from shared.blobstore import PostgresBlobStore
@@ -55,6 +58,11 @@ async def trained_event(
         n_users=7,
         quality_gate_passed=gate,
     )
+
+
+def release_service(engine, hub: Hub) -> ReleaseService:
+    """The handlers over the real store."""
+    return ReleaseService(PostgresReleaseStore(engine), hub)
 
 
 @pytest_asyncio.fixture

@@ -6,10 +6,10 @@ import onnxruntime
 import pytest
 from sqlalchemy import text
 
-from services.publisher.handlers import ReleaseService
 from services.publisher.hub import HfHub, RetryPolicy
 from shared.events import decode_event
 from tests.ingest.conftest import ingest_settings, running_ingest  # noqa: F401 (fixture)
+from tests.publisher.conftest import release_service
 from tests.trainer.conftest import add_run, make_snapshot, runner, trainer_settings  # noqa: F401 (fixtures)
 from tests.utils.hub_server import running_hub
 from tests.utils.warp_client import REPO, REQUIRED, WarpClient
@@ -36,7 +36,7 @@ async def test_a_client_updates_to_a_published_release_and_runs_it_as_it_does(
     # this test is about the client path, not about how good a 20-second model is
     trained = decode_event(body).model_copy(update={"quality_gate_passed": True})
     hub_backend = HfHub(hub.url, "hf_token", REPO, RetryPolicy(attempts=2, base_seconds=0.01))
-    await ReleaseService(engine, hub_backend).on_model_trained(trained)
+    await release_service(engine, hub_backend).on_model_trained(trained)
 
     client = WarpClient(hub.url, tmp_path / "cache", local_trained_at="2026-01-01T00:00:00.000000+00:00Z")
     async with running_ingest(**ingest_settings) as ingest:

@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 from huggingface_hub import HfApi
 
-from services.publisher.handlers import ReleaseService
 from services.publisher.hub import HfHub, PermanentPublishError, RetryPolicy
-from tests.publisher.conftest import FILES, trained_event
+from tests.publisher.conftest import FILES, release_service, trained_event
 from tests.utils.hub_server import running_hub
+
+pytestmark = pytest.mark.integration  # a Hub server on loopback
 
 REPO = "warp/warp-knowledge"
 FAST = RetryPolicy(attempts=4, base_seconds=0.01, max_seconds=0.05)
@@ -28,7 +29,7 @@ def release_commits(api: HfApi) -> list:
 
 
 async def test_one_commit_per_release_with_every_file_and_a_tag(engine, hub):
-    service = ReleaseService(engine, HfHub(hub.url, "hf_token", REPO, FAST))
+    service = release_service(engine, HfHub(hub.url, "hf_token", REPO, FAST))
     event = await trained_event(engine)
     await service.on_model_trained(event)
     await service.on_model_trained(event)  # redelivered
@@ -46,7 +47,8 @@ async def test_one_commit_per_release_with_every_file_and_a_tag(engine, hub):
 
 
 async def test_rate_limits_server_errors_and_a_stale_parent_are_retried_once_each(engine, hub, tmp_path):
-    service = ReleaseService(engine, HfHub(hub.url, "hf_token", REPO, FAST))
+    waits: list[float] = []
+    service = release_service(engine, HfHub(hub.url, "hf_token", REPO, FAST, sleep=waits.append))
     await service.on_model_trained(await trained_event(engine))
     hub.hub.fail_next(429, retry_after=0, route="commit")
     hub.hub.fail_next(500, route="commit")
@@ -57,7 +59,9 @@ async def test_rate_limits_server_errors_and_a_stale_parent_are_retried_once_eac
     )
     api = HfApi(endpoint=hub.url, token="hf_token")
     assert len(release_commits(api)) == 2  # the retried release still made exactly one commit
-    assert hub.hub.calls["commit"] >= 5
+    # one wait per refusal: Retry-After (0 s) for the 429, then the backoff of the 2nd and 3rd attempts
+    assert waits == [0.0, FAST.delay(1, None), FAST.delay(2, None)]
+    assert hub.hub.calls["commit"] == 5
     downloaded = api.hf_hub_download(
         REPO,
         "models/model_version.json",
@@ -70,13 +74,18 @@ async def test_rate_limits_server_errors_and_a_stale_parent_are_retried_once_eac
 
 
 async def test_an_outage_longer_than_the_retries_is_an_error_for_the_queue_to_retry(engine, hub):
-    service = ReleaseService(engine, HfHub(hub.url, "hf_token", REPO, FAST))
+    waits: list[float] = []
+    service = release_service(engine, HfHub(hub.url, "hf_token", REPO, FAST, sleep=waits.append))
     hub.hub.fail_next(503, times=20, route="commit")
     with pytest.raises(Exception, match="503"):
         await service.on_model_trained(await trained_event(engine))
+    assert waits == [FAST.delay(attempt, None) for attempt in range(FAST.attempts)]
+    assert hub.hub.calls["commit"] == FAST.attempts + 1
 
 
 async def test_a_refused_token_is_permanent(hub):
+    waits: list[float] = []
     hub.hub.fail_next(403, times=5)
     with pytest.raises(PermanentPublishError, match="403"):
-        HfHub(hub.url, "hf_bad", REPO, FAST).publish("v1", {"a": b"1"})
+        HfHub(hub.url, "hf_bad", REPO, FAST, sleep=waits.append).publish("v1", {"a": b"1"})
+    assert waits == []  # not retried: retrying cannot help

@@ -6,11 +6,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from services.publisher.handlers import ReleaseService
-from services.publisher.hub import LocalHub
 from shared.consumer import Unprocessable
 from shared.events import RollbackRequested, decode_event
-from tests.publisher.conftest import FILES, trained_event
+from tests.publisher.conftest import FILES, release_service, trained_event
 
 
 async def query(engine, sql: str, **params):
@@ -19,7 +17,7 @@ async def query(engine, sql: str, **params):
 
 
 async def test_a_release_is_one_tagged_commit_with_every_file_and_a_version_record(engine, local_hub):
-    service = ReleaseService(engine, local_hub)
+    service = release_service(engine, local_hub)
     event = await trained_event(engine)
     await service.on_model_trained(event)
     [row] = await query(engine, "SELECT version, status, hub_commit, hub_tag, trained_at FROM model_versions")
@@ -48,7 +46,7 @@ async def test_a_release_is_one_tagged_commit_with_every_file_and_a_version_reco
 
 
 async def test_a_redelivered_model_trained_creates_nothing_new(engine, local_hub):
-    service = ReleaseService(engine, local_hub)
+    service = release_service(engine, local_hub)
     event = await trained_event(engine)
     await service.on_model_trained(event)
     await service.on_model_trained(event)
@@ -58,13 +56,13 @@ async def test_a_redelivered_model_trained_creates_nothing_new(engine, local_hub
 
 
 async def test_a_model_the_quality_gate_refused_is_recorded_not_published(engine, local_hub):
-    await ReleaseService(engine, local_hub).on_model_trained(await trained_event(engine, gate=False))
+    await release_service(engine, local_hub).on_model_trained(await trained_event(engine, gate=False))
     assert [r.status for r in await query(engine, "SELECT status FROM model_versions")] == ["rejected"]
     assert not local_hub.current.exists()
 
 
 async def test_a_crash_mid_write_leaves_the_previous_release_intact(engine, local_hub):
-    service = ReleaseService(engine, local_hub)
+    service = release_service(engine, local_hub)
     await service.on_model_trained(await trained_event(engine))
     before = local_hub.current.resolve()
     broken = dict(FILES) | {"models/icon_classifier.pt": b"weights-v2", "models/\0broken": b"x"}
@@ -76,7 +74,7 @@ async def test_a_crash_mid_write_leaves_the_previous_release_intact(engine, loca
 
 
 async def test_a_rollback_republishes_old_weights_with_a_newer_trained_at(engine, local_hub):
-    service = ReleaseService(engine, local_hub)
+    service = release_service(engine, local_hub)
     await service.on_model_trained(
         await trained_event(engine, trained_at="2026-05-01T10:00:00.000000+00:00Z")
     )
@@ -111,7 +109,7 @@ async def test_the_knowledge_map_is_published_once_per_request(engine, local_hub
                 "INSERT INTO consensus (item_kind, item_key, label, status, support, confidence) VALUES ('knowledge', '00000000000000aa', 'Phaser', 'accepted', 3, 0.99)"
             )
         )
-    service = ReleaseService(engine, local_hub)
+    service = release_service(engine, local_hub)
     request = KnowledgePublishRequested()
     await service.on_knowledge_requested(request)
     await service.on_knowledge_requested(request)
@@ -121,10 +119,3 @@ async def test_the_knowledge_map_is_published_once_per_request(engine, local_hub
     assert len(await query(engine, "SELECT 1 FROM publication_log WHERE kind = 'knowledge'")) == 1
     assert len(list((local_hub.repo / "commits").iterdir())) == 1
     assert Path(local_hub.current).is_symlink()
-
-
-def test_local_hub_is_the_default_without_a_token(tmp_path):
-    from services.publisher.settings import PublisherSettings
-    from services.publisher.worker import hub_from
-
-    assert isinstance(hub_from(PublisherSettings(local_hub_dir=tmp_path)), LocalHub)

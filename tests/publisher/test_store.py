@@ -1,0 +1,112 @@
+"""The release store's contract, held by the Postgres store and by the in-memory fake the handler tests use."""
+
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from services.publisher import domain
+from services.publisher.domain import Published
+from services.publisher.store import PostgresReleaseStore
+from shared.events import KnowledgePublishRequested, ModelTrained, decode_event
+from tests.publisher.conftest import FILES, trained_event
+from tests.publisher.fakes import FakeReleaseStore
+
+AT = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+@dataclass
+class Case:
+    """A store and the ways to put the others' rows it reads (a finished run, accepted knowledge) in place."""
+
+    store: Any
+    engine: Any = None
+
+    async def finished_run(self, trained_at: str = "2026-05-01T10:00:00.000000+00:00Z") -> ModelTrained:
+        if self.engine is not None:
+            return await trained_event(self.engine, trained_at=trained_at)
+        return self.store.finished_run(FILES, trained_at=trained_at)
+
+    async def accept_knowledge(self, key: str, label: str | None) -> None:
+        if self.engine is None:
+            self.store.consensus[key] = label
+            return
+        async with self.engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "INSERT INTO consensus (item_kind, item_key, label, status, support, confidence) "
+                    "VALUES ('knowledge', :key, :label, 'accepted', 3, 0.99)"
+                ),
+                {"key": key, "label": label},
+            )
+
+    async def announced(self) -> list[str]:
+        if self.engine is None:
+            return [event.message_id for event in self.store.outbox]
+        async with self.engine.connect() as connection:
+            bodies = (await connection.execute(text("SELECT body FROM outbox ORDER BY id"))).scalars()
+            return [decode_event(body).message_id for body in bodies]
+
+
+@pytest.fixture(params=["memory", pytest.param("postgres", marks=pytest.mark.integration)])
+def case(request) -> Case:
+    if request.param == "memory":
+        return Case(FakeReleaseStore())
+    engine = request.getfixturevalue("engine")
+    return Case(PostgresReleaseStore(engine), engine)
+
+
+async def test_a_release_is_recorded_once_and_found_by_version_and_by_message(case):
+    event = await case.finished_run()
+    release = domain.trained_release(event, None)
+    await case.store.record_pending(release)
+    await case.store.record_pending(replace(release, n_users=99))  # redelivered: the first row stays
+    assert await case.store.release(release.version) == release
+    assert await case.store.release_for(event.message_id) == release
+    assert await case.store.release("v-none") is None and await case.store.release_for("none") is None
+
+
+async def test_a_release_becomes_failed_then_published_and_is_announced_once(case):
+    release = domain.trained_release(await case.finished_run(), None)
+    await case.store.record_pending(release)
+    await case.store.record_failed(release.version, "Hub answered 500" + "!" * 5000)
+    assert (await case.store.release(release.version)).status == "failed"
+    landed = Published("c0ffee", release.version)
+    announcement = domain.model_published(release, landed)
+    await case.store.record_published(release.version, landed, AT, sorted(FILES), announcement)
+    assert await case.store.release(release.version) == replace(release, status="published")
+    assert await case.announced() == [announcement.message_id]
+
+
+async def test_a_rejected_release_is_recorded(case):
+    release = domain.trained_release(await case.finished_run(), None)
+    await case.store.record_rejected(replace(release, status="rejected"), {"publish": False})
+    assert (await case.store.release(release.version)).status == "rejected"
+
+
+async def test_the_artifacts_of_a_run_are_read_with_their_bytes(case):
+    event = await case.finished_run()
+    artifacts = await case.store.run_artifacts(event.run_id)
+    assert artifacts == event.artifacts
+    assert await case.store.read_blobs(artifacts) == FILES
+
+
+async def test_the_knowledge_map_holds_accepted_labelled_entries_only(case):
+    await case.accept_knowledge("00000000000000aa", "Phaser")
+    await case.accept_knowledge("00000000000000bb", None)
+    assert await case.store.knowledge_map() == {"00000000000000aa": "Phaser"}
+
+
+async def test_a_knowledge_publication_is_recorded_once_per_request(case):
+    request = KnowledgePublishRequested()
+    assert not await case.store.knowledge_published(request.message_id)
+    landed = Published("beef", "")
+    announcement = domain.knowledge_published(
+        request.message_id, landed, 1, "2026-06-01T00:00:00.000000+00:00Z"
+    )
+    assert await case.store.record_knowledge(request.message_id, landed, 1, announcement)
+    assert not await case.store.record_knowledge(request.message_id, landed, 1, announcement)
+    assert await case.store.knowledge_published(request.message_id)
+    assert await case.announced() == [announcement.message_id]
