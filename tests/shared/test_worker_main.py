@@ -1,6 +1,7 @@
 """The one run/shutdown shell of the queue workers (shared/worker_main.run_service), with small fakes."""
 
 import asyncio
+import inspect
 
 import pytest
 
@@ -93,3 +94,22 @@ async def test_tasks_that_finish_end_the_worker_cleanly():
 
     await run_service([once(), once()], publisher=fakes, engine=fakes)
     assert fakes.log == ["publisher connected", "done", "done", "publisher closed", "engine disposed"]
+
+
+class UnansweredPublisher(Recorder):
+    async def connect_with_retry(self) -> None:
+        self.log.append("connecting")
+        await asyncio.Event().wait()  # RabbitMQ never answers
+
+
+async def test_a_worker_stopped_while_connecting_never_starts_its_tasks_and_closes_them():
+    fakes = UnansweredPublisher()
+    task = runs_until_cancelled(fakes.log, "consumer")
+    worker = asyncio.create_task(run_service([task], publisher=fakes, engine=fakes, broker=fakes))
+    while "connecting" not in fakes.log:
+        await asyncio.sleep(0)
+    worker.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await worker
+    assert inspect.getcoroutinestate(task) == inspect.CORO_CLOSED  # no "never awaited" warning
+    assert fakes.log == ["connecting"]
