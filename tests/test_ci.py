@@ -14,6 +14,13 @@ def test_ci_runs_the_test_command_the_readme_names():
     assert "exec bash scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
 
 
+def test_the_readme_and_the_test_script_name_the_fast_tier_and_the_tier_before_a_commit():
+    for path in (ROOT / "README.md", ROOT / "scripts" / "test.sh"):
+        text = path.read_text()
+        assert "scripts/test.sh -m unit" in text, path
+        assert 'scripts/test.sh -m "not system"' in text, path
+
+
 @pytest.mark.integration  # runs scripts/test.sh, which sources scripts/setup.sh: servers, a pytest process
 def test_no_tests_collected_is_a_failure():
     result = subprocess.run(
