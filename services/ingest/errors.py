@@ -5,7 +5,12 @@ Each function turns an exception into ``(status, body, headers)``; the wire cont
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 
 from services.ingest.domain import ImageRejected
 from services.ingest.handlers import ServiceUnavailable
@@ -17,13 +22,29 @@ RETRY_AFTER_SECONDS = 5
 Answer = tuple[int, dict, dict[str, str]]
 
 
+def _json_compliant(value: Any) -> Any:
+    """``value`` with every infinite float as a string: Python's JSON parser takes ``Infinity``, JSON cannot
+    answer it."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, list):
+        return [_json_compliant(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _json_compliant(item) for key, item in value.items()}
+    return value
+
+
+def invalid_request(problem: RequestValidationError) -> Answer:
+    """FastAPI's 422 naming the field, also for a body it parsed with ``Infinity`` in it (else a 500)."""
+    return 422, {"detail": _json_compliant(jsonable_encoder(problem.errors()))}, {}
+
+
 def bad_image(problem: ImageRejected, field: str) -> Answer:
     return 400, {"detail": [{"loc": ["body", field], "msg": str(problem), "type": problem.code}]}, {}
 
 
-def over_quota(exceeded: QuotaExceeded) -> Answer:
+def over_quota(exceeded: QuotaExceeded, now: datetime) -> Answer:
     """429 until the quota day ends (UTC midnight), which is what ``Retry-After`` says."""
-    now = datetime.now(UTC)
     midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
     return (
         429,
@@ -50,10 +71,10 @@ ContributionProblem = ImageRejected | QuotaExceeded | ServiceUnavailable
 CONTRIBUTION_PROBLEMS = (ImageRejected, QuotaExceeded, ServiceUnavailable)
 
 
-def contribution_problem(problem: ContributionProblem, image_field: str) -> Answer:
+def contribution_problem(problem: ContributionProblem, image_field: str, now: datetime) -> Answer:
     """The answer to an exception a contribution request may raise (catch ``CONTRIBUTION_PROBLEMS``)."""
     if isinstance(problem, ImageRejected):
         return bad_image(problem, image_field)
     if isinstance(problem, QuotaExceeded):
-        return over_quota(problem)
+        return over_quota(problem, now)
     return unavailable(problem)

@@ -18,17 +18,13 @@ replay and answers its usual 422 naming the field). Unexpected errors propagate 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.ingest import errors, metrics
-from services.ingest.domain import client_ip
-from services.ingest.routes import CONTRIBUTION_ENDPOINTS
-
-if TYPE_CHECKING:
-    from services.ingest.app import Runtime
+from services.ingest.contributions import CONTRIBUTION_ENDPOINTS
+from services.ingest.dependencies import Runtime
 
 _JSON_HEADER = (b"content-type", b"application/json")
 
@@ -143,12 +139,11 @@ class ContributionFastPath:
         runtime: Runtime = scope["app"].state.runtime
         peer = scope["client"][0] if scope.get("client") else None
         forwarded = _header(scope, b"x-forwarded-for") if runtime.settings.trusted_proxies else None
-        ip = client_ip(
-            peer, forwarded.decode("latin-1") if forwarded else None, runtime.settings.trusted_proxies
-        )
+        ip = runtime.client_ip(peer, forwarded.decode("latin-1") if forwarded else None)
         try:
             status, content = await endpoint.accept(request, runtime, ip)
         except errors.CONTRIBUTION_PROBLEMS as problem:
-            await _send_json(send, *errors.contribution_problem(problem, endpoint.image_field))
+            answer = errors.contribution_problem(problem, endpoint.image_field, runtime.service.clock())
+            await _send_json(send, *answer)
             return
         await _send_json(send, status, content)

@@ -10,9 +10,10 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from typing import TypeVar
 
 from services.ingest import metrics
 from services.ingest.domain import (
@@ -22,6 +23,8 @@ from services.ingest.domain import (
     SCREENSHOT_LIMITS,
     TEXT_CROP_LIMITS,
     TEXT_SLOTS,
+    CheckedImage,
+    ImageLimits,
     ImageRejected,
     check_png,
     contribution_id,
@@ -29,7 +32,15 @@ from services.ingest.domain import (
     is_printable_name,
 )
 from services.ingest.ratelimit import QuotaExceeded, RateLimiter
-from services.ingest.schemas import AnchorsRequest, BulkCropsRequest, ContributeRequest, ScreenTypesRequest
+from services.ingest.schemas import (
+    AnchorGrid,
+    AnchorsRequest,
+    BulkCropItem,
+    BulkCropsRequest,
+    ContributeRequest,
+    ScreenTypeItem,
+    ScreenTypesRequest,
+)
 from shared.broker import EventPublisher, PublishFailed
 from shared.events import (
     AnchorGridContributed,
@@ -42,6 +53,7 @@ from shared.events import (
 )
 
 log = logging.getLogger(__name__)
+Item = TypeVar("Item")
 
 
 @dataclass(frozen=True)
@@ -62,15 +74,37 @@ class Intake:
     def reject(self, index: int, code: str, reason: str) -> None:
         self.rejections.append(Rejection(index, code, reason))
 
-    @property
-    def item_count(self) -> int:
-        return len(self.events) + len(self.rejections)
+    def checked_image(self, index: int, b64: str, limits: ImageLimits) -> CheckedImage | None:
+        """The item's PNG once it passed the checks, else None with the item rejected for the reason."""
+        try:
+            return check_png(decode_base64(b64), limits)
+        except ImageRejected as problem:
+            self.reject(index, problem.code, f"item {index}: {problem}")
+            return None
 
 
 class ServiceUnavailable(RuntimeError):
     def __init__(self, dependency: str, detail: str) -> None:
         super().__init__(f"{dependency} unavailable: {detail}")
         self.dependency = dependency
+
+
+def _image_fields(
+    id_kind: str,
+    install_id: str,
+    image: CheckedImage,
+    now: datetime,
+    *id_parts: str,
+    sha256_field: str = "crop_sha256",
+) -> dict:
+    """What every image contribution carries; its id is derived from the install, the image and ``id_parts``."""
+    return {
+        "message_id": contribution_id(id_kind, install_id, image.sha256, *id_parts),
+        "occurred_at": now,
+        "install_id": install_id,
+        sha256_field: image.sha256,
+        "png": image.data,
+    }
 
 
 def knowledge_intake(request: ContributeRequest, now: datetime) -> Intake:
@@ -94,78 +128,68 @@ def knowledge_intake(request: ContributeRequest, now: datetime) -> Intake:
     return Intake("knowledge", events=[(0, event)])
 
 
+def _intake(
+    kind: str, items: Iterable[Item], contribution: Callable[[Intake, int, Item], Contribution | None]
+) -> Intake:
+    """Each item's event, or (``contribution`` answering None) the rejection it recorded."""
+    intake = Intake(kind)
+    for index, item in enumerate(items):
+        event = contribution(intake, index, item)
+        if event is not None:
+            intake.events.append((index, event))
+    return intake
+
+
 def bulk_crops_intake(request: BulkCropsRequest, now: datetime) -> Intake:
-    intake = Intake("bulk_crops")
-    for index, item in enumerate(request.items):
+    def contribution(intake: Intake, index: int, item: BulkCropItem) -> Contribution | None:
         if item.name.startswith("__"):
             intake.reject(index, "virtual_label", f"item {index}: name {item.name!r} is a virtual label")
-            continue
+            return None
         if not is_printable_name(item.name):
             intake.reject(index, "unprintable_name", f"item {index}: name contains non-printable characters")
-            continue
+            return None
         if item.slot in POSITION_ONLY_SLOTS:
             intake.reject(index, "position_only_slot", f"item {index}: slot {item.slot!r} is never uploaded")
-            continue
+            return None
         is_text = item.slot in TEXT_SLOTS
-        try:
-            image = check_png(decode_base64(item.crop_png_b64), TEXT_CROP_LIMITS if is_text else ICON_LIMITS)
-        except ImageRejected as problem:
-            intake.reject(index, problem.code, f"item {index}: {problem}")
-            continue
+        image = intake.checked_image(index, item.crop_png_b64, TEXT_CROP_LIMITS if is_text else ICON_LIMITS)
+        if image is None:
+            return None
         if is_text:
-            event: Contribution = OcrCorrectionContributed(
-                message_id=contribution_id(
-                    "ocr", request.install_id, image.sha256, item.slot, item.name, item.ml_name
-                ),
-                occurred_at=now,
-                install_id=request.install_id,
-                crop_sha256=image.sha256,
-                png=image.data,
+            return OcrCorrectionContributed(
+                **_image_fields("ocr", request.install_id, image, now, item.slot, item.name, item.ml_name),
                 slot=item.slot,
                 raw_text=item.ml_name,
                 corrected_text=item.name,
             )
-        else:
-            event = IconCropContributed(
-                message_id=contribution_id("icon", request.install_id, image.sha256, item.slot, item.name),
-                occurred_at=now,
-                install_id=request.install_id,
-                crop_sha256=image.sha256,
-                png=image.data,
-                slot=item.slot,
-                label=item.name,
-                model_guess=item.ml_name,
-            )
-        intake.events.append((index, event))
-    return intake
+        return IconCropContributed(
+            **_image_fields("icon", request.install_id, image, now, item.slot, item.name),
+            slot=item.slot,
+            label=item.name,
+            model_guess=item.ml_name,
+        )
+
+    return _intake("bulk_crops", request.items, contribution)
 
 
 def screen_types_intake(request: ScreenTypesRequest, now: datetime) -> Intake:
-    intake = Intake("screen_type")
-    for index, item in enumerate(request.items):
-        try:
-            image = check_png(decode_base64(item.png_b64), SCREENSHOT_LIMITS)
-        except ImageRejected as problem:
-            intake.reject(index, problem.code, f"item {index}: {problem}")
-            continue
-        event = ScreenTypeContributed(
-            message_id=contribution_id("screen", request.install_id, image.sha256, request.screen_type),
-            occurred_at=now,
-            install_id=request.install_id,
-            image_sha256=image.sha256,
-            png=image.data,
-            screen_type=request.screen_type,
+    def contribution(intake: Intake, index: int, item: ScreenTypeItem) -> Contribution | None:
+        image = intake.checked_image(index, item.png_b64, SCREENSHOT_LIMITS)
+        if image is None:
+            return None
+        fields = _image_fields(
+            "screen", request.install_id, image, now, request.screen_type, sha256_field="image_sha256"
         )
-        intake.events.append((index, event))
-    return intake
+        return ScreenTypeContributed(**fields, screen_type=request.screen_type)
+
+    return _intake("screen_type", request.items, contribution)
 
 
 def anchors_intake(request: AnchorsRequest, now: datetime) -> Intake:
-    intake = Intake("anchor_grid")
-    for index, grid in enumerate(request.grids):
+    def contribution(intake: Intake, index: int, grid: AnchorGrid) -> Contribution:
         slots = {name: AnchorSlot(**slot.model_dump()) for name, slot in grid.slots.items()}
         canonical = json.dumps({k: v.model_dump() for k, v in sorted(slots.items())}, sort_keys=True)
-        event = AnchorGridContributed(
+        return AnchorGridContributed(
             message_id=contribution_id(
                 "anchor", request.install_id, grid.build_type, repr(grid.aspect), grid.resolution, canonical
             ),
@@ -176,8 +200,8 @@ def anchors_intake(request: AnchorsRequest, now: datetime) -> Intake:
             resolution=grid.resolution,
             slots=slots,
         )
-        intake.events.append((index, event))
-    return intake
+
+    return _intake("anchor_grid", request.grids, contribution)
 
 
 class ContributionService:

@@ -5,7 +5,7 @@ each group takes its quota in a single autocommitted statement (one round trip a
 requests). The conditional upsert holds the row lock, so concurrent processes can never both take the last
 unit; keys are locked in sorted order, so two processes cannot deadlock. When a group's total does not fit a
 counter, the requests touching that counter are given back their units and retried one by one, so exactly
-the requests that fit are admitted.
+the requests that fit are admitted. The statements themselves are in ``services.ingest.store``.
 """
 
 from __future__ import annotations
@@ -16,34 +16,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Protocol
 
-import asyncpg
-
-Key = tuple[str, str, date]  # (scope, subject, day)
-
-_TAKE = """
-INSERT INTO rate_limit_counters AS c (scope, subject, day, count)
-SELECT v.scope, v.subject, v.day, v.count
-FROM unnest($1::text[], $2::text[], $3::date[], $4::int[]) AS v(scope, subject, day, count)
-WHERE v.count <= CASE v.scope WHEN 'install' THEN $5::int ELSE $6::int END
-ON CONFLICT (scope, subject, day) DO UPDATE SET count = c.count + excluded.count
-WHERE c.count + excluded.count <= CASE c.scope WHEN 'install' THEN $5::int ELSE $6::int END
-RETURNING c.scope, c.subject, c.day
-"""
-# UPDATE ... FROM locks rows in whatever order its join visits them; the counters are locked first, in the
-# same (byte) order as the claims take them, so a refund and a claim cannot deadlock (seen under a broker outage,
-# when every request gives its quota back).
-_GIVE_BACK = """
-WITH v AS MATERIALIZED (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::date[], $4::int[]) AS v(scope, subject, day, count)
-), locked AS MATERIALIZED (
-    SELECT c.scope, c.subject, c.day FROM rate_limit_counters AS c JOIN v USING (scope, subject, day)
-    ORDER BY c.scope COLLATE "C", c.subject COLLATE "C", c.day
-    FOR UPDATE OF c
-)
-UPDATE rate_limit_counters AS c SET count = greatest(c.count - v.count, 0)
-FROM v JOIN locked USING (scope, subject, day)
-WHERE c.scope = v.scope AND c.subject = v.subject AND c.day = v.day
-"""
+Key = tuple[str, str, date]  # (scope, subject, day) of a quota counter
 
 
 class QuotaExceeded(Exception):
@@ -60,6 +33,12 @@ class Quota:
 
     def limit(self, scope: str) -> int:
         return self.per_install if scope == "install" else self.per_ip
+
+
+class QuotaCounters(Protocol):
+    async def take(self, units_by_key: dict[Key, int], per_install: int, per_ip: int) -> set[Key]: ...
+
+    async def give_back(self, units_by_key: dict[Key, int]) -> None: ...
 
 
 class RateLimiter(Protocol):
@@ -91,14 +70,9 @@ def _settle(claim: _Claim, error: Exception | None) -> None:
         claim.outcome.set_exception(error)
 
 
-def _columns(units_by_key: dict[Key, int]) -> tuple[list, list, list, list]:
-    keys = sorted(units_by_key)
-    return [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [units_by_key[k] for k in keys]
-
-
-class PostgresRateLimiter:
-    def __init__(self, pool: asyncpg.Pool, quota: Quota) -> None:
-        self._pool = pool
+class GroupedRateLimiter:
+    def __init__(self, counters: QuotaCounters, quota: Quota) -> None:
+        self._counters = counters
         self._quota = quota
         self._waiting: list[_Claim] = []
         self._flushing = False
@@ -162,10 +136,7 @@ class PostgresRateLimiter:
             _settle(claim, QuotaExceeded(scope, self._quota.limit(scope)))
 
     async def _take(self, units_by_key: dict[Key, int]) -> set[Key]:
-        rows = await self._pool.fetch(
-            _TAKE, *_columns(units_by_key), self._quota.per_install, self._quota.per_ip
-        )
-        return {(row["scope"], row["subject"], row["day"]) for row in rows}
+        return await self._counters.take(units_by_key, self._quota.per_install, self._quota.per_ip)
 
     async def _give_back(self, units_by_key: dict[Key, int]) -> None:
-        await self._pool.execute(_GIVE_BACK, *_columns(units_by_key))
+        await self._counters.give_back(units_by_key)

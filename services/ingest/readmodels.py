@@ -1,4 +1,4 @@
-"""What clients poll, read from the records voting and the publisher own (read-only), with a short cache.
+"""What clients poll, built from the records voting and the publisher own (read-only), with a short cache.
 
 An internal error never becomes an empty or "no model" answer: a recent good answer is served instead, and
 without one the caller gets ``ReadModelUnavailable`` (HTTP 503).
@@ -10,10 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, TypeVar
-
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from typing import Any, Generic, Protocol, TypeVar
 
 from services.ingest.domain import KNOWN_SCREEN_TYPES, TEXT_SLOTS
 
@@ -65,91 +62,62 @@ class CachedRead(Generic[T]):
             return self._value
 
 
+class ReadStore(Protocol):
+    """Where the read models come from: ``services.ingest.store.PostgresReads``, or an in-memory fake."""
+
+    async def latest_release(self) -> Release | None: ...
+
+    async def accepted_labels(self, kind: str) -> dict[str, str]: ...
+
+    async def knowledge_merge_counts(self) -> tuple[int, int]: ...
+
+
+class Release(Protocol):
+    version: str
+    trained_at: str
+    n_classes: int
+    n_samples: int
+    n_users: int
+    metrics: dict[str, Any]
+
+
+def model_version_answer(release: Release | None) -> dict[str, Any]:
+    if release is None:
+        return {"available": False}
+    answer: dict[str, Any] = {
+        "available": True,
+        "version": release.version,
+        "trained_at": release.trained_at,
+        "n_classes": release.n_classes,
+        "val_acc": float(release.metrics.get("val_acc", 0.0)),
+        "n_samples": release.n_samples,
+        "n_users": release.n_users,
+    }
+    answer.update({key: release.metrics[key] for key in _VERSION_METRIC_KEYS[1:] if key in release.metrics})
+    return answer
+
+
+def labels_answer(icon_labels: dict[str, str], screen_labels: dict[str, str]) -> dict[str, list[str]]:
+    """The vocabulary: every accepted icon label, the known screen types and every accepted one."""
+    return {
+        "icon_labels": sorted(set(icon_labels.values())),
+        "screen_types": sorted(set(KNOWN_SCREEN_TYPES) | set(screen_labels.values())),
+        "text_slots": sorted(TEXT_SLOTS),
+        "virtual_labels": list(VIRTUAL_LABELS),
+    }
+
+
 class ReadModels:
-    def __init__(self, engine: AsyncEngine, ttl: float) -> None:
-        self._engine = engine
-        self.model_version = CachedRead(self._model_version, ttl)
-        self.knowledge = CachedRead(self._knowledge, ttl)
-        self.labels = CachedRead(self._labels, ttl)
+    def __init__(self, store: ReadStore, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self.model_version = CachedRead(self._model_version, ttl, clock=clock)
+        self.knowledge = CachedRead(lambda: store.accepted_labels("knowledge"), ttl, clock=clock)
+        self.labels = CachedRead(self._labels, ttl, clock=clock)
 
     async def _model_version(self) -> dict[str, Any]:
-        async with self._engine.connect() as connection:
-            row = (
-                await connection.execute(
-                    text(
-                        "SELECT version, trained_at, n_classes, n_samples, n_users, metrics FROM model_versions "
-                        "WHERE status = 'published' ORDER BY trained_at DESC LIMIT 1"
-                    )
-                )
-            ).first()
-        if row is None:
-            return {"available": False}
-        answer: dict[str, Any] = {
-            "available": True,
-            "version": row.version,
-            "trained_at": row.trained_at,
-            "n_classes": row.n_classes,
-            "val_acc": float(row.metrics.get("val_acc", 0.0)),
-            "n_samples": row.n_samples,
-            "n_users": row.n_users,
-        }
-        answer.update({key: row.metrics[key] for key in _VERSION_METRIC_KEYS[1:] if key in row.metrics})
-        return answer
-
-    async def _knowledge(self) -> dict[str, str]:
-        async with self._engine.connect() as connection:
-            rows = await connection.execute(
-                text(
-                    "SELECT item_key, label FROM consensus "
-                    "WHERE item_kind = 'knowledge' AND status = 'accepted' AND label IS NOT NULL ORDER BY item_key"
-                )
-            )
-            return {row.item_key: row.label for row in rows}
+        return model_version_answer(await self.store.latest_release())
 
     async def _labels(self) -> dict[str, list[str]]:
-        async with self._engine.connect() as connection:
-            icon_labels = (
-                (
-                    await connection.execute(
-                        text(
-                            "SELECT DISTINCT label FROM consensus "
-                            "WHERE item_kind = 'icon' AND status = 'accepted' AND label IS NOT NULL ORDER BY label"
-                        )
-                    )
-                )
-                .scalars()
-                .all()
-            )
-            screen_types = (
-                (
-                    await connection.execute(
-                        text(
-                            "SELECT DISTINCT label FROM consensus "
-                            "WHERE item_kind = 'screen' AND status = 'accepted' AND label IS NOT NULL"
-                        )
-                    )
-                )
-                .scalars()
-                .all()
-            )
-        return {
-            "icon_labels": list(icon_labels),
-            "screen_types": sorted(set(KNOWN_SCREEN_TYPES) | set(screen_types)),
-            "text_slots": sorted(TEXT_SLOTS),
-            "virtual_labels": list(VIRTUAL_LABELS),
-        }
-
-    async def knowledge_merge_counts(self) -> tuple[int, int]:
-        """(entries changed since the last knowledge publication, size of the knowledge map) for /admin/merge."""
-        async with self._engine.connect() as connection:
-            row = (
-                await connection.execute(
-                    text(
-                        "SELECT count(*) AS total, count(*) FILTER (WHERE updated_at > coalesce(("
-                        "  SELECT max(at) FROM publication_log WHERE kind = 'knowledge' AND event = 'published'"
-                        "), '-infinity')) AS merged "
-                        "FROM consensus WHERE item_kind = 'knowledge' AND status = 'accepted'"
-                    )
-                )
-            ).one()
-        return row.merged, row.total
+        return labels_answer(
+            await self.store.accepted_labels("icon"), await self.store.accepted_labels("screen")
+        )

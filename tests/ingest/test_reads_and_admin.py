@@ -1,86 +1,48 @@
-"""Read endpoints clients poll, operations endpoints, and the admin surface."""
+"""Read endpoints clients poll, and the admin surface, in memory (the real store and broker:
+``test_reads_and_admin_integration.py``)."""
 
-import asyncio
 import json
-import uuid
 
 import pytest
-from sqlalchemy import insert
 
 from services.ingest.readmodels import CachedRead, ReadModelUnavailable
-from services.publisher.tables import model_versions, publication_log
-from services.trainer.tables import training_runs
-from services.voting.tables import consensus, training_snapshots
-from shared.events import decode_event
-from tests.ingest.conftest import ADMIN_KEY, running_ingest
-from tests.utils.broker import queue_depth, wait_for_messages
+from tests.ingest.conftest import ADMIN_KEY, memory_ingest
+from tests.ingest.fakes import FakeRelease
 
-UNREACHABLE_DB = "postgresql+asyncpg://postgres@127.0.0.1:1/none"
+ADMIN = {"X-Admin-Key": ADMIN_KEY}
 
 
-async def add_release(engine, version: str, trained_at: str, status: str = "published", **metrics) -> None:
-    snapshot_id, run_id = uuid.uuid4(), uuid.uuid4()
-    async with engine.begin() as connection:
-        await connection.execute(
-            insert(training_snapshots).values(
-                id=snapshot_id, reason="threshold", item_count=5, new_label_count=5
-            )
-        )
-        await connection.execute(
-            insert(training_runs).values(
-                id=run_id, request_message_id=f"req-{version}", snapshot_id=snapshot_id, status="succeeded"
-            )
-        )
-        await connection.execute(
-            insert(model_versions).values(
-                version=version,
-                source_message_id=f"msg-{version}",
-                run_id=run_id,
-                snapshot_id=snapshot_id,
-                trained_at=trained_at,
-                status=status,
-                n_classes=12,
-                n_samples=340,
-                n_users=17,
-                metrics={"val_acc": 0.91, **metrics},
-            )
-        )
+async def test_health_is_liveness(memory):
+    assert (await memory.client.get("/health")).json() == {"status": "ok", "service": "ingest"}
 
 
-async def add_consensus(engine, kind: str, key: str, label: str, status: str = "accepted") -> None:
-    async with engine.begin() as connection:
-        await connection.execute(
-            insert(consensus).values(
-                item_kind=kind, item_key=key, label=label, status=status, support=3, confidence=0.9
-            )
-        )
+async def test_model_version_says_unavailable_only_when_nothing_was_published(memory):
+    assert (await memory.client.get("/model/version")).json() == {"available": False}
+    memory.reads.release = FakeRelease("v1", "2026-04-06T12:01:02.345678+00:00Z")
+    assert (await memory.client.get("/model/version")).json() == {
+        "available": True,
+        "version": "v1",
+        "trained_at": "2026-04-06T12:01:02.345678+00:00Z",
+        "n_classes": 12,
+        "val_acc": 0.91,
+        "n_samples": 340,
+        "n_users": 17,
+    }
 
 
-async def test_health_is_liveness_and_ready_reports_dependencies(ingest, ingest_settings):
-    assert (await ingest.client.get("/health")).json()["status"] == "ok"
-    ready = await ingest.client.get("/ready")
-    assert ready.status_code == 200 and ready.json() == {"status": "ready", "broker": "ok", "database": "ok"}
-    async with running_ingest(**ingest_settings | {"database_url": UNREACHABLE_DB}) as broken:
-        await broken.runtime.publisher.close()
-        assert (await broken.client.get("/health")).status_code == 200
-        not_ready = await broken.client.get("/ready")
-        assert not_ready.status_code == 503
-        assert not_ready.json() == {"status": "not ready", "broker": "unreachable", "database": "unreachable"}
-
-
-async def test_model_version_says_unavailable_only_when_nothing_was_published(ingest, engine):
-    assert (await ingest.client.get("/model/version")).json() == {"available": False}
-    await add_release(engine, "v1", "2026-04-06T12:01:02.345678+00:00Z")
-    await add_release(
-        engine,
+async def test_model_version_adds_the_screen_model_when_there_is_one(memory):
+    memory.reads.release = FakeRelease(
         "v2",
         "2026-05-01T08:00:00.000000+00:00Z",
-        screen_val_acc=0.88,
-        screen_n_samples=70,
-        screen_trained_at="2026-05-01T08:00:00.000000+00:00Z",
+        metrics={
+            "val_acc": 0.91,
+            "screen_val_acc": 0.88,
+            "screen_n_samples": 70,
+            "screen_trained_at": "2026-05-01T08:00:00.000000+00:00Z",
+            "train_loss": 0.1,  # not part of the wire contract
+        },
     )
-    await add_release(engine, "v3", "2026-06-01T08:00:00.000000+00:00Z", status="rejected")
-    answer = (await ingest.client.get("/model/version")).json()
+    answer = (await memory.client.get("/model/version")).json()
     assert answer == {
         "available": True,
         "version": "v2",
@@ -96,12 +58,12 @@ async def test_model_version_says_unavailable_only_when_nothing_was_published(in
 
 
 @pytest.mark.parametrize("path", ["/model/version", "/knowledge", "/config/labels"])
-async def test_a_database_error_is_503_never_an_empty_or_unavailable_answer(ingest_settings, path):
-    async with running_ingest(**ingest_settings | {"database_url": UNREACHABLE_DB}) as ingest:
-        response = await ingest.client.get(path)
+async def test_a_database_error_is_503_never_an_empty_or_unavailable_answer(memory, path):
+    memory.reads.down = True
+    response = await memory.client.get(path)
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "5"
-    assert "available" not in response.json() and "knowledge" not in response.json()
+    assert response.json() == {"detail": "database unavailable; retry later"}
 
 
 async def test_a_recent_good_answer_is_served_while_the_database_is_briefly_down():
@@ -124,129 +86,112 @@ async def test_a_recent_good_answer_is_served_while_the_database_is_briefly_down
     assert await cached.get() == {"a": "2"}
 
 
-async def test_knowledge_and_labels_come_from_accepted_consensus(ingest, engine):
-    await add_consensus(engine, "knowledge", "00000000000000aa", "Phaser Array")
-    await add_consensus(engine, "knowledge", "00000000000000bb", "Contested", status="withheld")
-    await add_consensus(engine, "icon", "a" * 64, "Torpedo")
-    await add_consensus(engine, "icon", "b" * 64, "Phaser Array")
-    await add_consensus(engine, "screen", "c" * 64, "SPACE_EQ")
-    assert (await ingest.client.get("/knowledge")).json() == {
+async def test_read_answers_are_cached_for_the_configured_seconds():
+    async with memory_ingest(read_cache_seconds=5) as memory:
+        memory.reads.labels["knowledge"] = {"00000000000000aa": "Phaser Array"}
+        first = (await memory.client.get("/knowledge")).json()
+        memory.reads.labels["knowledge"] = {}
+        memory.clock.advance(seconds=4.9)
+        assert (await memory.client.get("/knowledge")).json() == first
+        memory.clock.advance(seconds=0.1)
+        assert (await memory.client.get("/knowledge")).json() == {"knowledge": {}}
+
+
+async def test_knowledge_and_labels_are_built_from_accepted_consensus(memory):
+    memory.reads.labels = {
+        "knowledge": {"00000000000000aa": "Phaser Array"},
+        "icon": {"a" * 64: "Torpedo", "b" * 64: "Phaser Array", "c" * 64: "Torpedo"},
+        "screen": {"d" * 64: "SPACE_EQ", "e" * 64: "A_NEW_SCREEN"},
+    }
+    assert (await memory.client.get("/knowledge")).json() == {
         "knowledge": {"00000000000000aa": "Phaser Array"}
     }
-    labels = (await ingest.client.get("/config/labels")).json()
+    labels = (await memory.client.get("/config/labels")).json()
     assert labels["icon_labels"] == ["Phaser Array", "Torpedo"]
-    assert "SPACE_EQ" in labels["screen_types"] and "BOFFS" in labels["screen_types"]
+    assert "A_NEW_SCREEN" in labels["screen_types"] and "BOFFS" in labels["screen_types"]
+    assert labels["screen_types"] == sorted(set(labels["screen_types"]))
     assert labels["text_slots"] == ["Ship Tier", "Ship Type"]
     assert labels["virtual_labels"] == ["__empty__", "__inactive__"]
 
 
-async def test_an_empty_knowledge_map_is_a_real_answer(ingest):
-    assert (await ingest.client.get("/knowledge")).json() == {"knowledge": {}}
+async def test_an_empty_knowledge_map_is_a_real_answer(memory):
+    assert (await memory.client.get("/knowledge")).json() == {"knowledge": {}}
 
 
-@pytest.mark.parametrize(
-    ("method", "path"),
-    [
-        ("post", "/admin/merge"),
-        ("post", "/admin/train"),
-        ("post", "/admin/rollback/v1"),
-        ("get", "/admin/dead-letters/voting"),
-    ],
-)
-async def test_admin_endpoints_need_the_right_key(ingest, ingest_settings, method, path):
-    call = getattr(ingest.client, method)
+ADMIN_CALLS = [
+    ("post", "/admin/merge"),
+    ("post", "/admin/train"),
+    ("post", "/admin/rollback/v1"),
+    ("get", "/admin/dead-letters/voting"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), ADMIN_CALLS)
+async def test_admin_endpoints_need_the_right_key(memory, method, path):
+    call = getattr(memory.client, method)
     missing = await call(path)
     assert missing.status_code == 422
     assert missing.json()["detail"][0]["loc"] == ["header", "x-admin-key"]
     assert (await call(path, headers={"X-Admin-Key": "wrong-key-wrong-key"})).status_code == 403
-    assert (await call(path, headers={"X-Admin-Key": ADMIN_KEY})).status_code in (200, 202)
-    async with running_ingest(**ingest_settings | {"admin_key": None}) as disabled:
-        response = await getattr(disabled.client, method)(path, headers={"X-Admin-Key": ADMIN_KEY})
+    assert memory.publisher.published == []
+
+
+@pytest.mark.parametrize(("method", "path"), ADMIN_CALLS)
+async def test_admin_endpoints_are_404_without_an_admin_key_configured(method, path):
+    async with memory_ingest(admin_key=None) as disabled:
+        response = await getattr(disabled.client, method)(path, headers=ADMIN)
         assert response.status_code == 404
         assert "WARP_ADMIN_KEY" in response.json()["detail"]
 
 
-async def test_admin_merge_requests_a_publication_and_answers_the_counts(
-    ingest, engine, amqp_channel, topology
-):
-    await add_consensus(engine, "knowledge", "00000000000000aa", "Phaser Array")
-    async with engine.begin() as connection:
-        await connection.execute(insert(publication_log).values(kind="knowledge", event="published"))
-    await add_consensus(engine, "knowledge", "00000000000000bb", "Torpedo")
-    response = await ingest.client.post("/admin/merge", headers={"X-Admin-Key": ADMIN_KEY})
+async def test_admin_merge_requests_a_publication_and_answers_the_counts(memory):
+    memory.reads.merge_counts = (1, 2)
+    response = await memory.client.post("/admin/merge", headers=ADMIN)
     assert response.status_code == 200
     assert response.json() == {"ok": True, "merged": 1, "total": 2}
-    [message] = await wait_for_messages(amqp_channel, topology.queue("publisher"), 1)
-    assert decode_event(message.body).event_type == "knowledge.publish_requested"
+    assert [event.event_type for event in memory.publisher.published] == ["knowledge.publish_requested"]
 
 
-async def test_admin_train_asks_voting_for_a_snapshot(ingest, amqp_channel, topology):
-    response = await ingest.client.post("/admin/train", headers={"X-Admin-Key": ADMIN_KEY})
+async def test_admin_train_asks_voting_for_a_snapshot(memory):
+    response = await memory.client.post("/admin/train", headers=ADMIN)
     assert response.status_code == 202
-    [message] = await wait_for_messages(amqp_channel, topology.queue("voting"), 1)
-    assert message.message_id == response.json()["request_id"]
-    assert decode_event(message.body).event_type == "training.force_requested"
+    [command] = memory.publisher.published
+    assert command.event_type == "training.force_requested"
+    assert response.json() == {"ok": True, "request_id": command.message_id}
 
 
-async def test_dead_letters_are_listed_with_reasons_and_replayed(ingest, publisher, amqp_channel, topology):
-    await publisher.dead_letter(
-        "voting",
-        b'{"event_type": "training.force_requested", "schema_version": 1}',
-        message_id="dead-1",
-        headers={},
-        reason="handler crashed",
-        routing_key="training.force_requested",
-    )
-    admin = {"X-Admin-Key": ADMIN_KEY}
-    listed = (await ingest.client.get("/admin/dead-letters/voting", headers=admin)).json()
-    assert listed["messages"] == [
-        {
-            "message_id": "dead-1",
-            "routing_key": "training.force_requested",
-            "reason": "handler crashed",
-            "deaths": 0,
-            "body_bytes": 63,
-        }
-    ]
-    async with asyncio.timeout(5):  # looked at, not taken: back in the queue once the broker has the nacks
-        while await queue_depth(amqp_channel, topology.dead_letter_queue("voting")) != 1:
-            await asyncio.sleep(0.05)
-    replayed = (await ingest.client.post("/admin/dead-letters/voting/replay", headers=admin)).json()
-    assert replayed == {"replayed": 1, "message_ids": ["dead-1"]}
-    [message] = await wait_for_messages(amqp_channel, topology.queue("voting"), 1)
-    assert message.message_id == "dead-1"
-    assert await queue_depth(amqp_channel, topology.dead_letter_queue("voting")) == 0
-    assert (await ingest.client.get("/admin/dead-letters/nobody", headers=admin)).status_code == 422
+async def test_admin_rollback_asks_the_publisher_for_a_new_release_of_an_old_version(memory):
+    response = await memory.client.post("/admin/rollback/v20260501-100000-000000", headers=ADMIN)
+    assert response.status_code == 202
+    [command] = memory.publisher.published
+    assert command.event_type == "model.rollback_requested"
+    assert command.target_version == "v20260501-100000-000000"
+    assert response.json()["request_id"] == command.message_id
 
 
-async def test_the_openapi_document_describes_both_apis(ingest):
-    spec = (await ingest.client.get("/openapi.json")).json()
+@pytest.mark.parametrize("path", ["/admin/merge", "/admin/train", "/admin/rollback/v1"])
+async def test_an_admin_command_is_503_when_the_broker_is_down(memory, path):
+    await memory.publisher.close()
+    response = await memory.client.post(path, headers=ADMIN)
+    assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+    assert "broker unavailable" in response.json()["detail"]
+
+
+async def test_dead_letter_admin_answers_503_when_rabbitmq_is_unreachable(memory):
+    for method, path in (
+        ("GET", "/admin/dead-letters/voting"),
+        ("POST", "/admin/dead-letters/voting/replay"),
+    ):
+        response = await memory.client.request(method, path, headers=ADMIN)
+        assert response.status_code == 503, path
+        assert response.headers["Retry-After"] == "5"
+        assert "broker unavailable" in response.json()["detail"]
+    assert (await memory.client.get("/admin/dead-letters/nobody", headers=ADMIN)).status_code == 422
+
+
+async def test_the_openapi_document_describes_both_apis(memory):
+    spec = (await memory.client.get("/openapi.json")).json()
     assert {"/contribute", "/contribute/bulk-crops", "/v1/contributions/crops", "/model/version"} <= set(
         spec["paths"]
     )
     assert json.dumps(spec)
-
-
-async def test_admin_rollback_asks_the_publisher_for_a_new_release_of_an_old_version(
-    ingest, amqp_channel, topology
-):
-    response = await ingest.client.post(
-        "/admin/rollback/v20260501-100000-000000", headers={"X-Admin-Key": ADMIN_KEY}
-    )
-    assert response.status_code == 202
-    [message] = await wait_for_messages(amqp_channel, topology.queue("publisher"), 1)
-    assert decode_event(message.body).target_version == "v20260501-100000-000000"
-
-
-async def test_dead_letter_admin_answers_503_when_rabbitmq_is_unreachable(ingest_settings):
-    unreachable = ingest_settings | {"broker_url": "amqp://guest:guest@127.0.0.1:1/"}
-    async with running_ingest(**unreachable) as ingest:
-        admin = {"x-admin-key": ADMIN_KEY}
-        for method, path in (
-            ("get", "/admin/dead-letters/voting"),
-            ("post", "/admin/dead-letters/voting/replay"),
-        ):
-            response = await ingest.client.request(method.upper(), path, headers=admin)
-            assert response.status_code == 503, path
-            assert response.headers["Retry-After"] == "5"
-            assert "broker unavailable" in response.json()["detail"]

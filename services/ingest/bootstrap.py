@@ -1,0 +1,73 @@
+"""Composition root of ingest: ``bootstrap(settings, **overrides)`` wires the real adapters into a ``Runtime``.
+
+Each adapter can be replaced by an in-memory fake (``tests/ingest/fakes.py``): the publisher, the rate limiter,
+the read store, the clocks; the engine (readiness, the real read store) is only connected when used. What bootstrap builds it also closes; what it is given
+belongs to the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.ingest.dependencies import Runtime
+from services.ingest.handlers import ContributionService
+from services.ingest.ratelimit import GroupedRateLimiter, Quota, RateLimiter
+from services.ingest.readmodels import ReadModels, ReadStore
+from services.ingest.settings import IngestSettings
+from services.ingest.store import PostgresQuotaCounters, PostgresReads, create_quota_pool
+from shared.broker import EventPublisher
+from shared.db import create_engine
+
+CONNECT_WAIT_SECONDS = 5  # start answering (and report not-ready) if RabbitMQ takes longer
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@contextlib.asynccontextmanager
+async def bootstrap(
+    settings: IngestSettings,
+    *,
+    publisher: EventPublisher | None = None,
+    engine: AsyncEngine | None = None,
+    limiter: RateLimiter | None = None,
+    read_store: ReadStore | None = None,
+    clock: Callable[[], datetime] = _utc_now,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> AsyncIterator[Runtime]:
+    """The ``Runtime`` for one process, open for the ``async with`` block."""
+    async with contextlib.AsyncExitStack() as owned:
+        if publisher is None:
+            publisher = EventPublisher(
+                settings.broker_url, settings.topology(), confirm_timeout=settings.publish_timeout_seconds
+            )
+            connecting = asyncio.create_task(publisher.connect_with_retry())
+            owned.push_async_callback(publisher.close)
+            owned.callback(connecting.cancel)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(connecting), timeout=CONNECT_WAIT_SECONDS)
+        if engine is None:
+            engine = create_engine(settings.database_url, pool_size=settings.database_pool_size)
+            owned.push_async_callback(engine.dispose)
+        if limiter is None:
+            pool = await create_quota_pool(settings.database_url, settings.database_pool_size)
+            owned.push_async_callback(pool.close)
+            quota = Quota(settings.install_daily_limit, settings.ip_daily_limit)
+            limiter = GroupedRateLimiter(PostgresQuotaCounters(pool), quota)
+        yield Runtime(
+            settings=settings,
+            topology=settings.topology(),
+            publisher=publisher,
+            service=ContributionService(publisher, limiter, clock),
+            read_models=ReadModels(
+                read_store or PostgresReads(engine), settings.read_cache_seconds, monotonic
+            ),
+            engine=engine,
+        )
