@@ -19,10 +19,6 @@ class ConfigError(SystemExit):
     """Raised at start-up when the environment does not describe a runnable service."""
 
 
-class BlobBackend(StrEnum):
-    POSTGRES = "postgres"
-
-
 class LogFormat(StrEnum):
     JSON = "json"
     TEXT = "text"
@@ -51,11 +47,6 @@ class CommonSettings(BaseSettings):
         ge=1,
         le=1000,
         description="deliveries of a failing message before it is dead-lettered; fixed when the queues are first declared",
-    )
-    blob_backend: BlobBackend = Field(
-        BlobBackend.POSTGRES,
-        description="where images and model artifacts are kept; only postgres (the blobs table) exists, and "
-        "no service reads this value yet",
     )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL (case-insensitive)")
     log_format: LogFormat = Field(
