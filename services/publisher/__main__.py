@@ -1,5 +1,3 @@
-from services.publisher.settings import PublisherSettings
-from services.publisher.worker import PublisherWorker
-from shared.worker_main import run_worker
+from services.publisher.worker import main
 
-run_worker(PublisherSettings, "publisher", PublisherWorker)
+main()

@@ -20,6 +20,7 @@ from shared.consumer import subscribe_events
 from shared.db import create_engine
 from shared.events import Event, KnowledgePublishRequested, ModelTrained, RollbackRequested
 from shared.outbox import OutboxRelay
+from shared.worker_main import run_service
 
 
 @dataclass
@@ -32,6 +33,16 @@ class Publisher:
     relay: OutboxRelay
     service: ReleaseService
     broker: Any
+
+    async def run(self) -> None:
+        """Consume, relay the outbox and answer health checks until cancelled."""
+        await run_service(
+            [self.relay.run()],
+            publisher=self.publisher,
+            engine=self.engine,
+            health_port=self.settings.health_port,
+            broker=self.broker,
+        )
 
 
 def hub_from(settings: PublisherSettings) -> Hub:
