@@ -120,7 +120,15 @@ async def handle_judged(
                 error, delivery=delivery, delivery_limit=delivery_limit, outage_seconds=clock() - started
             )
             if verdict.action is not Action.RIDE_OUT:
-                log.warning("handler failed: %s", verdict.action, exc_info=error, extra=dict(log_extra or {}))
+                if not isinstance(
+                    error, Unprocessable
+                ):  # refused on purpose: the dead-letter reason says why
+                    log.error(
+                        "handler failed; verdict: %s",
+                        verdict.action,
+                        exc_info=error,
+                        extra=dict(log_extra or {}),
+                    )
                 return verdict
             log.warning("dependency unavailable (%r); retrying in place", error)
             await sleep(max(retry.delay(attempt), 0.05))
