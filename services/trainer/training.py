@@ -11,8 +11,9 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from services.trainer import evaluation
 from services.trainer.domain.budget import Deadline
+from services.trainer.domain.client_path import IMAGENET_MEAN, IMAGENET_STD, icon_crop_64, screen_rgb
+from services.trainer.domain.data import stratified_split
+from services.trainer.models import (
+    ICON_HEAD,
+    SCREEN_HEAD,
+    carry_over,
+    icon_model,
+    load_initial_weights,
+    screen_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +64,12 @@ class TrainConfig:
     min_epoch_images: int = 384
     normalise: tuple[list[float], list[float]] | None = None  # (mean, std) for screens; icons: none
     seed: int = 0
+
+
+ICON_CONFIG = TrainConfig()
+SCREEN_CONFIG = TrainConfig(
+    phases=(Phase(224, 1.0, 16),), normalise=(IMAGENET_MEAN.tolist(), IMAGENET_STD.tolist())
+)
 
 
 @dataclass
@@ -320,3 +338,129 @@ def fit(
     model.to(memory_format=torch.contiguous_format)
     best_state = {name: tensor.contiguous() for name, tensor in best_state.items()}
     return TrainResult(best_state, max(best_accuracy, 0.0), epochs_total, history)
+
+
+# --- one model of a run: data in, a scored model out ---------------------------------------------------------------
+
+
+@dataclass
+class Dataset:
+    keys: list[str]
+    labels: list[str]
+    images: torch.Tensor  # uint8 N x 3 x H x W, as the client has them before its last steps
+
+    @property
+    def classes(self) -> list[str]:
+        """Alphabetical: the class indices of the label maps clients load (WIRE_CONTRACT §3)."""
+        return sorted(set(self.labels))
+
+    def targets(self) -> torch.Tensor:
+        index = {label: i for i, label in enumerate(self.classes)}
+        return torch.tensor([index[label] for label in self.labels], dtype=torch.long)
+
+
+def dataset(kind: str, examples: Sequence[tuple[str, str, bytes]]) -> Dataset:
+    """(key, label, encoded image) decoded once: icons as 64x64 BGR crops, screenshots as 224x224 RGB."""
+    decode, size = (icon_crop_64, 64) if kind == "icon" else (screen_rgb, 224)
+    pixels = [decode(image) for _, _, image in examples]
+    images = (
+        torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous()
+        if pixels
+        else torch.zeros(0, 3, size, size, dtype=torch.uint8)
+    )
+    return Dataset([key for key, _, _ in examples], [label for _, label, _ in examples], images)
+
+
+@dataclass
+class PublishedModel:
+    state: dict[str, torch.Tensor]
+    classes: list[str]
+
+
+@dataclass
+class ModelOutcome:
+    state: dict[str, torch.Tensor]
+    classes: list[str]
+    accuracy: float  # held-out, through the client path
+    current_accuracy: float | None
+    epochs: int
+    history: list[EpochReport]
+    images_per_second: float
+    n_samples: int = 0
+    per_class: dict[str, Any] = field(default_factory=dict)
+    carried: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class ModelJob:
+    kind: str  # icon | screen
+    data: Dataset
+    config: TrainConfig
+    deadline: Deadline
+    previous: PublishedModel | None = None  # fine-tuned from and gated against
+    resume: dict[str, Any] | None = None  # a checkpoint bundle of fit()
+    initial_weights: Path | None = None
+    torch_threads: int = 2
+    checkpoint_seconds: float = 60.0
+    on_epoch: Callable[[EpochReport], None] = lambda report: None
+    on_checkpoint: Callable[[dict[str, Any]], None] = lambda bundle: None
+
+
+NETWORKS = {"icon": (icon_model, ICON_HEAD), "screen": (screen_model, SCREEN_HEAD)}
+
+
+def network(kind: str, classes: Sequence[str], state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """A fresh network over ``classes``; with ``state``, those weights, ready to evaluate."""
+    build, _ = NETWORKS[kind]
+    model = build(len(classes))
+    if state is not None:
+        model.load_state_dict(state)
+        model.eval()
+    return model
+
+
+def train_model(job: ModelJob) -> ModelOutcome:
+    """Build the network, start it from the published model (or local initial weights), fit it within the
+    deadline and score it against the published model through the client path. Blocking: run it in a thread."""
+    torch.set_num_threads(job.torch_threads)
+    data, classes = job.data, job.data.classes
+    _, head = NETWORKS[job.kind]
+    model = network(job.kind, classes)
+    carried: dict[str, int] = {}
+    if job.previous is not None:
+        carried = carry_over(model, job.previous.state, job.previous.classes, classes, head)
+    elif job.kind == "icon" and job.initial_weights is not None:
+        carried = {"initial_weights": load_initial_weights(model, job.initial_weights, head)}
+    split = stratified_split(data.labels, seed=0)
+    result = fit(
+        model,
+        data.images,
+        data.targets(),
+        split.train,
+        split.validation,
+        job.config,
+        job.deadline,
+        fine_tuning=job.previous is not None,
+        resume=job.resume,
+        on_epoch=job.on_epoch,
+        on_checkpoint=job.on_checkpoint,
+        checkpoint_seconds=job.checkpoint_seconds,
+    )
+    model.load_state_dict(result.best_state)
+    published = None
+    if job.previous is not None and split.validation:
+        published = (network(job.kind, job.previous.classes, job.previous.state), job.previous.classes)
+    scores = evaluation.score(job.kind, model, classes, published, data.images, data.labels, split.validation)
+    trained = [r for r in result.history if r.images_per_second > 0]
+    return ModelOutcome(
+        state=result.best_state,
+        classes=classes,
+        accuracy=scores.accuracy,
+        current_accuracy=scores.current_accuracy,
+        epochs=result.epochs,
+        history=result.history,
+        images_per_second=float(np.mean([r.images_per_second for r in trained])) if trained else 0.0,
+        n_samples=len(data.keys),
+        per_class=scores.per_class,
+        carried=carried,
+    )

@@ -6,7 +6,8 @@ import pytest_asyncio
 from PIL import Image
 from sqlalchemy import insert, text
 
-from services.trainer.handlers import TrainingRunner
+from services.trainer.bootstrap import bootstrap
+from services.trainer.handlers import ModelWork, TrainingRunner
 from services.trainer.settings import TrainerSettings
 from services.trainer.training import Phase, TrainConfig
 from services.voting.tables import snapshot_items, training_snapshots
@@ -83,8 +84,10 @@ async def trainer_settings(broker_url, database_url, topology) -> TrainerSetting
     )
 
 
+FAST = ModelWork(icon_config=FAST_ICONS, screen_config=FAST_SCREENS)
+
+
 @pytest_asyncio.fixture
-async def runner(engine, trainer_settings) -> TrainingRunner:
-    return TrainingRunner(
-        engine, trainer_settings, icon_config=FAST_ICONS, screen_config=FAST_SCREENS, checkpoint_seconds=2
-    )
+async def runner(engine, trainer_settings, publisher) -> TrainingRunner:
+    settings = trainer_settings.model_copy(update={"checkpoint_seconds": 2})
+    return bootstrap(settings, engine=engine, publisher=publisher, work=FAST).runner

@@ -1,8 +1,9 @@
-"""A whole training run on small synthetic data: artifacts in the contract's shapes, gate, lineage."""
+"""Whole training runs on small synthetic data against the real store: artifacts in the contract's shapes,
+gate, lineage; and the store's own SQL (runs, checkpoints and their blobs)."""
 
 import io
 import json
-import time
+from dataclasses import replace
 
 import numpy as np
 import onnxruntime
@@ -11,10 +12,14 @@ import torch
 from sqlalchemy import text
 
 from services.trainer.domain.client_path import icon_crop_64, icon_input
+from services.trainer.handlers import ModelWork, RunLedger, TrainingRunner
+from services.trainer.store import PostgresTrainerStore
+from services.trainer.training import ModelJob, train_model
 from shared.blobstore import PostgresBlobStore
-from shared.events import decode_event
+from shared.events import TrainingRequested, decode_event
 from shared.torchvision_compat import import_torchvision
-from tests.trainer.conftest import add_run, make_snapshot
+from tests.trainer.conftest import FAST_ICONS, add_run, make_snapshot
+from tests.trainer.fakes import FakeClock
 from tools.simulator.workload import draw_icon
 
 tv = import_torchvision()
@@ -63,9 +68,9 @@ async def test_a_run_publishes_every_artifact_in_the_shapes_clients_load(runner,
     )
     assert [i.name for i in session.get_inputs()] == ["input"]
     with torch.no_grad():
-        assert (
-            np.abs(session.run(None, {"input": probe.numpy()})[0] - model.eval()(probe).numpy()).max() < 1e-3
-        )
+        expected = model.eval()(probe).numpy()
+    # float32 logits of a few units agree to about 1e-4 of their size, not to 1e-3 absolute (seen: 9.7595 vs 9.7601)
+    np.testing.assert_allclose(session.run(None, {"input": probe.numpy()})[0], expected, rtol=1e-3, atol=1e-3)
 
     screen_labels = json.loads(files["models/screen_classifier_labels.json"])
     assert screen_labels == {"0": "SPACE_EQ", "1": "TRAITS"}  # BOFFS had fewer than 5 images: dropped
@@ -80,7 +85,9 @@ async def test_a_run_publishes_every_artifact_in_the_shapes_clients_load(runner,
     manifest = json.loads(files["models/training_manifest.json"])
     assert manifest["count"] == 24 and manifest["crop_shas"] == sorted(manifest["crop_shas"])
     assert files["models/training_curve.png"].startswith(b"\x89PNG")
-    assert set(json.loads(files["models/per_class_accuracy.json"])) <= set(label_map.values())
+    per_class = json.loads(files["models/per_class_accuracy.json"])
+    assert set(per_class) == set(label_map.values())  # every class held one of its 4 crops out
+    assert all(scores["samples"] == 1 for scores in per_class.values())
 
     async with engine.connect() as connection:
         run = (
@@ -105,35 +112,43 @@ async def test_a_run_publishes_every_artifact_in_the_shapes_clients_load(runner,
     assert trained.metrics["screen_n_samples"] == 12
 
 
-async def test_a_request_recorded_twice_is_one_run(engine, trainer_settings):
-    from services.trainer.handlers import RunLedger
-    from shared.events import TrainingRequested
-
+async def test_a_request_recorded_twice_is_one_run(engine):
     snapshot = await make_snapshot(engine, classes=2, variants=2)
     request = TrainingRequested(snapshot_id=snapshot, reason="admin", new_labels=4, total_labels=4)
-    ledger = RunLedger(engine)
+    ledger = RunLedger(PostgresTrainerStore(engine))
     await ledger.record(request)
     await ledger.record(request)
     async with engine.connect() as connection:
         assert await connection.scalar(text("SELECT count(*) FROM training_runs")) == 1
 
 
-async def test_the_deadline_is_honoured_within_seconds(engine, trainer_settings):
-    from services.trainer.handlers import TrainingRunner
-    from tests.trainer.conftest import FAST_ICONS
+async def test_training_ends_at_the_run_deadline(engine, trainer_settings):
+    """Time is the runner's clock, moved 3 s per epoch: the 6 s budget's 64 px phase (80 %) ends after two."""
+    clock = FakeClock()
 
-    budget = trainer_settings.model_copy(update={"budget_minutes": 0.1})  # 6 s
-    runner = TrainingRunner(engine, budget, icon_config=FAST_ICONS, checkpoint_seconds=60)
+    def epochs_of_three_seconds(job: ModelJob):
+        def on_epoch(report) -> None:
+            clock.advance(3)
+            job.on_epoch(report)
+
+        return train_model(replace(job, on_epoch=on_epoch))
+
+    budget = trainer_settings.model_copy(update={"budget_minutes": 0.1})
+    work = ModelWork(train=epochs_of_three_seconds, icon_config=replace(FAST_ICONS, min_epoch_images=32))
+    runner = TrainingRunner(
+        PostgresTrainerStore(engine), PostgresBlobStore(engine), budget, clock=clock, work=work
+    )
     run_id = await add_run(engine, await make_snapshot(engine))
-    started = time.monotonic()
-    await runner.execute(run_id)
-    # training stops at the deadline; evaluation through the client path and the exports follow it
-    assert time.monotonic() - started < 6 + 12
+    assert await runner.execute(run_id) == "succeeded"
     async with engine.connect() as connection:
-        history = await connection.scalar(
-            text("SELECT metrics->'icon_epochs' FROM training_runs WHERE id = :r"), {"r": run_id}
-        )
-    assert history >= 1
+        run = (
+            await connection.execute(
+                text("SELECT metrics, deadline_at - started_at AS budget FROM training_runs WHERE id = :r"),
+                {"r": run_id},
+            )
+        ).one()
+    assert run.metrics["icon_epochs"] == 2 and run.budget.total_seconds() == 6
+    assert run.metrics["training_seconds"] == 6
 
 
 async def test_too_little_data_is_skipped_with_the_reason(runner, engine):
@@ -146,7 +161,9 @@ async def test_too_little_data_is_skipped_with_the_reason(runner, engine):
     assert reason == "3 icon crops in 1 classes: at least 5 in 2"
 
 
-async def test_a_snapshot_that_adds_nothing_over_the_published_model_is_skipped_quickly(runner, engine):
+async def test_a_snapshot_that_adds_nothing_over_the_published_model_is_skipped_without_training(
+    runner, engine
+):
     published_snapshot = await make_snapshot(engine, classes=3, variants=2)
     published_run = await add_run(engine, published_snapshot, request="published")
     async with engine.begin() as connection:
@@ -163,9 +180,18 @@ async def test_a_snapshot_that_adds_nothing_over_the_published_model_is_skipped_
         )
     same_again = await make_snapshot(engine, classes=3, variants=2)  # the same crops and labels
     run_id = await add_run(engine, same_again, request="again")
-    started = time.monotonic()
     assert await runner.execute(run_id) == "skipped"
-    assert time.monotonic() - started < 5
+    async with engine.connect() as connection:
+        run = (
+            await connection.execute(
+                text("SELECT status, metrics, attempts FROM training_runs WHERE id = :r"), {"r": run_id}
+            )
+        ).one()
+        trained = await connection.scalar(
+            text("SELECT count(*) FROM checkpoints WHERE run_id = :r"), {"r": run_id}
+        )
+    assert (run.status, run.attempts) == ("skipped", 1) and trained == 0
+    assert run.metrics == {"skipped": "snapshot adds nothing over the published model"}
 
 
 async def test_a_run_that_keeps_dying_is_given_up_after_three_attempts(runner, engine):
@@ -178,3 +204,16 @@ async def test_a_run_that_keeps_dying_is_given_up_after_three_attempts(runner, e
     async with engine.connect() as connection:
         error = await connection.scalar(text("SELECT error FROM training_runs WHERE id = :r"), {"r": run_id})
     assert error == "gave up after 3 attempts"
+
+
+async def test_a_replaced_or_dropped_checkpoint_leaves_no_blob_behind(engine):
+    store = PostgresTrainerStore(engine)
+    run_id = await add_run(engine, await make_snapshot(engine, classes=2, variants=2))
+    await store.save_checkpoint(run_id, "icon", 1, b"first checkpoint")
+    first = await store.checkpoint(run_id, "icon")
+    await store.save_checkpoint(run_id, "icon", 2, b"second checkpoint")
+    second = await store.checkpoint(run_id, "icon")
+    blobs = PostgresBlobStore(engine)
+    assert second != first and not await blobs.exists(first) and await blobs.exists(second)
+    await store.fail(run_id, "boom", FakeClock()())
+    assert await store.checkpoint(run_id, "icon") is None and not await blobs.exists(second)

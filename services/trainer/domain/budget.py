@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 
 class Deadline:
-    """An absolute deadline on a monotonic clock, checked between batches so a run ends within seconds of it."""
+    """An absolute deadline on ``clock`` (seconds; monotonic unless given), checked between batches so a run ends
+    within seconds of it."""
 
     def __init__(self, seconds_left: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock

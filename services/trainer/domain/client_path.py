@@ -75,7 +75,3 @@ def screen_input_from_rgb(rgb: np.ndarray) -> np.ndarray:
     """Client steps 3-4: float32 CxHxW, scaled to [0, 1], ImageNet-normalised."""
     x = rgb.astype(np.float32) / 255.0
     return np.ascontiguousarray(((x - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1), dtype=np.float32)
-
-
-def screen_input(png: bytes) -> np.ndarray:
-    return screen_input_from_rgb(screen_rgb(png))

@@ -1,16 +1,34 @@
-"""Pure data rules: label maps, the stratified split, and the screen classifier's class rules."""
+"""Pure data rules: what a snapshot holds, the stratified split, and whether a screen classifier can be trained."""
 
 from __future__ import annotations
 
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+TRAINED_KINDS = ("icon", "screen")
 
 
-def label_map(labels: Sequence[str]) -> dict[str, str]:
-    """``{"0": label, ...}`` with indices in alphabetical label order (WIRE_CONTRACT §3)."""
-    return {str(i): label for i, label in enumerate(sorted(set(labels)))}
+@dataclass(frozen=True)
+class SnapshotItem:
+    """One row of a training snapshot (voting's ``snapshot_items``)."""
+
+    kind: str  # icon | screen | ocr | anchor
+    key: str
+    label: str | None
+    value: Any = None  # an anchor entry
+    image_sha256: str | None = None
+
+
+def trained_labels(items: Sequence[SnapshotItem]) -> dict[tuple[str, str], str | None]:
+    """{(kind, key): label} of the kinds a model is trained on: what decides whether a snapshot adds anything."""
+    return {(i.kind, i.key): i.label for i in items if i.kind in TRAINED_KINDS}
+
+
+def of_kind(items: Sequence[SnapshotItem], kind: str) -> list[SnapshotItem]:
+    return sorted((i for i in items if i.kind == kind), key=lambda i: i.key)
 
 
 @dataclass(frozen=True)
@@ -47,26 +65,13 @@ class ScreenSelection:
     reason: str
 
 
-def select_screens(
-    items: Mapping[str, str],
-    min_total: int = 7,
-    min_per_class: int = 5,
-    keep_all_up_to: int = 30,
-    cap: int = 150,
-) -> ScreenSelection:
-    """The screen classifier's rules: classes with fewer than ``min_per_class`` images are dropped; a class keeps
-    all its images up to ``keep_all_up_to`` and is capped at ``cap`` beyond; at least ``min_total`` images and two
-    classes are needed to train at all."""
-    by_type: dict[str, list[str]] = defaultdict(list)
-    for sha, screen_type in items.items():
-        by_type[screen_type].append(sha)
-    dropped = sorted(t for t, shas in by_type.items() if len(shas) < min_per_class)
-    kept: dict[str, str] = {}
-    for screen_type, shas in by_type.items():
-        if screen_type in dropped:
-            continue
-        chosen = sorted(shas) if len(shas) <= keep_all_up_to else sorted(shas)[:cap]
-        kept.update(dict.fromkeys(chosen, screen_type))
+def select_screens(items: Mapping[str, str], min_total: int = 7, min_per_class: int = 5) -> ScreenSelection:
+    """Whether a screen classifier can be trained on the snapshot's screenshots (already capped per type by
+    voting's snapshot), and on which: classes with fewer than ``min_per_class`` images are dropped; at least
+    ``min_total`` images in two classes are needed to train at all."""
+    counts = Counter(items.values())
+    dropped = sorted(t for t, n in counts.items() if n < min_per_class)
+    kept = {sha: screen_type for sha, screen_type in items.items() if counts[screen_type] >= min_per_class}
     classes = set(kept.values())
     if len(kept) < min_total:
         return ScreenSelection(

@@ -1,0 +1,82 @@
+"""Scoring through the client path: the candidate and the published model are judged on the same held-out
+crops, preprocessed with the client's own OpenCV steps (resizes, BGR, scaling), since that is what counts."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from services.trainer.domain.client_path import icon_input, screen_input_from_rgb
+
+BATCH = 32
+
+
+@dataclass(frozen=True)
+class Scores:
+    accuracy: float  # the candidate's held-out top-1
+    current_accuracy: float | None  # the published model's, on the same crops; None without one
+    per_class: dict[str, Any]
+
+
+@torch.no_grad()
+def client_predictions(
+    kind: str, model: nn.Module, images: torch.Tensor, indices: Sequence[int]
+) -> list[int]:
+    """Top-1 class indices for ``images[indices]`` (uint8 N x 3 x H x W) fed as the client feeds them."""
+    if not indices:
+        return []
+    client_input = icon_input if kind == "icon" else screen_input_from_rgb
+    batch = np.stack([client_input(images[i].permute(1, 2, 0).numpy()) for i in indices])
+    model.eval()
+    predictions: list[int] = []
+    for start in range(0, len(batch), BATCH):
+        predictions += model(torch.from_numpy(batch[start : start + BATCH])).argmax(1).tolist()
+    return predictions
+
+
+def accuracy(predicted: Sequence[Any], truth: Sequence[Any]) -> float:
+    """Share of ``predicted`` equal to ``truth``; 0 when nothing was held out."""
+    if not truth:
+        return 0.0
+    return float(np.mean([p == t for p, t in zip(predicted, truth, strict=True)]))
+
+
+def per_class_accuracy(
+    predictions: Sequence[int], truth: Sequence[int], labels: Sequence[str]
+) -> dict[str, Any]:
+    totals: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    for predicted, actual in zip(predictions, truth, strict=True):
+        totals[actual][0] += int(predicted == actual)
+        totals[actual][1] += 1
+    return {
+        labels[c]: {"correct": right, "samples": n, "accuracy": right / n}
+        for c, (right, n) in sorted(totals.items())
+    }
+
+
+def score(
+    kind: str,
+    candidate: nn.Module,
+    classes: Sequence[str],
+    published: tuple[nn.Module, Sequence[str]] | None,
+    images: torch.Tensor,
+    labels: Sequence[str],
+    validation: Sequence[int],
+) -> Scores:
+    """Candidate (over ``classes``) and published model (over its own class list) on ``validation``; the two
+    class lists may differ, so the published model is scored by label, not by index."""
+    index = {label: i for i, label in enumerate(classes)}
+    truth = [index[labels[i]] for i in validation]
+    predicted = client_predictions(kind, candidate, images, validation)
+    current = None
+    if published is not None and validation:
+        model, published_classes = published
+        predicted_labels = [published_classes[p] for p in client_predictions(kind, model, images, validation)]
+        current = accuracy(predicted_labels, [labels[i] for i in validation])
+    return Scores(accuracy(predicted, truth), current, per_class_accuracy(predicted, truth, classes))

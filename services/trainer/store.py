@@ -1,0 +1,245 @@
+"""All of the trainer's SQL: its own tables (``training_runs``, ``checkpoints``, ``model_artifacts``, blobs it
+writes) and its reads of others' (voting's snapshots and votes, the publisher's current release).
+
+``TrainerStore`` is the protocol the service layer uses; tests implement it in memory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from datetime import datetime
+from typing import Any, Protocol
+
+from sqlalchemy import func, select, text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from services.trainer.domain.data import SnapshotItem
+from services.trainer.domain.runs import Attempt, Labels, Run
+from services.trainer.release import Release
+from services.trainer.tables import checkpoints, model_artifacts, training_runs
+from services.voting.tables import snapshot_items
+from shared.blobstore import PostgresBlobStore, delete_unreferenced
+from shared.outbox import enqueue
+from shared.reads import latest_published_version, snapshot_labels
+
+ACTIVE_TRAINER_LOCK = 0x57A7_0002
+ERROR_LENGTH = 2000
+_N_USERS = text(
+    "SELECT count(DISTINCT install_id) FROM votes WHERE item_kind = 'icon' AND item_key IN "
+    "(SELECT item_key FROM snapshot_items WHERE snapshot_id = :s AND item_kind = 'icon')"
+)
+
+
+class RunTakenOver(RuntimeError):
+    """Another trainer holds a newer attempt of the run: its result stands, not ours."""
+
+
+class TrainerStore(Protocol):
+    async def record_request(self, message_id: str, snapshot_id: uuid.UUID) -> None: ...
+
+    async def unfinished_runs(self) -> list[uuid.UUID]: ...
+
+    async def run(self, run_id: uuid.UUID) -> Run: ...
+
+    async def start_attempt(self, run_id: uuid.UUID, attempt: Attempt) -> None: ...
+
+    async def skip(self, run_id: uuid.UUID, reason: str, now: datetime) -> None: ...
+
+    async def fail(self, run_id: uuid.UUID, error: str, now: datetime) -> None: ...
+
+    async def snapshot_items(self, snapshot_id: uuid.UUID) -> list[SnapshotItem]: ...
+
+    async def published_snapshot(self) -> tuple[uuid.UUID | None, Labels]: ...
+
+    async def published_artifacts(self, paths: Collection[str]) -> dict[str, str]: ...
+
+    async def checkpoint(self, run_id: uuid.UUID, kind: str) -> str | None: ...
+
+    async def save_checkpoint(self, run_id: uuid.UUID, kind: str, epoch: int, data: bytes) -> None: ...
+
+    async def n_users(self, snapshot_id: uuid.UUID) -> int: ...
+
+    async def finish(self, run: Run, release: Release, now: datetime) -> None: ...
+
+    def active_lock(self) -> contextlib.AbstractAsyncContextManager[Callable[[], Awaitable[None]]]: ...
+
+
+class PostgresTrainerStore:
+    def __init__(self, engine: AsyncEngine, lock_retry_seconds: float = 5.0) -> None:
+        self._engine = engine
+        self._lock_retry_seconds = lock_retry_seconds
+
+    # --- runs ------------------------------------------------------------------------------------------------------
+
+    async def record_request(self, message_id: str, snapshot_id: uuid.UUID) -> None:
+        """A redelivered request is the same run (keyed by its message id)."""
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                insert(training_runs)
+                .values(
+                    id=uuid.uuid4(), request_message_id=message_id, snapshot_id=snapshot_id, status="pending"
+                )
+                .on_conflict_do_nothing(index_elements=["request_message_id"])
+            )
+
+    async def unfinished_runs(self) -> list[uuid.UUID]:
+        async with self._engine.connect() as connection:
+            rows = await connection.execute(
+                select(training_runs.c.id)
+                .where(training_runs.c.status.in_(("pending", "running")))
+                .order_by(training_runs.c.created_at)
+            )
+            return list(rows.scalars())
+
+    async def run(self, run_id: uuid.UUID) -> Run:
+        columns = [training_runs.c[name] for name in Run.__dataclass_fields__]
+        async with self._engine.connect() as connection:
+            row = (await connection.execute(select(*columns).where(training_runs.c.id == run_id))).one()
+        return Run(**row._mapping)
+
+    async def start_attempt(self, run_id: uuid.UUID, attempt: Attempt) -> None:
+        await self._update(
+            run_id,
+            status="running",
+            attempts=attempt.number,
+            started_at=attempt.started_at,
+            deadline_at=attempt.deadline_at,
+        )
+
+    async def skip(self, run_id: uuid.UUID, reason: str, now: datetime) -> None:
+        await self._update(run_id, status="skipped", finished_at=now, metrics={"skipped": reason})
+
+    async def fail(self, run_id: uuid.UUID, error: str, now: datetime) -> None:
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                training_runs.update()
+                .where(training_runs.c.id == run_id)
+                .values(status="failed", finished_at=now, error=error[:ERROR_LENGTH])
+            )
+            await _drop_checkpoints(connection, run_id)
+
+    async def _update(self, run_id: uuid.UUID, **values: Any) -> None:
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                training_runs.update().where(training_runs.c.id == run_id).values(**values)
+            )
+
+    async def finish(self, run: Run, release: Release, now: datetime) -> None:
+        """Artifacts, the run's success and ``model.trained`` in one transaction, only if ``run`` is still the
+        latest attempt (raises ``RunTakenOver`` otherwise, leaving nothing behind)."""
+        async with self._engine.begin() as connection:
+            for path, data in release.files.items():
+                sha = await PostgresBlobStore.put_in(connection, data)
+                await connection.execute(
+                    insert(model_artifacts)
+                    .values(run_id=run.id, path=path, blob_sha256=sha)
+                    .on_conflict_do_nothing()
+                )
+            await _drop_checkpoints(connection, run.id)
+            finished = await connection.execute(
+                training_runs.update()
+                .where(
+                    training_runs.c.id == run.id,
+                    training_runs.c.status == "running",
+                    training_runs.c.attempts == run.attempts,
+                )
+                .values(status="succeeded", finished_at=now, metrics=release.metrics)
+            )
+            if finished.rowcount != 1:
+                raise RunTakenOver(f"run {run.id} was taken over by another trainer")
+            await enqueue(connection, release.event)
+
+    # --- checkpoints -----------------------------------------------------------------------------------------------
+
+    async def checkpoint(self, run_id: uuid.UUID, kind: str) -> str | None:
+        async with self._engine.connect() as connection:
+            return await _checkpoint_sha(connection, run_id, kind)
+
+    async def save_checkpoint(self, run_id: uuid.UUID, kind: str, epoch: int, data: bytes) -> None:
+        async with self._engine.begin() as connection:
+            sha = await PostgresBlobStore.put_in(connection, data)
+            old = await _checkpoint_sha(connection, run_id, kind)
+            await connection.execute(
+                insert(checkpoints)
+                .values(run_id=run_id, model_kind=kind, epoch=epoch, blob_sha256=sha)
+                .on_conflict_do_update(
+                    index_elements=["run_id", "model_kind"],
+                    set_={"epoch": epoch, "blob_sha256": sha, "updated_at": func.now()},
+                )
+            )
+            if old is not None and old != sha:
+                await delete_unreferenced(connection, [old])
+
+    # --- reads of other services' tables ---------------------------------------------------------------------------
+
+    async def snapshot_items(self, snapshot_id: uuid.UUID) -> list[SnapshotItem]:
+        c = snapshot_items.c
+        async with self._engine.connect() as connection:
+            rows = await connection.execute(
+                select(c.item_kind, c.item_key, c.label, c.value, c.image_sha256).where(
+                    c.snapshot_id == snapshot_id
+                )
+            )
+            return [SnapshotItem(*row) for row in rows]
+
+    async def published_snapshot(self) -> tuple[uuid.UUID | None, Labels]:
+        """The snapshot the published model was trained on, and its icon and screen labels."""
+        async with self._engine.connect() as connection:
+            published = await latest_published_version(connection)
+            if published is None:
+                return None, {}
+            return published.snapshot_id, await snapshot_labels(connection, published.snapshot_id)
+
+    async def published_artifacts(self, paths: Collection[str]) -> dict[str, str]:
+        """{path: blob sha} of those of ``paths`` that the published release holds."""
+        async with self._engine.connect() as connection:
+            published = await latest_published_version(connection)
+            if published is None:
+                return {}
+            rows = await connection.execute(
+                select(model_artifacts.c.path, model_artifacts.c.blob_sha256).where(
+                    model_artifacts.c.run_id == published.run_id, model_artifacts.c.path.in_(list(paths))
+                )
+            )
+            return {row.path: row.blob_sha256 for row in rows}
+
+    async def n_users(self, snapshot_id: uuid.UUID) -> int:
+        """How many installs voted on the snapshot's icons (voting's ``votes``)."""
+        async with self._engine.connect() as connection:
+            return int(await connection.scalar(_N_USERS, {"s": snapshot_id}) or 0)
+
+    # --- the active trainer ----------------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def active_lock(self) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+        """Wait until this process holds the active trainer's advisory lock; yields a check that raises once the
+        lock's connection (and with it the lock) is lost."""
+        async with self._engine.connect() as connection:
+            while not await connection.scalar(select(func.pg_try_advisory_lock(ACTIVE_TRAINER_LOCK))):
+                await connection.commit()
+                await asyncio.sleep(self._lock_retry_seconds)
+            await connection.commit()  # the session lock stays; no transaction is left idle open
+
+            async def still_held() -> None:
+                await connection.execute(select(1))
+                await connection.commit()
+
+            yield still_held
+
+
+async def _checkpoint_sha(connection: AsyncConnection, run_id: uuid.UUID, kind: str) -> str | None:
+    return await connection.scalar(
+        select(checkpoints.c.blob_sha256).where(
+            checkpoints.c.run_id == run_id, checkpoints.c.model_kind == kind
+        )
+    )
+
+
+async def _drop_checkpoints(connection: AsyncConnection, run_id: uuid.UUID) -> None:
+    dropped = await connection.execute(
+        checkpoints.delete().where(checkpoints.c.run_id == run_id).returning(checkpoints.c.blob_sha256)
+    )
+    await delete_unreferenced(connection, dropped.scalars().all())

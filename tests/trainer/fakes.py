@@ -1,0 +1,194 @@
+"""In-memory stand-ins for the trainer's adapters: the store (same protocol as ``PostgresTrainerStore``), the
+blob store, a clock moved by hand, and model work that trains nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Collection
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import torch
+
+from services.trainer.domain.data import SnapshotItem
+from services.trainer.domain.runs import Attempt, Labels, Run
+from services.trainer.handlers import ModelWork
+from services.trainer.release import Release
+from services.trainer.store import RunTakenOver
+from services.trainer.training import ModelJob, ModelOutcome
+from shared.blobstore import BlobNotFound, sha256_hex
+from shared.events import ModelTrained
+
+
+class FakeClock:
+    def __init__(self, start: datetime = datetime(2026, 1, 1, tzinfo=UTC)) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+class FakeBlobs:
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    async def put(self, data: bytes) -> str:
+        self.data[sha256_hex(data)] = data
+        return sha256_hex(data)
+
+    async def get(self, sha256: str) -> bytes:
+        if sha256 not in self.data:
+            raise BlobNotFound(sha256)
+        return self.data[sha256]
+
+    async def exists(self, sha256: str) -> bool:
+        return sha256 in self.data
+
+
+@dataclass
+class FakeTrainerStore:
+    blobs: FakeBlobs
+    runs: dict[uuid.UUID, Run] = field(default_factory=dict)
+    requests: dict[str, uuid.UUID] = field(default_factory=dict)
+    finished_at: dict[uuid.UUID, datetime] = field(default_factory=dict)
+    metrics: dict[uuid.UUID, dict[str, Any]] = field(default_factory=dict)
+    errors: dict[uuid.UUID, str] = field(default_factory=dict)
+    snapshots: dict[uuid.UUID, list[SnapshotItem]] = field(default_factory=dict)
+    published: tuple[uuid.UUID | None, Labels] = (None, {})
+    published_files: dict[str, str] = field(default_factory=dict)
+    checkpoints: dict[tuple[uuid.UUID, str], str] = field(default_factory=dict)
+    checkpoint_epochs: list[tuple[uuid.UUID, str, int]] = field(default_factory=list)
+    artifacts: dict[uuid.UUID, dict[str, str]] = field(default_factory=dict)
+    outbox: list[ModelTrained] = field(default_factory=list)
+    users: int = 0
+
+    def add_run(self, snapshot_id: uuid.UUID, **values: Any) -> uuid.UUID:
+        run_id = uuid.uuid4()
+        fields = {"status": "pending", "attempts": 0, "started_at": None, "deadline_at": None} | values
+        self.runs[run_id] = Run(id=run_id, snapshot_id=snapshot_id, **fields)
+        return run_id
+
+    async def record_request(self, message_id: str, snapshot_id: uuid.UUID) -> None:
+        if message_id not in self.requests:
+            self.requests[message_id] = self.add_run(snapshot_id)
+
+    async def unfinished_runs(self) -> list[uuid.UUID]:
+        return [run_id for run_id, run in self.runs.items() if run.status in ("pending", "running")]
+
+    async def run(self, run_id: uuid.UUID) -> Run:
+        return self.runs[run_id]
+
+    async def start_attempt(self, run_id: uuid.UUID, attempt: Attempt) -> None:
+        self.runs[run_id] = replace(
+            self.runs[run_id],
+            status="running",
+            attempts=attempt.number,
+            started_at=attempt.started_at,
+            deadline_at=attempt.deadline_at,
+        )
+
+    async def skip(self, run_id: uuid.UUID, reason: str, now: datetime) -> None:
+        self._end(run_id, "skipped", now)
+        self.metrics[run_id] = {"skipped": reason}
+
+    async def fail(self, run_id: uuid.UUID, error: str, now: datetime) -> None:
+        self._end(run_id, "failed", now)
+        self.errors[run_id] = error
+        self._drop_checkpoints(run_id)
+
+    def _end(self, run_id: uuid.UUID, status: str, now: datetime) -> None:
+        self.runs[run_id] = replace(self.runs[run_id], status=status)
+        self.finished_at[run_id] = now
+
+    def _drop_checkpoints(self, run_id: uuid.UUID) -> None:
+        for key in [key for key in self.checkpoints if key[0] == run_id]:
+            del self.checkpoints[key]
+
+    async def snapshot_items(self, snapshot_id: uuid.UUID) -> list[SnapshotItem]:
+        return list(self.snapshots[snapshot_id])
+
+    async def published_snapshot(self) -> tuple[uuid.UUID | None, Labels]:
+        return self.published
+
+    async def published_artifacts(self, paths: Collection[str]) -> dict[str, str]:
+        return {path: sha for path, sha in self.published_files.items() if path in paths}
+
+    async def checkpoint(self, run_id: uuid.UUID, kind: str) -> str | None:
+        return self.checkpoints.get((run_id, kind))
+
+    async def save_checkpoint(self, run_id: uuid.UUID, kind: str, epoch: int, data: bytes) -> None:
+        self.checkpoints[(run_id, kind)] = await self.blobs.put(data)
+        self.checkpoint_epochs.append((run_id, kind, epoch))
+
+    async def n_users(self, snapshot_id: uuid.UUID) -> int:
+        return self.users
+
+    async def finish(self, run: Run, release: Release, now: datetime) -> None:
+        current = self.runs[run.id]
+        if current.status != "running" or current.attempts != run.attempts:
+            raise RunTakenOver(f"run {run.id} was taken over by another trainer")
+        self.artifacts[run.id] = {path: await self.blobs.put(data) for path, data in release.files.items()}
+        self._drop_checkpoints(run.id)
+        self._end(run.id, "succeeded", now)
+        self.metrics[run.id] = release.metrics
+        self.outbox.append(release.event)
+
+    @contextlib.asynccontextmanager
+    async def active_lock(self) -> AsyncIterator[Any]:
+        async def still_held() -> None:
+            return None
+
+        yield still_held
+
+
+@dataclass
+class FakeModelWork:
+    """Trains nothing: each job is recorded, reports ``epochs`` epochs (moving ``clock`` by ``epoch_seconds``
+    each) and comes back with a fixed accuracy."""
+
+    clock: FakeClock
+    accuracy: float = 0.9
+    current_accuracy: float | None = None
+    epochs: int = 2
+    epoch_seconds: float = 1.0
+    jobs: list[ModelJob] = field(default_factory=list)
+    remaining_at_start: list[float] = field(default_factory=list)
+    releases: int = 0
+
+    def train(self, job: ModelJob) -> ModelOutcome:
+        from services.trainer.training import EpochReport
+
+        self.jobs.append(job)
+        self.remaining_at_start.append(job.deadline.remaining)
+        history = []
+        for epoch in range(1, self.epochs + 1):
+            self.clock.advance(self.epoch_seconds)
+            report = EpochReport(0, epoch, 64, 1.0 / epoch, self.accuracy, 100.0, epoch * self.epoch_seconds)
+            history.append(report)
+            job.on_epoch(report)
+            job.on_checkpoint({"epoch": epoch, "history": [r.__dict__ for r in history]})
+        return ModelOutcome(
+            state={"weight": torch.zeros(1)},
+            classes=job.data.classes,
+            accuracy=self.accuracy,
+            current_accuracy=self.current_accuracy,
+            epochs=self.epochs,
+            history=history,
+            images_per_second=100.0,
+            n_samples=len(job.data.keys),
+        )
+
+    def release_files(self, items, icon_data, icon, screen, trained_at) -> dict[str, bytes]:
+        self.releases += 1
+        files = {"models/label_map.json": repr(icon.classes).encode()}
+        if screen is not None:
+            files["models/screen_classifier_labels.json"] = repr(screen.classes).encode()
+        return files
+
+    def as_work(self) -> ModelWork:
+        return ModelWork(train=self.train, release_files=self.release_files)

@@ -1,0 +1,295 @@
+"""The runner's orchestration in memory: fake store, blobs, clock and model work; milliseconds, no servers."""
+
+import asyncio
+import uuid
+from dataclasses import replace
+from datetime import timedelta
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from services.trainer.bootstrap import bootstrap
+from services.trainer.checkpoints import Checkpoints, decode
+from services.trainer.domain.data import SnapshotItem
+from services.trainer.handlers import RunLedger, TrainingRunner
+from services.trainer.settings import TrainerSettings
+from services.trainer.store import RunTakenOver
+from services.trainer.training import ModelOutcome
+from shared.blobstore import sha256_hex
+from shared.events import TrainingProgress, TrainingRequested
+from tests.trainer.fakes import FakeBlobs, FakeClock, FakeModelWork, FakeTrainerStore
+
+BUDGET_MINUTES = 10
+SETTINGS = TrainerSettings(budget_minutes=BUDGET_MINUTES, health_port=0)
+
+
+def png(seed: int) -> bytes:
+    pixels = np.full((8, 8, 3), seed % 256, np.uint8)
+    pixels[0, 0] = (seed // 256, 7, 9)
+    return cv2.imencode(".png", pixels)[1].tobytes()
+
+
+class World:
+    def __init__(self, **work) -> None:
+        self.clock = FakeClock()
+        self.blobs = FakeBlobs()
+        self.store = FakeTrainerStore(self.blobs)
+        self.work = FakeModelWork(self.clock, **work)
+        self.progress: list[TrainingProgress] = []
+        self.images = 0
+        self.runner = TrainingRunner(
+            self.store, self.blobs, SETTINGS, clock=self.clock, progress=self._sent, work=self.work.as_work()
+        )
+
+    async def _sent(self, event: TrainingProgress) -> None:
+        self.progress.append(event)
+
+    def snapshot(self, icons: dict[str, int], screens: dict[str, int] | None = None, extra=()) -> uuid.UUID:
+        """{label: how many} of icons and screenshots, each with its own image in the blob store."""
+        items = []
+        for kind, counts in (("icon", icons), ("screen", screens or {})):
+            for label, count in counts.items():
+                for _ in range(count):
+                    self.images += 1
+                    sha = sha256_hex(png(self.images))
+                    self.blobs.data[sha] = png(self.images)
+                    items.append(SnapshotItem(kind, sha, label, None, sha))
+        snapshot_id = uuid.uuid4()
+        self.store.snapshots[snapshot_id] = items + list(extra)
+        return snapshot_id
+
+    def labels(self, snapshot_id: uuid.UUID) -> dict:
+        return {
+            (i.kind, i.key): i.label
+            for i in self.store.snapshots[snapshot_id]
+            if i.kind in ("icon", "screen")
+        }
+
+
+ICONS = {"Mine": 3, "Phaser": 3}
+
+
+async def test_a_run_trains_the_icon_model_and_hands_the_release_on():
+    world = World()
+    world.store.users = 4
+    ocr = SnapshotItem("ocr", "Heavy Crulser", "Heavy Cruiser")
+    run_id = world.store.add_run(world.snapshot(ICONS, extra=[ocr]))
+    assert await world.runner.execute(run_id) == "succeeded"
+    assert [job.kind for job in world.work.jobs] == ["icon"]
+    assert world.work.jobs[0].data.classes == ["Mine", "Phaser"]
+    run = world.store.runs[run_id]
+    assert (run.status, run.attempts) == ("succeeded", 1)
+    [event] = world.store.outbox
+    assert (event.run_id, event.snapshot_id, event.n_classes, event.n_samples, event.n_users) == (
+        run_id,
+        run.snapshot_id,
+        2,
+        6,
+        4,
+    )
+    assert event.message_id == f"model-trained-{run_id}"
+    assert event.artifacts == world.store.artifacts[run_id]
+    assert event.quality_gate_passed and event.metrics == world.store.metrics[run_id]
+    assert event.metrics["quality_gate"] == {"publish": True, "reason": "first model"}
+    assert event.metrics["icon_epochs"] == 2 and "screen_val_acc" not in event.metrics
+    assert world.store.checkpoints == {}  # dropped with the run's end
+
+
+async def test_a_worse_model_is_trained_but_not_passed_by_the_gate():
+    world = World(accuracy=0.6, current_accuracy=0.8)
+    run_id = world.store.add_run(world.snapshot(ICONS))
+    assert await world.runner.execute(run_id) == "succeeded"
+    [event] = world.store.outbox
+    assert not event.quality_gate_passed
+    assert "below the published model's 0.800" in event.metrics["quality_gate"]["reason"]
+
+
+async def test_the_deadline_is_the_budget_from_the_first_start_and_icons_get_three_quarters_with_screens():
+    world = World(epoch_seconds=30)
+    run_id = world.store.add_run(world.snapshot(ICONS, screens={"TRAITS": 5, "SPACE_EQ": 5}))
+    started = world.clock()
+    assert await world.runner.execute(run_id) == "succeeded"
+    run = world.store.runs[run_id]
+    budget = BUDGET_MINUTES * 60
+    assert run.started_at == started and (run.deadline_at - started).total_seconds() == budget
+    assert [job.kind for job in world.work.jobs] == ["icon", "screen"]
+    # icons: 3/4 of the budget; screens: all that is left of it after the icons' two 30 s epochs
+    assert world.work.remaining_at_start == [0.75 * budget, budget - 60]
+    assert world.work.jobs[1].data.classes == ["SPACE_EQ", "TRAITS"]
+    assert world.store.metrics[run_id]["screen_n_samples"] == 10
+
+
+async def test_without_a_trainable_screen_model_icons_get_the_whole_budget_and_the_reason_is_recorded():
+    world = World()
+    run_id = world.store.add_run(world.snapshot(ICONS, screens={"TRAITS": 9, "BOFFS": 3}))
+    assert await world.runner.execute(run_id) == "succeeded"
+    assert [job.kind for job in world.work.jobs] == ["icon"]
+    assert world.work.remaining_at_start == [BUDGET_MINUTES * 60]
+    assert world.store.metrics[run_id]["screen"] == "fewer than two screen types with enough images"
+
+
+async def test_a_resumed_run_keeps_its_start_and_deadline_and_counts_the_attempt():
+    world = World()
+    first_start = world.clock()
+    deadline = first_start + timedelta(minutes=5)
+    run_id = world.store.add_run(
+        world.snapshot(ICONS), status="running", attempts=1, started_at=first_start, deadline_at=deadline
+    )
+    world.clock.advance(60)
+    assert await world.runner.execute(run_id) == "succeeded"
+    run = world.store.runs[run_id]
+    assert (run.attempts, run.started_at) == (2, first_start)
+    assert world.work.remaining_at_start == [240.0]
+    assert world.store.metrics[run_id]["training_seconds"] == 60 + 2 * 1.0
+
+
+async def test_a_model_trained_before_a_crash_is_not_trained_again():
+    world = World()
+    run_id = world.store.add_run(world.snapshot(ICONS, screens={"TRAITS": 5, "SPACE_EQ": 5}))
+    assert await world.runner.execute(run_id) == "succeeded"
+    icon_done = {"done": True, "outcome": _outcome(["Mine", "Phaser"]), "epoch": 7}
+    retry = World()
+    retry.store.snapshots = world.store.snapshots
+    retry.blobs.data = world.blobs.data
+    again = retry.store.add_run(world.store.runs[run_id].snapshot_id, status="running", attempts=1)
+    await Checkpoints(retry.store, retry.blobs).save(again, "icon", icon_done)
+    assert await retry.runner.execute(again) == "succeeded"
+    assert [job.kind for job in retry.work.jobs] == ["screen"]
+    assert retry.store.metrics[again]["icon_epochs"] == 7
+
+
+async def test_every_epoch_is_reported_and_checkpointed_and_the_trained_model_checkpointed_as_done():
+    world = World(epochs=3)
+    run_id = world.store.add_run(world.snapshot(ICONS))
+    saved = []
+    original = world.store.save_checkpoint
+
+    async def keep(run, kind, epoch, data):
+        saved.append(decode(data))
+        await original(run, kind, epoch, data)
+
+    world.store.save_checkpoint = keep
+    assert await world.runner.execute(run_id) == "succeeded"
+    assert [(e.model, e.epoch, e.run_id) for e in world.progress] == [("icon", n, run_id) for n in (1, 2, 3)]
+    assert [e.deadline_seconds for e in world.progress] == [BUDGET_MINUTES * 60 - n for n in (1, 2, 3)]
+    assert [bundle["epoch"] for bundle in saved] == [1, 2, 3, 3]
+    assert saved[-1]["done"] and saved[-1]["outcome"].epochs == 3
+
+
+async def test_a_run_that_keeps_dying_is_given_up_after_three_attempts():
+    world = World()
+    run_id = world.store.add_run(world.snapshot(ICONS), status="running", attempts=3)
+    world.store.checkpoints[(run_id, "icon")] = "sha"
+    assert await world.runner.execute(run_id) == "failed"
+    assert world.store.errors[run_id] == "gave up after 3 attempts"
+    assert world.work.jobs == [] and world.store.checkpoints == {}
+
+
+async def test_a_snapshot_that_adds_nothing_over_the_published_model_is_skipped_without_training():
+    world = World()
+    published = world.snapshot(ICONS)
+    world.store.published = (published, world.labels(published))
+    same_again = uuid.uuid4()
+    world.store.snapshots[same_again] = list(world.store.snapshots[published])
+    run_id = world.store.add_run(same_again)
+    assert await world.runner.execute(run_id) == "skipped"
+    assert world.store.metrics[run_id] == {"skipped": "snapshot adds nothing over the published model"}
+    assert world.work.jobs == [] and world.store.outbox == []
+
+
+async def test_the_published_models_own_snapshot_is_trained_again():
+    world = World()
+    published = world.snapshot(ICONS)
+    world.store.published = (published, world.labels(published))
+    run_id = world.store.add_run(published)
+    assert await world.runner.execute(run_id) == "succeeded"
+
+
+async def test_too_little_data_is_skipped_with_the_reason():
+    world = World()
+    run_id = world.store.add_run(world.snapshot({"Mine": 3}))
+    assert await world.runner.execute(run_id) == "skipped"
+    assert world.store.metrics[run_id] == {"skipped": "3 icon crops in 1 classes: at least 5 in 2"}
+    assert world.work.jobs == []
+
+
+async def test_a_finished_run_is_left_as_it_is():
+    world = World()
+    run_id = world.store.add_run(world.snapshot(ICONS), status="skipped")
+    assert await world.runner.execute(run_id) == "skipped"
+    assert world.store.runs[run_id].attempts == 0
+
+
+async def test_a_run_that_raises_fails_with_the_error_and_the_next_one_runs():
+    world = World()
+    broken = world.store.add_run(world.snapshot(ICONS))
+    world.blobs.data.pop(world.store.snapshots[world.store.runs[broken].snapshot_id][0].image_sha256)
+    fine = world.store.add_run(world.snapshot(ICONS))
+    assert await world.runner.run_unfinished() == 2
+    assert world.store.runs[broken].status == "failed" and "BlobNotFound" in world.store.errors[broken]
+    assert world.store.runs[fine].status == "succeeded"
+
+
+async def test_an_outage_leaves_the_run_to_resume_later():
+    world = World()
+    run_id = world.store.add_run(world.snapshot(ICONS))
+
+    async def unreachable(snapshot_id):
+        raise ConnectionRefusedError("database down")
+
+    world.store.snapshot_items = unreachable
+    assert await world.runner.run_unfinished() == 0
+    assert world.store.runs[run_id].status == "running" and run_id not in world.store.errors
+
+
+async def test_a_run_taken_over_by_another_trainer_does_not_publish():
+    world = World()
+    run_id = world.store.add_run(world.snapshot(ICONS))
+    original = world.work.release_files
+
+    def meanwhile_another_trainer_starts(*args):
+        world.store.runs[run_id] = replace(world.store.runs[run_id], attempts=2)
+        return original(*args)
+
+    world.work.release_files = meanwhile_another_trainer_starts
+    runner = TrainingRunner(world.store, world.blobs, SETTINGS, clock=world.clock, work=world.work.as_work())
+    with pytest.raises(RunTakenOver):
+        await runner.execute(run_id)
+    assert world.store.outbox == [] and run_id not in world.store.artifacts
+
+
+async def test_a_request_recorded_twice_is_one_run_and_wakes_the_runner():
+    store = FakeTrainerStore(FakeBlobs())
+    wake = asyncio.Event()
+    request = TrainingRequested(snapshot_id=uuid.uuid4(), reason="admin", new_labels=4, total_labels=4)
+    ledger = RunLedger(store, wake)
+    await ledger.record(request)
+    await ledger.record(request)
+    assert len(store.runs) == 1 and wake.is_set()
+
+
+async def test_bootstrap_wires_the_fakes_it_is_given():
+    world = World()
+    trainer = bootstrap(
+        SETTINGS, store=world.store, blobs=world.blobs, clock=world.clock, work=world.work.as_work()
+    )
+    run_id = world.store.add_run(world.snapshot(ICONS))
+    assert await trainer.runner.run_unfinished() == 1
+    assert world.store.runs[run_id].status == "succeeded" and len(world.work.jobs) == 1
+    assert trainer.store is world.store and not trainer.active.active
+    await trainer.engine.dispose()
+
+
+def _outcome(classes: list[str]) -> ModelOutcome:
+    return ModelOutcome(
+        state={"weight": torch.zeros(1)},
+        classes=classes,
+        accuracy=0.9,
+        current_accuracy=None,
+        epochs=7,
+        history=[],
+        images_per_second=0.0,
+        n_samples=6,
+    )
