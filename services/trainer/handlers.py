@@ -11,7 +11,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -137,13 +137,7 @@ class TrainingRunner:
             return stop.status
         attempt = runs.next_attempt(run, self._clock(), timedelta(minutes=self._settings.budget_minutes))
         await self._store.start_attempt(run_id, attempt)
-        run = replace(
-            run,
-            status="running",
-            attempts=attempt.number,
-            started_at=attempt.started_at,
-            deadline_at=attempt.deadline_at,
-        )
+        run = runs.with_attempt(run, attempt)
         items = await self._store.snapshot_items(run.snapshot_id)
         icons = of_kind(items, "icon")
         stop = runs.nothing_new(

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from services.trainer.domain.data import SnapshotItem
-from services.trainer.domain.runs import Attempt, Labels, Run
+from services.trainer.domain.runs import Attempt, Labels, Run, with_attempt
 from services.trainer.handlers import ModelWork
 from services.trainer.release import Release
 from services.trainer.store import RunTakenOver
@@ -84,13 +84,7 @@ class FakeTrainerStore:
         return self.runs[run_id]
 
     async def start_attempt(self, run_id: uuid.UUID, attempt: Attempt) -> None:
-        self.runs[run_id] = replace(
-            self.runs[run_id],
-            status="running",
-            attempts=attempt.number,
-            started_at=attempt.started_at,
-            deadline_at=attempt.deadline_at,
-        )
+        self.runs[run_id] = with_attempt(self.runs[run_id], attempt)
 
     async def skip(self, run_id: uuid.UUID, reason: str, now: datetime) -> None:
         self._end(run_id, "skipped", now)

@@ -35,6 +35,17 @@ def test_a_resumed_attempt_keeps_the_start_and_the_deadline():
     assert (attempt.number, attempt.started_at, attempt.deadline_at) == (2, started, deadline)
 
 
+def test_a_started_attempt_is_recorded_on_the_run():
+    attempt = runs.next_attempt(a_run(attempts=1), NOW, timedelta(minutes=50))
+    run = runs.with_attempt(a_run(attempts=1), attempt)
+    assert (run.status, run.attempts, run.started_at, run.deadline_at) == (
+        "running",
+        2,
+        NOW,
+        NOW + timedelta(minutes=50),
+    )
+
+
 def test_the_seconds_left_never_go_below_zero():
     assert runs.seconds_left(NOW + timedelta(seconds=90), NOW) == 90
     assert runs.seconds_left(NOW - timedelta(seconds=5), NOW) == 0

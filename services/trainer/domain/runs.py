@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 MAX_ATTEMPTS = 3
@@ -59,6 +59,17 @@ def next_attempt(run: Run, now: datetime, budget: timedelta) -> Attempt:
         number=run.attempts + 1,
         started_at=run.started_at or now,
         deadline_at=run.deadline_at or now + budget,
+    )
+
+
+def with_attempt(run: Run, attempt: Attempt) -> Run:
+    """The run as it is recorded once ``attempt`` has started."""
+    return replace(
+        run,
+        status="running",
+        attempts=attempt.number,
+        started_at=attempt.started_at,
+        deadline_at=attempt.deadline_at,
     )
 
 
