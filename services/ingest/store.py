@@ -42,7 +42,7 @@ _KNOWLEDGE_MERGE_COUNTS = text(
     "SELECT count(*) AS total, count(*) FILTER (WHERE updated_at > coalesce(("
     "  SELECT max(at) FROM publication_log WHERE kind = 'knowledge' AND event = 'published'"
     "), '-infinity')) AS merged "
-    "FROM consensus WHERE item_kind = 'knowledge' AND status = 'accepted'"
+    "FROM consensus WHERE item_kind = 'knowledge' AND status = 'accepted' AND label IS NOT NULL"
 )
 
 
@@ -107,7 +107,8 @@ class PostgresReads:
             return await accepted_labels(connection, kind)
 
     async def knowledge_merge_counts(self) -> tuple[int, int]:
-        """(entries changed since the last knowledge publication, size of the knowledge map)."""
+        """(entries changed since the last knowledge publication, size of the knowledge map): the entries of
+        ``shared.reads.accepted_labels(connection, "knowledge")``, which the publisher publishes."""
         async with self._engine.connect() as connection:
             row = (await connection.execute(_KNOWLEDGE_MERGE_COUNTS)).one()
         return row.merged, row.total

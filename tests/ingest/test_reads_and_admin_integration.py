@@ -43,7 +43,7 @@ async def add_release(engine, version: str, trained_at: str, status: str = "publ
         )
 
 
-async def add_consensus(engine, kind: str, key: str, label: str, status: str = "accepted") -> None:
+async def add_consensus(engine, kind: str, key: str, label: str | None, status: str = "accepted") -> None:
     async with engine.begin() as connection:
         await connection.execute(
             insert(consensus).values(
@@ -125,6 +125,7 @@ async def test_admin_merge_requests_a_publication_and_answers_the_counts(
     async with engine.begin() as connection:
         await connection.execute(insert(publication_log).values(kind="knowledge", event="published"))
     await add_consensus(engine, "knowledge", "00000000000000bb", "Torpedo")
+    await add_consensus(engine, "knowledge", "00000000000000cc", None)  # not in the published map
     response = await ingest.client.post("/admin/merge", headers={"X-Admin-Key": ADMIN_KEY})
     assert response.status_code == 200
     assert response.json() == {"ok": True, "merged": 1, "total": 2}
