@@ -99,18 +99,52 @@ def test_initial_weights_load_from_a_local_file(tmp_path):
     assert torch.equal(model.features[1][0].block[0][0].weight, donor.features[1][0].block[0][0].weight)
 
 
-def test_training_stops_at_the_deadline_and_keeps_the_best_state():
-    now = [0.0]
+class EpochsOfThreeSeconds:
+    """The deadline's clock, moved by 3 s at the end of every epoch (fit reports each one)."""
 
-    def an_epoch_takes_three_seconds(report) -> None:
-        now[0] += 3.0
+    def __init__(self) -> None:
+        self.now = 0.0
 
-    rng = np.random.default_rng(0)
-    images = torch.from_numpy(rng.integers(0, 255, (24, 3, 32, 32), dtype=np.uint8))
-    labels = torch.arange(24) % 4
+    def __call__(self) -> float:
+        return self.now
+
+    def on_epoch(self, report) -> None:
+        self.now += 3.0
+
+
+def random_crops(n: int) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(0).integers(0, 255, (n, 3, 32, 32), dtype=np.uint8))
+
+
+def test_training_stops_at_the_deadline():
+    clock = EpochsOfThreeSeconds()
     config = TrainConfig(phases=(Phase(32, 0.5, 8), Phase(32, 1.0, 8)), min_epoch_images=16)
-    model = tiny_model(4)
-    initial = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    result = fit(
+        tiny_model(4),
+        random_crops(24),
+        torch.arange(24) % 4,
+        list(range(16)),
+        list(range(16, 24)),
+        config,
+        Deadline(5.0, clock=clock),
+        on_epoch=clock.on_epoch,
+    )
+    # the first phase has 2.5 s: one epoch; the second the 2 s left: one more, after which the run's time is up
+    assert [(r.phase, r.epoch) for r in result.history] == [(0, 1), (1, 1)] and result.epochs == 2
+
+
+def test_the_best_state_is_kept_not_the_last():
+    clock = EpochsOfThreeSeconds()
+    model = tiny_model(5)  # the labels use classes 0-3; class 4 is never right
+
+    def then_break_the_model(report) -> None:
+        clock.on_epoch(report)
+        if report.epoch == 1:
+            with torch.no_grad():
+                model[5].bias[4] = 100.0  # from now on it says class 4 whatever it sees
+
+    images, labels = random_crops(24), torch.arange(24) % 4
+    config = TrainConfig(phases=(Phase(32, 1.0, 8),), min_epoch_images=16)
     result = fit(
         model,
         images,
@@ -118,18 +152,15 @@ def test_training_stops_at_the_deadline_and_keeps_the_best_state():
         list(range(16)),
         list(range(16, 24)),
         config,
-        Deadline(5.0, clock=lambda: now[0]),
-        on_epoch=an_epoch_takes_three_seconds,
+        Deadline(5.0, clock=clock),
+        on_epoch=then_break_the_model,
     )
-    # the first phase has 2.5 s: one epoch; the second the 2 s left: one more, after which the run's time is up
-    assert [(r.phase, r.epoch) for r in result.history] == [(0, 1), (1, 1)] and result.epochs == 2
-    assert result.best_accuracy == max(r.val_accuracy for r in result.history)
-    kept = tiny_model(4)
+    assert [r.epoch for r in result.history] == [1, 2] and result.history[1].val_accuracy == 0.0
+    assert result.best_state["5.bias"][4] < 50  # the first epoch's state, not the broken last one
+    kept = tiny_model(5)
     kept.load_state_dict(result.best_state)
-    assert evaluate(kept, images[16:], labels[16:], 32, config)[0] == result.best_accuracy
-    assert not torch.equal(
-        result.best_state["5.weight"], initial["5.weight"]
-    )  # a trained state, not the start
+    first = result.history[0].val_accuracy
+    assert evaluate(kept, images[16:], labels[16:], 32, config)[0] == result.best_accuracy == first
 
 
 def test_a_deadline_already_past_trains_nothing():
