@@ -210,7 +210,8 @@ class TrainingRunner:
 
     async def _published_model(self, kind: str) -> PublishedModel | None:
         """The published model of ``kind`` (weights and class list), to fine-tune from and gate against."""
-        shas = await self._store.published_artifacts(release.MODEL_FILES[kind])
+        weights, labels, _ = release.MODEL_FILES[kind]
+        shas = await self._store.published_artifacts((weights, labels))
         files = {path: await self._blobs.get(sha) for path, sha in shas.items()}
         return release.read_model(kind, files)
 

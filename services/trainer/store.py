@@ -10,7 +10,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
@@ -18,15 +18,20 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.trainer.domain.data import SnapshotItem
 from services.trainer.domain.runs import Attempt, Labels, Run
-from services.trainer.release import Release
 from services.trainer.tables import checkpoints, model_artifacts, training_runs
-from services.voting.tables import snapshot_items
 from shared.blobstore import PostgresBlobStore, delete_unreferenced
 from shared.outbox import enqueue
 from shared.reads import latest_published_version, snapshot_labels
 
+if TYPE_CHECKING:  # the release module brings torch and ONNX Runtime; the store needs only the type
+    from services.trainer.release import Release
+
 ACTIVE_TRAINER_LOCK = 0x57A7_0002
 ERROR_LENGTH = 2000
+# voting's tables, read as SQL text: services share the database, not each other's modules
+_SNAPSHOT_ITEMS = text(
+    "SELECT item_kind, item_key, label, value, image_sha256 FROM snapshot_items WHERE snapshot_id = :s"
+)
 _N_USERS = text(
     "SELECT count(DISTINCT install_id) FROM votes WHERE item_kind = 'icon' AND item_key IN "
     "(SELECT item_key FROM snapshot_items WHERE snapshot_id = :s AND item_kind = 'icon')"
@@ -176,13 +181,8 @@ class PostgresTrainerStore:
     # --- reads of other services' tables ---------------------------------------------------------------------------
 
     async def snapshot_items(self, snapshot_id: uuid.UUID) -> list[SnapshotItem]:
-        c = snapshot_items.c
         async with self._engine.connect() as connection:
-            rows = await connection.execute(
-                select(c.item_kind, c.item_key, c.label, c.value, c.image_sha256).where(
-                    c.snapshot_id == snapshot_id
-                )
-            )
+            rows = await connection.execute(_SNAPSHOT_ITEMS, {"s": snapshot_id})
             return [SnapshotItem(*row) for row in rows]
 
     async def published_snapshot(self) -> tuple[uuid.UUID | None, Labels]:

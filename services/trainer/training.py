@@ -3,6 +3,9 @@
 Crops are decoded once into memory (uint8, 64x64 BGR for icons as the client has them before upscaling);
 augmentation runs on whole batches of tensors. Icons train most of the budget at 64 px, then adapt at 224 px,
 the size clients feed; the best state seen is what is kept. The deadline is checked after every batch.
+
+``train_model`` is one model of a run: the network, its start (the published model or local initial weights),
+``fit``, and the score through the client path (``evaluation.py``).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import torch
 from services.trainer.bootstrap import bootstrap
 from services.trainer.checkpoints import Checkpoints, decode
 from services.trainer.domain.data import SnapshotItem
-from services.trainer.handlers import RunLedger, TrainingRunner
+from services.trainer.handlers import ActiveTrainer, RunLedger, TrainingRunner
 from services.trainer.settings import TrainerSettings
 from services.trainer.store import RunTakenOver
 from services.trainer.training import ModelOutcome
@@ -268,6 +268,22 @@ async def test_a_request_recorded_twice_is_one_run_and_wakes_the_runner():
     await ledger.record(request)
     await ledger.record(request)
     assert len(store.runs) == 1 and wake.is_set()
+
+
+async def test_the_active_trainer_runs_the_recorded_runs_then_wakes_the_relay():
+    world = World()
+    run_id = world.store.add_run(world.snapshot(ICONS))
+    seen: list[tuple[bool, str]] = []
+
+    def after_runs() -> None:
+        seen.append((active.active, world.store.runs[run_id].status))
+        task.cancel()
+
+    active = ActiveTrainer(world.store, world.runner, asyncio.Event(), after_runs=after_runs)
+    task = asyncio.create_task(active.run())
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert seen == [(True, "succeeded")] and not active.active
 
 
 async def test_bootstrap_wires_the_fakes_it_is_given():
