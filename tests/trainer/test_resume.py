@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 
 from shared.events import TrainingRequested
@@ -14,6 +15,7 @@ from tests.trainer.conftest import make_snapshot
 from tests.utils.broker import queue_depth, wait_for_messages
 
 ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.integration  # trainer processes that train real models
 
 
 def start_trainer(settings) -> subprocess.Popen:

@@ -23,6 +23,7 @@ from tests.trainer.fakes import FakeClock
 from tools.simulator.workload import draw_icon
 
 tv = import_torchvision()
+pytestmark = pytest.mark.integration  # the real store; some train real models
 
 
 async def artifacts_of(engine, run_id) -> dict[str, bytes]:
