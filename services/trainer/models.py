@@ -46,11 +46,7 @@ def carry_over(
     """Start from a previous version: the whole backbone, and the head rows of every class that still exists
     (new classes keep their fresh initialisation). Returns what was carried."""
     state = model.state_dict()
-    backbone = {
-        k: v
-        for k, v in previous.items()
-        if not k.startswith(f"{head}.") and k in state and state[k].shape == v.shape
-    }
+    backbone = _backbone_tensors(previous, state, head)
     state.update(backbone)
     old_row = {label: i for i, label in enumerate(previous_labels)}
     carried = 0
@@ -68,12 +64,17 @@ def load_initial_weights(model: nn.Module, path: Path, head: str) -> int:
     shape match, the head excluded. Returns how many tensors were loaded."""
     weights = torch.load(path, map_location="cpu", weights_only=True)
     state = model.state_dict()
-    usable = {
-        k: v
-        for k, v in weights.items()
-        if not k.startswith(f"{head}.") and k in state and state[k].shape == v.shape
-    }
+    usable = _backbone_tensors(weights, state, head)
     state.update(usable)
     model.load_state_dict(state)
     log.info("loaded %d tensors of initial weights from %s", len(usable), path)
     return len(usable)
+
+
+def _backbone_tensors(weights: dict, state: dict, head: str) -> dict:
+    """The tensors of ``weights`` that fit ``state`` by name and shape, the classifier ``head`` excluded."""
+    return {
+        k: v
+        for k, v in weights.items()
+        if not k.startswith(f"{head}.") and k in state and state[k].shape == v.shape
+    }
