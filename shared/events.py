@@ -15,13 +15,11 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from shared.clock import utc_now
+
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 InstallId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 ModelKind = Literal["icon", "screen"]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def format_trained_at(moment: datetime) -> str:

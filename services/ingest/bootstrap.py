@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -22,13 +21,10 @@ from services.ingest.readmodels import ReadModels, ReadStore
 from services.ingest.settings import IngestSettings
 from services.ingest.store import PostgresQuotaCounters, PostgresReads, create_quota_pool
 from shared.broker import EventPublisher
+from shared.clock import Clock, utc_now
 from shared.db import create_engine
 
 CONNECT_WAIT_SECONDS = 5  # start answering (and report not-ready) if RabbitMQ takes longer
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @contextlib.asynccontextmanager
@@ -39,7 +35,7 @@ async def bootstrap(
     engine: AsyncEngine | None = None,
     limiter: RateLimiter | None = None,
     read_store: ReadStore | None = None,
-    clock: Callable[[], datetime] = _utc_now,
+    clock: Clock = utc_now,
     monotonic: Callable[[], float] = time.monotonic,
 ) -> AsyncIterator[Runtime]:
     """The ``Runtime`` for one process, open for the ``async with`` block."""

@@ -11,11 +11,12 @@ from typing import Any
 from faststream.rabbit import RabbitBroker
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.publisher.handlers import Clock, ReleaseService, utc_now
+from services.publisher.handlers import ReleaseService
 from services.publisher.hub import HfHub, Hub, LocalHub, RetryPolicy
 from services.publisher.settings import PublisherSettings
 from services.publisher.store import PostgresReleaseStore, ReleaseStore
 from shared.broker import EventPublisher
+from shared.clock import Clock, utc_now
 from shared.consumer import subscribe_events
 from shared.db import create_engine
 from shared.events import Event, KnowledgePublishRequested, ModelTrained, RollbackRequested

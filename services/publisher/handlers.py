@@ -8,23 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Mapping
 
 from services.publisher import domain
 from services.publisher.domain import Published, Release
 from services.publisher.hub import Hub, PermanentPublishError
 from services.publisher.store import ReleaseStore
+from shared.clock import Clock, utc_now
 from shared.consumer import Unprocessable
 from shared.events import KnowledgePublishRequested, ModelTrained, RollbackRequested, format_trained_at
 
 log = logging.getLogger(__name__)
-
-Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class ReleaseService:

@@ -16,11 +16,12 @@ from typing import Any
 from faststream.rabbit import RabbitBroker
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.trainer.handlers import ActiveTrainer, Clock, ModelWork, RunLedger, TrainingRunner, utc_now
+from services.trainer.handlers import ActiveTrainer, ModelWork, RunLedger, TrainingRunner
 from services.trainer.settings import TrainerSettings
 from services.trainer.store import PostgresTrainerStore, TrainerStore
 from shared.blobstore import BlobStore, PostgresBlobStore
 from shared.broker import EventPublisher
+from shared.clock import Clock, utc_now
 from shared.consumer import subscribe_events
 from shared.db import create_engine
 from shared.events import TrainingRequested

@@ -12,7 +12,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from prometheus_client import Counter, Gauge
@@ -43,6 +43,7 @@ from services.trainer.training import (
     train_model,
 )
 from shared.blobstore import BlobStore
+from shared.clock import Clock, utc_now
 from shared.consumer import is_outage
 from shared.events import TrainingProgress, TrainingRequested, format_trained_at
 
@@ -52,16 +53,11 @@ VAL_ACCURACY = Gauge("warp_trainer_val_accuracy", "Held-out accuracy of the late
 THROUGHPUT = Gauge("warp_trainer_images_per_second", "Training throughput of the latest epoch", ["model"])
 RUNS = Counter("warp_trainer_runs_total", "Training runs ended", ["status"])
 
-Clock = Callable[[], datetime]
 ProgressSink = Callable[[TrainingProgress], Awaitable[None]]
 TrainModel = Callable[[ModelJob], ModelOutcome]
 ReleaseFiles = Callable[
     [Sequence[SnapshotItem], Dataset, ModelOutcome, ModelOutcome | None, str], dict[str, bytes]
 ]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 async def _no_progress(event: TrainingProgress) -> None:

@@ -12,11 +12,12 @@ from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.voting.handlers import Clock, ConsensusRefresher, VotingService, utc_now
+from services.voting.handlers import ConsensusRefresher, VotingService
 from services.voting.settings import VotingSettings
 from services.voting.store import PostgresVotingStore, VotingStore
 from shared.batch_consumer import BatchConsumer
 from shared.broker import EventPublisher
+from shared.clock import Clock, utc_now
 from shared.db import create_engine
 from shared.events import EVENT_TYPES, TrainingForceRequested
 from shared.outbox import OutboxRelay

@@ -10,7 +10,6 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -34,6 +33,7 @@ from services.voting.domain.tally import (
 )
 from services.voting.settings import VotingSettings
 from services.voting.store import RefreshUnit, VotingStore
+from shared.clock import Clock, utc_now
 from shared.events import Contribution, Event, TrainingForceRequested, TrainingRequested
 
 log = logging.getLogger(__name__)
@@ -42,12 +42,6 @@ STORED = Counter(
 )
 REFRESH_SECONDS = Histogram("warp_voting_refresh_seconds", "Duration of a consensus refresh")
 ACCEPTED_ITEMS = Gauge("warp_voting_accepted_items", "Items with accepted consensus", ["kind"])
-
-Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass
