@@ -40,7 +40,9 @@ model_versions = Table(
     Column("error", Text),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("published_at", DateTime(timezone=True)),
-    CheckConstraint("status IN ('pending', 'published', 'failed', 'rejected')", name="known_status"),
+    CheckConstraint(
+        "status IN ('pending', 'published', 'failed', 'rejected', 'superseded')", name="known_status"
+    ),
     CheckConstraint(f"trained_at ~ '{TRAINED_AT_FORMAT}'", name="trained_at_fixed_width"),
     Index("ix_model_versions_published", "trained_at", postgresql_where=text("status = 'published'")),
 )
