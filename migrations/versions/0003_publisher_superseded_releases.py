@@ -16,11 +16,11 @@ _NEW = "status IN ('pending', 'published', 'failed', 'rejected', 'superseded')"
 
 
 def upgrade() -> None:
-    op.drop_constraint("ck_model_versions_known_status", "model_versions", type_="check")
-    op.create_check_constraint("ck_model_versions_known_status", "model_versions", _NEW)
+    op.drop_constraint(op.f("ck_model_versions_known_status"), "model_versions", type_="check")
+    op.create_check_constraint(op.f("ck_model_versions_known_status"), "model_versions", _NEW)
 
 
 def downgrade() -> None:
     op.execute("UPDATE model_versions SET status = 'rejected' WHERE status = 'superseded'")
-    op.drop_constraint("ck_model_versions_known_status", "model_versions", type_="check")
-    op.create_check_constraint("ck_model_versions_known_status", "model_versions", _OLD)
+    op.drop_constraint(op.f("ck_model_versions_known_status"), "model_versions", type_="check")
+    op.create_check_constraint(op.f("ck_model_versions_known_status"), "model_versions", _OLD)
