@@ -1,6 +1,7 @@
 """docker-compose.yml cannot be run here (no Docker engine), so it is checked against the compose
 specification and against the rules that make scaling safe."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -72,3 +73,66 @@ def test_infrastructure_has_health_checks_and_migrate_runs_once(compose):
     migrate = compose["services"]["migrate"]
     assert migrate["command"] == ["python", "-m", "migrations"]
     assert migrate["restart"] == "no"
+
+
+PROXY_CONF = ROOT / "deploy" / "ingest-proxy.conf"
+
+
+def _server_blocks(conf: str) -> dict[str, str]:
+    """{listen port: the text of its server block} of the proxy's nginx configuration."""
+    blocks = {}
+    for block in re.split(r"^server \{", conf, flags=re.MULTILINE)[1:]:
+        port = re.search(r"listen (\d+);", block).group(1)
+        blocks[port] = block
+    return blocks
+
+
+def test_ingest_is_reachable_only_through_the_proxy(compose):
+    ingest = compose["services"]["ingest"]
+    assert "ports" not in ingest, "ingest must not be published on the host: clients go through the proxy"
+    proxy = compose["services"]["proxy"]
+    public, operators = proxy["ports"]
+    assert public.endswith(":8080") and not public.startswith("127.0.0.1")
+    assert operators.startswith("127.0.0.1:") and operators.endswith(":8081")
+    proxy_address = proxy["networks"]["default"]["ipv4_address"]
+    assert ingest["environment"]["WARP_TRUSTED_PROXIES"] == f"{proxy_address}/32"
+
+
+@pytest.mark.parametrize(
+    ("path", "public"),
+    [
+        ("/contribute", True),
+        ("/contribute/bulk-crops", True),
+        ("/v1/contributions/crops", True),
+        ("/model/version", True),
+        ("/knowledge", True),
+        ("/config/labels", True),
+        ("/health", True),
+        ("/admin/train", False),
+        ("/admin", False),
+        ("/admin/dead-letters/voting/replay", False),
+        ("/metrics", False),
+        ("/ready", False),
+        ("/docs", False),
+        ("/openapi.json", False),
+    ],
+)
+def test_the_public_port_never_serves_admin_or_metrics(path, public):
+    blocks = _server_blocks(PROXY_CONF.read_text())
+    refused = re.search(r"location ~ (\S+) \{\s*return 404;", blocks["8080"]).group(1)
+    assert (re.match(refused, path) is None) == public
+    assert "return 404" not in blocks["8081"]
+
+
+def test_the_client_cannot_choose_the_address_it_is_charged_to():
+    conf = PROXY_CONF.read_text()
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in conf
+    assert "proxy_add_x_forwarded_for" not in conf
+
+
+def test_passwords_have_no_defaults():
+    text = COMPOSE.read_text()
+    for variable in ("WARP_POSTGRES_PASSWORD", "WARP_RABBITMQ_PASSWORD"):
+        uses = re.findall(r"\$\{" + variable + r"([^}]*)\}", text)
+        assert uses, variable
+        assert all(use.startswith(":?") for use in uses), (variable, uses)
