@@ -42,17 +42,33 @@ class ImageRejected(ValueError):
 
 @dataclass(frozen=True)
 class ImageLimits:
+    """What an endpoint accepts of an image. ``max_pixels`` is checked on the PNG header, before a pixel is
+    decoded. ``stored_min_side``: an image whose shorter side is longer is stored downscaled (aspect kept) to
+    that shorter side; its sha256 stays the one of the bytes the client sent (the item's key)."""
+
     max_bytes: int
     min_width: int = 1
     min_height: int = 1
     max_pixels: int = 4096 * 4096
     min_std: float = 10.0
+    stored_min_side: int | None = None
 
 
-ICON_LIMITS = ImageLimits(max_bytes=150_000, min_width=16, min_height=16, max_pixels=1024 * 1024)
-TEXT_CROP_LIMITS = ImageLimits(max_bytes=150_000, min_width=50, min_height=10, max_pixels=1024 * 1024)
-KNOWLEDGE_LIMITS = ImageLimits(max_bytes=150_000, max_pixels=1024 * 1024)
-SCREENSHOT_LIMITS = ImageLimits(max_bytes=2_500_000, min_width=64, min_height=64, max_pixels=8192 * 8192)
+# What training uses bounds what a worker decodes: icons are trained at 64x64, so icon and knowledge crops up to
+# 256x256 (a 4K screen's icons) are plenty; text crops are lines of text; the screen model sees 224x224, and a
+# 3840x2160 screen is the largest common one. ``screen_rgb`` (trainer) squeezes a screenshot to 224x224 with
+# INTER_AREA: stored with its shorter side at 224, neither axis is ever upsampled there.
+SCREEN_MODEL_SIDE = 224
+ICON_LIMITS = ImageLimits(max_bytes=150_000, min_width=16, min_height=16, max_pixels=256 * 256)
+TEXT_CROP_LIMITS = ImageLimits(max_bytes=150_000, min_width=50, min_height=10, max_pixels=2048 * 256)
+KNOWLEDGE_LIMITS = ImageLimits(max_bytes=150_000, max_pixels=256 * 256)
+SCREENSHOT_LIMITS = ImageLimits(
+    max_bytes=2_500_000,
+    min_width=64,
+    min_height=64,
+    max_pixels=3840 * 2160,
+    stored_min_side=SCREEN_MODEL_SIDE,
+)
 
 
 @dataclass(frozen=True)
@@ -104,31 +120,57 @@ def _pixel_std(rgb_histogram: list[int]) -> float:
     return float(np.sqrt(max(counts @ (_LEVELS - mean) ** 2 / total, 0.0)))
 
 
+def png_dimensions(data: bytes) -> tuple[int, int]:
+    """Width and height from the PNG's IHDR chunk (which must come first), read without decoding a pixel."""
+    if len(data) < 24 or data[12:16] != b"IHDR" or data[8:12] != b"\x00\x00\x00\x0d":
+        raise ImageRejected("corrupt_png", "PNG is truncated or corrupt (the IHDR header chunk is not first)")
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def check_dimensions(width: int, height: int, limits: ImageLimits) -> None:
+    if width * height > limits.max_pixels:
+        raise ImageRejected(
+            "too_many_pixels",
+            f"image is {width}x{height} pixels; the limit is {limits.max_pixels} pixels",
+        )
+    if width < limits.min_width or height < limits.min_height:
+        raise ImageRejected(
+            "too_small",
+            f"image is {width}x{height} pixels; at least {limits.min_width}x{limits.min_height} is required",
+        )
+
+
+def stored_size(width: int, height: int, min_side: int | None) -> tuple[int, int] | None:
+    """The size an image is stored at when it is larger than needed (shorter side ``min_side``, aspect kept,
+    rounded), or None to store it as sent."""
+    if min_side is None or min(width, height) <= min_side:
+        return None
+    scale = min_side / min(width, height)
+    return max(min_side, round(width * scale)), max(min_side, round(height * scale))
+
+
+def _png_of(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def check_png(data: bytes, limits: ImageLimits) -> CheckedImage:
-    """Accept only a complete, sane, non-uniform PNG within the limits; raise ``ImageRejected`` otherwise."""
+    """Accept only a complete, sane, non-uniform PNG within the limits; raise ``ImageRejected`` otherwise.
+
+    The pixel limits are checked on the header before anything is decoded (far below Pillow's own
+    decompression-bomb limit), so a small file that would inflate to a huge image costs nothing."""
     if len(data) > limits.max_bytes:
         raise ImageRejected("too_many_bytes", f"PNG is {len(data)} bytes; the limit is {limits.max_bytes}")
     if not data.startswith(PNG_SIGNATURE):
         raise ImageRejected("not_png", "not a PNG (the 8-byte PNG signature is missing)")
+    width, height = png_dimensions(data)
+    check_dimensions(width, height, limits)
     try:
         image = Image.open(io.BytesIO(data), formats=["PNG"])
-        width, height = image.size
-        if width * height > limits.max_pixels:
-            raise ImageRejected(
-                "too_many_pixels",
-                f"image is {width}x{height} pixels; the limit is {limits.max_pixels} pixels",
-            )
-        if width < limits.min_width or height < limits.min_height:
-            raise ImageRejected(
-                "too_small",
-                f"image is {width}x{height} pixels; at least {limits.min_width}x{limits.min_height} is required",
-            )
         image.load()
-        histogram = (image if image.mode == "RGB" else image.convert("RGB")).histogram()
-    except ImageRejected:
-        raise
-    except Image.DecompressionBombError:
-        raise ImageRejected("decompression_bomb", "PNG decompresses to more pixels than allowed") from None
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        histogram = rgb.histogram()
     except UnidentifiedImageError:  # its message names a Python object, of no use to a client
         raise ImageRejected("corrupt_png", "PNG is truncated or corrupt (no decodable PNG header)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
@@ -138,7 +180,9 @@ def check_png(data: bytes, limits: ImageLimits) -> CheckedImage:
         raise ImageRejected(
             "near_uniform", f"image is near-uniform (pixel standard deviation {std:.1f} < {limits.min_std:g})"
         )
-    return CheckedImage(data=data, sha256=hashlib.sha256(data).hexdigest(), width=width, height=height)
+    size = stored_size(width, height, limits.stored_min_side)
+    stored = data if size is None else _png_of(rgb.resize(size, Image.Resampling.BOX))
+    return CheckedImage(data=stored, sha256=hashlib.sha256(data).hexdigest(), width=width, height=height)
 
 
 def contribution_id(kind: str, *parts: str) -> str:
