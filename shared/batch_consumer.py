@@ -3,8 +3,9 @@
 FastStream's RabbitMQ subscribers hand over one message per call, so grouped commits are built here on aio-pika.
 The rules are those of ``shared.consumer``: a message that can never be processed goes to the dead-letter queue
 at once with the reason; outages are waited out in place; a batch that fails otherwise is retried message by
-message, so one poison message cannot hold back the others, and a message that keeps failing is dead-lettered
-with the last error once its deliveries run out.
+message, so one poison message cannot hold back the others: a value the database refuses dead-letters its message
+at once while the rest commits, and a message that keeps failing otherwise is dead-lettered with the last error
+once its deliveries run out.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import KW_ONLY, dataclass, field
+from typing import Any
 
 import aio_pika
 import aiormq
@@ -48,6 +50,7 @@ class BatchConsumer:
     max_batch: int = 500
     max_wait_seconds: float = 0.02
     retry: RetryPolicy = DEFAULT_RETRY
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
     processed: int = field(default=0, init=False)
 
     async def run(self) -> None:
@@ -94,15 +97,18 @@ class BatchConsumer:
                 await self._dead_letter(message, verdict.reason)
         if not decoded:
             return
-        # A batch is never dead-lettered whole: whatever failed, its messages are then judged one by one.
+        # A batch is never dead-lettered whole: whatever failed, its messages are then judged one by one (and
+        # only those verdicts are logged and applied).
         verdict = await handle_judged(
             lambda: self.handler([event for _, event in decoded]),
             delivery=1,
             delivery_limit=self.topology.delivery_limit,
             retry=self.retry,
-            log_extra={"batch": len(decoded)},
+            log_verdict=False,
+            sleep=self.sleep,
         )
         if verdict is not None:
+            log.warning("batch of %d failed; judging its messages one by one", len(decoded))
             await self._isolate(decoded)
             return
         for message, _ in decoded:
@@ -121,6 +127,7 @@ class BatchConsumer:
                 delivery_limit=self.topology.delivery_limit,
                 retry=self.retry,
                 log_extra={"message_id": message.message_id, "delivery": delivery},
+                sleep=self.sleep,
             )
             if verdict is None:
                 await _settle(message.ack())
@@ -130,7 +137,7 @@ class BatchConsumer:
             else:
                 back.append(message)
         if back:
-            await asyncio.sleep(self.retry.delay(max(delivery_number(m.headers) for m in back) - 1))
+            await self.sleep(self.retry.delay(max(delivery_number(m.headers) for m in back) - 1))
             for message in back:
                 await _settle(message.reject(requeue=True))
 

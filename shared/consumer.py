@@ -1,8 +1,9 @@
 """Wiring a service's event handlers to its queue, with the acknowledgement rules every consumer owes:
 
 - ack only after the handler returned (handlers commit their own transaction before returning);
-- a message that can never be processed (not JSON, unknown event type or schema version, invalid fields, or a
-  handler raising ``Unprocessable``) goes to the dead-letter queue at once, with the reason in a header;
+- a message that can never be processed (not JSON, unknown event type or schema version, invalid fields, a
+  handler raising ``Unprocessable``, or a value the database refuses: a data error) goes to the dead-letter queue
+  at once, with the reason in a header;
 - an outage (database or broker unreachable) is waited out in place, with backoff, without spending the
   message's deliveries: a Postgres restart must not send good messages to the dead-letter queue;
 - any other failure is retried through the queue with backoff; on its last allowed delivery the message is
@@ -43,6 +44,28 @@ class Unprocessable(Exception):
     this exception's text as the reason."""
 
 
+# SQLSTATE classes of a value the database refuses (22: data exception, such as U+0000 in text or jsonb, a value
+# too long or out of range; 23: integrity constraint violation, such as a check): the same message fails the
+# same way on every delivery, unlike an outage.
+DATA_ERROR_CLASSES = ("22", "23")
+
+
+def data_error(error: BaseException) -> BaseException | None:
+    """The database's own error when ``error`` is (or wraps: SQLAlchemy's ``orig``, a ``raise ... from``) a
+    data error, else None."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if str(getattr(current, "sqlstate", None) or "")[:2] in DATA_ERROR_CLASSES:
+            return current
+        pending += [getattr(current, "orig", None), current.__cause__]
+    return None
+
+
 def is_outage(error: BaseException) -> bool:
     """A dependency is unreachable, not the message at fault."""
     if isinstance(error, DBAPIError) and error.connection_invalidated:
@@ -72,6 +95,13 @@ def judge_failure(
     ``outage_seconds`` after it started waiting out an outage in place."""
     if isinstance(error, Unprocessable | UndecodableEvent):
         return Verdict(Action.DEAD_LETTER, str(error))
+    refused = data_error(error)
+    if refused is not None:
+        return Verdict(
+            Action.DEAD_LETTER,
+            f"the database refused a value (SQLSTATE {getattr(refused, 'sqlstate', '')}, "
+            f"{type(refused).__name__}): {refused}",
+        )
     if is_outage(error) and outage_seconds <= OUTAGE_PATIENCE_SECONDS:
         return Verdict(Action.RIDE_OUT, repr(error))
     if delivery >= delivery_limit:
@@ -105,11 +135,16 @@ async def handle_judged(
     delivery_limit: int,
     retry: RetryPolicy,
     log_extra: Mapping[str, Any] | None = None,
+    log_verdict: bool = True,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> Verdict | None:
     """Call ``handler``: None once it returned, else the verdict on its failure. While the verdict is to ride
-    an outage out, wait (with backoff) and call it again."""
+    an outage out, wait (with backoff) and call it again.
+
+    The verdict is logged (at ERROR with the traceback, except for a deliberate ``Unprocessable``, whose
+    dead-letter reason says why) unless ``log_verdict`` is False: a caller that does not apply it logs its own
+    line."""
     started, attempt = clock(), 0
     while True:
         try:
@@ -120,9 +155,7 @@ async def handle_judged(
                 error, delivery=delivery, delivery_limit=delivery_limit, outage_seconds=clock() - started
             )
             if verdict.action is not Action.RIDE_OUT:
-                if not isinstance(
-                    error, Unprocessable
-                ):  # refused on purpose: the dead-letter reason says why
+                if log_verdict and not isinstance(error, Unprocessable):
                     log.error(
                         "handler failed; verdict: %s",
                         verdict.action,

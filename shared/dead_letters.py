@@ -10,7 +10,16 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from shared.broker import DEAD_LETTER_REASON, DEAD_LETTERED_FROM, ORIGINAL_ROUTING_KEY, EventPublisher
 from shared.topology import Topology
 
-_ROUTING_HEADERS = (DEAD_LETTER_REASON, DEAD_LETTERED_FROM, ORIGINAL_ROUTING_KEY)
+# Dropped on replay: where and why it died, and the deliveries it spent (quorum queues count them in
+# x-delivery-count, RabbitMQ 4 also in x-acquired-count), so the replayed message starts with a full budget.
+_DEAD_LETTER_HEADERS = (
+    DEAD_LETTER_REASON,
+    DEAD_LETTERED_FROM,
+    ORIGINAL_ROUTING_KEY,
+    "x-delivery-count",
+    "x-acquired-count",
+)
+_DEATH_HEADER_PREFIXES = ("x-death", "x-first-death", "x-last-death")
 
 
 @dataclass(frozen=True)
@@ -42,7 +51,9 @@ def describe(message: AbstractIncomingMessage) -> DeadLetter:
 async def list_dead_letters(
     channel: AbstractChannel, topology: Topology, role: str, limit: int
 ) -> list[DeadLetter]:
-    """Look at up to ``limit`` messages without removing them (each goes back to the queue)."""
+    """Look at up to ``limit`` messages without removing them (each goes back to the queue). Returning a
+    message may count as a delivery; the dead-letter queues' delivery limit is one no one reaches (see
+    ``shared.topology``), so looking never loses a message."""
     queue = await channel.get_queue(topology.dead_letter_queue(role), ensure=False)
     taken: list[AbstractIncomingMessage] = []
     try:
@@ -73,10 +84,7 @@ async def replay_dead_letters(
         headers = {
             key: value
             for key, value in (message.headers or {}).items()
-            if key not in _ROUTING_HEADERS
-            and not key.startswith("x-death")
-            and not key.startswith("x-first-death")
-            and not key.startswith("x-last-death")
+            if key not in _DEAD_LETTER_HEADERS and not key.startswith(_DEATH_HEADER_PREFIXES)
         }
         try:
             await publisher.publish_raw(

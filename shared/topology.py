@@ -11,6 +11,11 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, ExchangeType
 
 DEFAULT_DELIVERY_LIMIT = 10
+# Listing a dead-letter queue returns each message it shows to the queue, and RabbitMQ 4.0 to 4.2 count every
+# return as a delivery: a quorum queue declared without a limit gets one of 20 there and then drops the message.
+# Not -1 ("unlimited" from 4.0 on): RabbitMQ 3.x drops a message on its first return under -1 (measured on
+# 3.10). So an explicit limit that no one reaches.
+DEAD_LETTER_DELIVERY_LIMIT = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,10 @@ class Topology:
             arguments["x-single-active-consumer"] = True
         return arguments
 
+    @staticmethod
+    def dead_letter_queue_arguments() -> dict[str, object]:
+        return {"x-queue-type": "quorum", "x-delivery-limit": DEAD_LETTER_DELIVERY_LIMIT}
+
     def all_queue_names(self) -> list[str]:
         names = [self.queue(c.role) for c in self.consumers] + [
             self.dead_letter_queue(c.role) for c in self.consumers
@@ -104,7 +113,9 @@ async def declare_topology(channel: AbstractChannel, topology: Topology) -> None
     )
     for consumer in topology.consumers:
         dlq = await channel.declare_queue(
-            topology.dead_letter_queue(consumer.role), durable=True, arguments={"x-queue-type": "quorum"}
+            topology.dead_letter_queue(consumer.role),
+            durable=True,
+            arguments=topology.dead_letter_queue_arguments(),
         )
         await dlq.bind(dead_letters, routing_key=topology.queue(consumer.role))
         queue = await channel.declare_queue(

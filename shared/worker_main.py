@@ -50,25 +50,28 @@ async def run_service(
     """The life of a queue worker: connect the publisher (and start the FastStream ``broker``, if any), run
     ``tasks`` and the health endpoint until one fails or all are cancelled, then close everything in reverse.
 
-    A failing task cancels the others (a TaskGroup), so a worker never limps on with half of its loops."""
+    A failing task cancels the others (a TaskGroup), so a worker never limps on with half of its loops. Stopped
+    at any point, even while connecting, it closes what it opened."""
+    broker_starting = False
     try:
-        await publisher.connect_with_retry()
-        if broker is not None:
-            await broker.start()
-    except BaseException:
-        # stopped while connecting (SIGTERM before the broker answered): the tasks never start
-        for task in tasks:
-            if inspect.iscoroutine(task):
-                task.close()
-        raise
-    if health_port:
-        tasks = [*tasks, serve_health(health_port, publisher, engine, health_details)]
-    try:
+        try:
+            await publisher.connect_with_retry()
+            if broker is not None:
+                broker_starting = True
+                await broker.start()
+        except BaseException:
+            # stopped while connecting (SIGTERM before the broker answered): the tasks never start
+            for task in tasks:
+                if inspect.iscoroutine(task):
+                    task.close()
+            raise
+        if health_port:
+            tasks = [*tasks, serve_health(health_port, publisher, engine, health_details)]
         async with asyncio.TaskGroup() as group:
             for task in tasks:
                 group.create_task(task)
     finally:
-        if broker is not None:
+        if broker_starting:
             await broker.stop()
         await publisher.close()
         await engine.dispose()

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import logging
 
 from shared.batch_consumer import BatchConsumer
 from shared.broker import DEAD_LETTER_REASON
@@ -38,7 +39,7 @@ async def consuming(broker_url, topology, publisher, handler):
 
 
 async def test_a_poison_message_in_a_batch_is_dead_lettered_with_its_error_and_the_rest_is_kept(
-    broker_url, topology, publisher, amqp_channel
+    broker_url, topology, publisher, amqp_channel, caplog
 ):
     stored: list[str] = []
 
@@ -47,6 +48,7 @@ async def test_a_poison_message_in_a_batch_is_dead_lettered_with_its_error_and_t
             raise ValueError("cannot store poison")
         stored.extend(event.label for event in events)
 
+    caplog.set_level(logging.INFO, logger="shared")
     async with consuming(broker_url, topology, publisher, handler) as consumer:
         await asyncio.gather(
             *(publisher.publish(icon_event(label)) for label in ["a", "b", "poison", "c", "d"])
@@ -61,6 +63,17 @@ async def test_a_poison_message_in_a_batch_is_dead_lettered_with_its_error_and_t
         "handler failed on all 2 deliveries: ValueError('cannot store poison')"
         in dead.headers[DEAD_LETTER_REASON]
     )
+    # per delivery of the poison message (2): one WARNING for its failed batch, one ERROR with the traceback
+    # for its own verdict
+    failed_batches = [r for r in caplog.records if r.getMessage().startswith("batch of ")]
+    verdicts = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.levelno for r in failed_batches] == [logging.WARNING] * 2
+    assert all(r.exc_info is None for r in failed_batches)
+    assert [r.getMessage() for r in verdicts] == [
+        "handler failed; verdict: requeue",
+        "handler failed; verdict: dead_letter",
+    ]
+    assert all(r.exc_info is not None for r in verdicts)
 
 
 async def test_messages_are_acknowledged_only_after_the_handler_returns(

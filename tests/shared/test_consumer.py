@@ -4,11 +4,13 @@
 import asyncio
 import contextlib
 import json
+import logging
 
+import asyncpg.exceptions
 import pytest
 from faststream.rabbit import RabbitBroker
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from shared.broker import DEAD_LETTER_REASON
 from shared.consumer import (
@@ -63,6 +65,60 @@ def test_any_other_error_is_requeued_until_its_last_delivery_then_dead_lettered_
     assert judge_failure(error, delivery=2, delivery_limit=3).action is Action.REQUEUE
     assert judge_failure(error, delivery=3, delivery_limit=3) == Verdict(
         Action.DEAD_LETTER, "handler failed on all 3 deliveries: RuntimeError('database is on fire')"
+    )
+
+
+def wrapped_by_sqlalchemy(error: Exception) -> DBAPIError:
+    """As SQLAlchemy raises a driver error: its own exception, the driver's as ``orig`` and as the cause."""
+    try:
+        raise IntegrityError("INSERT ...", {}, error) from error
+    except IntegrityError as wrapped:
+        return wrapped
+
+
+def raised_from(error: Exception) -> RuntimeError:
+    try:
+        raise RuntimeError("storing the batch failed") from error
+    except RuntimeError as wrapped:
+        return wrapped
+
+
+NUL_IN_JSONB = asyncpg.exceptions.UntranslatableCharacterError(
+    "unsupported Unicode escape sequence: \\u0000 cannot be converted to text."
+)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        NUL_IN_JSONB,
+        asyncpg.exceptions.CharacterNotInRepertoireError('invalid byte sequence for encoding "UTF8": 0x00'),
+        asyncpg.exceptions.StringDataRightTruncationError("value too long for type character varying(64)"),
+        asyncpg.exceptions.NumericValueOutOfRangeError("integer out of range"),
+        asyncpg.exceptions.CheckViolationError('violates check constraint "ck_votes_label"'),
+        wrapped_by_sqlalchemy(NUL_IN_JSONB),
+        raised_from(NUL_IN_JSONB),
+    ],
+)
+def test_a_value_the_database_refuses_is_dead_lettered_on_its_first_delivery_with_the_error(error):
+    verdict = judge_failure(error, delivery=1, delivery_limit=10)
+    assert verdict.action is Action.DEAD_LETTER
+    assert verdict.reason.startswith("the database refused a value (SQLSTATE 2")
+    assert "Error): " in verdict.reason
+
+
+def test_the_reason_of_a_data_error_names_the_database_error():
+    assert judge_failure(wrapped_by_sqlalchemy(NUL_IN_JSONB), delivery=1, delivery_limit=10).reason == (
+        "the database refused a value (SQLSTATE 22P05, UntranslatableCharacterError): "
+        "unsupported Unicode escape sequence: \\u0000 cannot be converted to text."
+    )
+
+
+def test_a_database_error_that_is_not_about_the_data_is_retried():
+    deadlock = asyncpg.exceptions.DeadlockDetectedError("deadlock detected")
+    assert judge_failure(deadlock, delivery=1, delivery_limit=10).action is Action.REQUEUE
+    assert (
+        judge_failure(wrapped_by_sqlalchemy(deadlock), delivery=1, delivery_limit=10).action is Action.REQUEUE
     )
 
 
@@ -127,6 +183,34 @@ async def test_a_failure_that_is_not_an_outage_is_judged_at_once():
     verdict = await time.handle(refuses, RetryPolicy())
     assert verdict == Verdict(Action.DEAD_LETTER, "rollback: no published version 'v-nope'")
     assert time.sleeps == []
+
+
+async def test_a_failure_is_logged_once_at_error_with_its_traceback(caplog):
+    async def breaks():
+        raise RuntimeError("database is on fire")
+
+    with caplog.at_level(logging.INFO, logger="shared.consumer"):
+        await ManualTime().handle(breaks, RetryPolicy())
+    [record] = caplog.records
+    assert record.levelno == logging.ERROR and record.getMessage() == "handler failed; verdict: requeue"
+    assert record.exc_info is not None
+
+
+async def test_a_deliberate_refusal_and_an_unapplied_verdict_are_not_logged(caplog):
+    async def refuses():
+        raise Unprocessable("rollback: no published version 'v-nope'")
+
+    async def breaks():
+        raise RuntimeError("database is on fire")
+
+    time = ManualTime()
+    with caplog.at_level(logging.INFO, logger="shared.consumer"):
+        await time.handle(refuses, RetryPolicy())
+        verdict = await handle_judged(
+            breaks, delivery=1, delivery_limit=2, retry=RetryPolicy(), log_verdict=False, sleep=time.sleep
+        )
+    assert verdict is not None and verdict.action is Action.REQUEUE
+    assert caplog.records == []
 
 
 @contextlib.asynccontextmanager

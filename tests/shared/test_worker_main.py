@@ -102,14 +102,37 @@ class UnansweredPublisher(Recorder):
         await asyncio.Event().wait()  # RabbitMQ never answers
 
 
-async def test_a_worker_stopped_while_connecting_never_starts_its_tasks_and_closes_them():
-    fakes = UnansweredPublisher()
+async def stop_once(fakes: Recorder, when_logged: str) -> None:
+    """Start a worker with one task, cancel it once ``when_logged`` was logged; its task must never start."""
     task = runs_until_cancelled(fakes.log, "consumer")
     worker = asyncio.create_task(run_service([task], publisher=fakes, engine=fakes, broker=fakes))
-    while "connecting" not in fakes.log:
+    while when_logged not in fakes.log:
         await asyncio.sleep(0)
     worker.cancel()
     with pytest.raises(asyncio.CancelledError):
         await worker
     assert inspect.getcoroutinestate(task) == inspect.CORO_CLOSED  # no "never awaited" warning
-    assert fakes.log == ["connecting"]
+
+
+async def test_a_worker_stopped_while_connecting_never_starts_its_tasks_and_closes_what_it_opened():
+    fakes = UnansweredPublisher()
+    await stop_once(fakes, "connecting")
+    assert fakes.log == ["connecting", "publisher closed", "engine disposed"]
+
+
+class UnansweredBroker(Recorder):
+    async def start(self) -> None:
+        self.log.append("broker starting")
+        await asyncio.Event().wait()  # the FastStream broker never connects
+
+
+async def test_a_worker_stopped_while_its_broker_starts_stops_the_broker_too():
+    fakes = UnansweredBroker()
+    await stop_once(fakes, "broker starting")
+    assert fakes.log == [
+        "publisher connected",
+        "broker starting",
+        "broker stopped",
+        "publisher closed",
+        "engine disposed",
+    ]

@@ -1,7 +1,8 @@
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -13,8 +14,9 @@ from shared.batch_consumer import BatchConsumer
 from shared.blobstore import sha256_hex
 from shared.consumer import RetryPolicy
 from shared.events import IconCropContributed
+from tests.utils.clock import T0
 from tests.utils.images import make_png
-from tests.voting.fakes import T0, ShiftedClock
+from tests.voting.fakes import ShiftedClock
 
 
 def crop_vote(install: str, crop_seed: int, label: str, at: int = 0, **overrides) -> IconCropContributed:
@@ -67,8 +69,20 @@ def service(voting) -> VotingService:
     return voting.service
 
 
+NO_BACKOFF = RetryPolicy(0, 0)
+
+
 @contextlib.asynccontextmanager
-async def consuming(voting_settings, topology, publisher, handler, consumers: int = 1, max_batch: int = 100):
+async def consuming(
+    voting_settings,
+    topology,
+    publisher,
+    handler,
+    consumers: int = 1,
+    max_batch: int = 100,
+    retry: RetryPolicy = NO_BACKOFF,
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+):
     running = [
         BatchConsumer(
             voting_settings.broker_url,
@@ -79,7 +93,8 @@ async def consuming(voting_settings, topology, publisher, handler, consumers: in
             accepted=ACCEPTED_EVENTS,
             prefetch=200,
             max_batch=max_batch,
-            retry=RetryPolicy(0, 0),
+            retry=retry,
+            sleep=sleep,
         )
         for _ in range(consumers)
     ]
