@@ -48,11 +48,9 @@ def sha256_hex(data: bytes) -> str:
 
 
 class BlobStore(Protocol):
-    async def put(self, data: bytes) -> str: ...
+    """What services read blobs through; they write blobs only with the rows that refer to them (``put_in``)."""
 
     async def get(self, sha256: str) -> bytes: ...
-
-    async def exists(self, sha256: str) -> bool: ...
 
 
 class PostgresBlobStore:
@@ -62,20 +60,12 @@ class PostgresBlobStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def put(self, data: bytes) -> str:
-        async with self._engine.begin() as connection:
-            return await self.put_in(connection, data)
-
     async def get(self, sha256: str) -> bytes:
         async with self._engine.connect() as connection:
             data = await connection.scalar(select(blobs.c.data).where(blobs.c.sha256 == sha256))
         if data is None:
             raise BlobNotFound(sha256)
         return bytes(data)
-
-    async def exists(self, sha256: str) -> bool:
-        async with self._engine.connect() as connection:
-            return await connection.scalar(select(blobs.c.sha256).where(blobs.c.sha256 == sha256)) is not None
 
     @staticmethod
     async def put_in(connection: AsyncConnection, data: bytes) -> str:

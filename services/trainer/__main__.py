@@ -1,5 +1,3 @@
-from services.trainer.settings import TrainerSettings
-from services.trainer.worker import TrainerWorker
-from shared.worker_main import run_worker
+from services.trainer.worker import main
 
-run_worker(TrainerSettings, "trainer", TrainerWorker)
+main()

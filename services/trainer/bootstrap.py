@@ -10,6 +10,8 @@ their checkpoints — when the active one dies.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +28,7 @@ from shared.consumer import subscribe_events
 from shared.db import create_engine
 from shared.events import TrainingRequested
 from shared.outbox import OutboxRelay
+from shared.worker_main import run_service
 
 
 @dataclass
@@ -41,6 +44,18 @@ class Trainer:
     runner: TrainingRunner
     active: ActiveTrainer
 
+    async def run(self) -> None:
+        """Consume requests, run the recorded runs while active, relay the outbox and answer health checks
+        until cancelled."""
+        await run_service(
+            [self.active.run(), self.relay.run()],
+            publisher=self.publisher,
+            engine=self.engine,
+            health_port=self.settings.health_port,
+            health_details=lambda: {"active": self.active.active},
+            broker=self.broker,
+        )
+
 
 def bootstrap(
     settings: TrainerSettings,
@@ -52,6 +67,7 @@ def bootstrap(
     relay: OutboxRelay | None = None,
     broker: Any = None,
     clock: Clock = utc_now,
+    monotonic: Callable[[], float] = time.monotonic,
     work: ModelWork | None = None,
 ) -> Trainer:
     """Every adapter not given is the real one (nothing connects before the worker runs)."""
@@ -64,7 +80,9 @@ def bootstrap(
     broker = broker or RabbitBroker(settings.broker_url, logger=None)
     wake = asyncio.Event()
     ledger = RunLedger(store, wake)
-    runner = TrainingRunner(store, blobs, settings, clock=clock, progress=publisher.publish, work=work)
+    runner = TrainingRunner(
+        store, blobs, settings, clock=clock, monotonic=monotonic, progress=publisher.publish, work=work
+    )
     subscribe_events(broker, topology, "trainer", {TrainingRequested: ledger.record}, publisher, prefetch=1)
     return Trainer(
         settings=settings,

@@ -7,8 +7,10 @@ the release's files) in ``training.py``/``evaluation.py``/``release.py``, inject
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -29,7 +31,7 @@ from services.trainer.domain.data import (
     trained_labels,
 )
 from services.trainer.settings import TrainerSettings
-from services.trainer.store import TrainerStore
+from services.trainer.store import RunTakenOver, TrainerStore
 from services.trainer.training import (
     ICON_CONFIG,
     SCREEN_CONFIG,
@@ -46,6 +48,7 @@ from shared.blobstore import BlobStore
 from shared.clock import Clock, utc_now
 from shared.consumer import is_outage
 from shared.events import TrainingProgress, TrainingRequested, format_trained_at
+from shared.reads import FINISHED_RUN_STATUSES
 
 log = logging.getLogger(__name__)
 EPOCHS = Counter("warp_trainer_epochs_total", "Training epochs completed", ["model"])
@@ -95,6 +98,7 @@ class TrainingRunner:
         settings: TrainerSettings,
         *,
         clock: Clock = utc_now,
+        monotonic: Callable[[], float] = time.monotonic,
         progress: ProgressSink = _no_progress,
         work: ModelWork | None = None,
     ) -> None:
@@ -103,6 +107,7 @@ class TrainingRunner:
         self._checkpoints = Checkpoints(store, blobs)
         self._settings = settings
         self._clock = clock
+        self._monotonic = monotonic
         self._progress = progress
         self._work = work or ModelWork()
 
@@ -111,36 +116,51 @@ class TrainingRunner:
         for run_id in await self._store.unfinished_runs():
             try:
                 await self.execute(run_id)
+            except RunTakenOver as taken:
+                # this process lost the active trainer's lock meanwhile: the other trainer's attempt stands
+                log.warning("%s; its result is the other trainer's", taken, extra={"run_id": str(run_id)})
             except Exception as error:
                 if is_outage(error):
                     log.warning("run %s interrupted by an outage (%r); it resumes later", run_id, error)
                     return done
-                log.exception("training run failed", extra={"run_id": str(run_id)})
-                await self._fail(run_id, repr(error))
+                log.exception("training run could not be started", extra={"run_id": str(run_id)})
+                continue
             done += 1
         return done
 
-    async def _fail(self, run_id: uuid.UUID, error: str) -> None:
+    async def _fail(self, run: runs.Run, error: str) -> None:
+        await self._store.fail(run, error, self._clock())
         RUNS.labels("failed").inc()
-        await self._store.fail(run_id, error, self._clock())
 
     async def execute(self, run_id: uuid.UUID) -> str:
         run = await self._store.run(run_id)
-        if run.status in runs.FINISHED:
+        if run.status in FINISHED_RUN_STATUSES:
             return run.status
         if stop := runs.give_up(run.attempts):
-            await self._fail(run_id, stop.reason)
+            await self._fail(run, stop.reason)
             return stop.status
         attempt = runs.next_attempt(run, self._clock(), timedelta(minutes=self._settings.budget_minutes))
         await self._store.start_attempt(run_id, attempt)
         run = runs.with_attempt(run, attempt)
+        try:
+            return await self._attempt(run)
+        except RunTakenOver:
+            raise
+        except Exception as error:
+            if is_outage(error):
+                raise
+            log.exception("training run failed", extra={"run_id": str(run_id)})
+            await self._fail(run, repr(error))
+            return "failed"
+
+    async def _attempt(self, run: runs.Run) -> str:
         items = await self._store.snapshot_items(run.snapshot_id)
         icons = of_kind(items, "icon")
         stop = runs.nothing_new(
             run.snapshot_id, trained_labels(items), *await self._store.published_snapshot()
         ) or runs.too_few_icons(len(icons), len({i.label for i in icons}))
         if stop:
-            await self._store.skip(run_id, stop.reason, self._clock())
+            await self._store.skip(run.id, stop.reason, self._clock())
             return stop.status
         screens = select_screens({i.key: i.label for i in of_kind(items, "screen")})
         await self._train_and_release(run, items, icons, screens)
@@ -153,10 +173,9 @@ class TrainingRunner:
         icons: list[SnapshotItem],
         screens: ScreenSelection,
     ) -> None:
-        deadline = Deadline(
-            runs.seconds_left(run.deadline_at, self._clock()),
-            lambda: self._clock().timestamp(),
-        )
+        # deadline_at is a recorded wall time, so what is left of it is read on the wall clock once; the training
+        # then counts down on the monotonic clock, which a step of the wall clock (NTP) does not move
+        deadline = Deadline(runs.seconds_left(run.deadline_at, self._clock()), self._monotonic)
         icon_data = await self._dataset("icon", icons)
         icon = await self._train(run, "icon", icon_data, deadline.share(runs.icon_share(screens.trainable)))
         screen = None
@@ -282,10 +301,12 @@ class TrainingRunner:
             elapsed_seconds=elapsed,
             deadline_seconds=deadline.remaining,
         )
-        sent = asyncio.run_coroutine_threadsafe(self._progress(event), loop)
-        sent.add_done_callback(
-            lambda f: f.exception() and log.warning("progress event not sent: %r", f.exception())
-        )
+        asyncio.run_coroutine_threadsafe(self._progress(event), loop).add_done_callback(_log_unsent)
+
+
+def _log_unsent(sent: concurrent.futures.Future[None]) -> None:
+    if not sent.cancelled() and sent.exception() is not None:
+        log.warning("progress event not sent: %r", sent.exception())
 
 
 class ActiveTrainer:

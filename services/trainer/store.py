@@ -21,7 +21,7 @@ from services.trainer.domain.runs import Attempt, Labels, Run
 from services.trainer.tables import checkpoints, model_artifacts, training_runs
 from shared.blobstore import PostgresBlobStore, delete_unreferenced
 from shared.outbox import enqueue
-from shared.reads import latest_published_version, snapshot_labels
+from shared.reads import UNFINISHED_RUN_STATUSES, latest_published_version, run_artifacts, snapshot_labels
 
 if TYPE_CHECKING:  # the release module brings torch and ONNX Runtime; the store needs only the type
     from services.trainer.release import Release
@@ -53,7 +53,7 @@ class TrainerStore(Protocol):
 
     async def skip(self, run_id: uuid.UUID, reason: str, now: datetime) -> None: ...
 
-    async def fail(self, run_id: uuid.UUID, error: str, now: datetime) -> None: ...
+    async def fail(self, run: Run, error: str, now: datetime) -> None: ...
 
     async def snapshot_items(self, snapshot_id: uuid.UUID) -> list[SnapshotItem]: ...
 
@@ -94,7 +94,7 @@ class PostgresTrainerStore:
         async with self._engine.connect() as connection:
             rows = await connection.execute(
                 select(training_runs.c.id)
-                .where(training_runs.c.status.in_(("pending", "running")))
+                .where(training_runs.c.status.in_(UNFINISHED_RUN_STATUSES))
                 .order_by(training_runs.c.created_at)
             )
             return list(rows.scalars())
@@ -117,14 +117,18 @@ class PostgresTrainerStore:
     async def skip(self, run_id: uuid.UUID, reason: str, now: datetime) -> None:
         await self._update(run_id, status="skipped", finished_at=now, metrics={"skipped": reason})
 
-    async def fail(self, run_id: uuid.UUID, error: str, now: datetime) -> None:
+    async def fail(self, run: Run, error: str, now: datetime) -> None:
+        """The run failed, and its checkpoints go, only if ``run`` is still its latest attempt (raises
+        ``RunTakenOver`` otherwise, leaving the other trainer's run as it is)."""
         async with self._engine.begin() as connection:
-            await connection.execute(
+            failed = await connection.execute(
                 training_runs.update()
-                .where(training_runs.c.id == run_id)
+                .where(*_latest_attempt(run))
                 .values(status="failed", finished_at=now, error=error[:ERROR_LENGTH])
             )
-            await _drop_checkpoints(connection, run_id)
+            if failed.rowcount != 1:
+                raise RunTakenOver(f"run {run.id} was taken over by another trainer")
+            await _drop_checkpoints(connection, run.id)
 
     async def _update(self, run_id: uuid.UUID, **values: Any) -> None:
         async with self._engine.begin() as connection:
@@ -146,11 +150,7 @@ class PostgresTrainerStore:
             await _drop_checkpoints(connection, run.id)
             finished = await connection.execute(
                 training_runs.update()
-                .where(
-                    training_runs.c.id == run.id,
-                    training_runs.c.status == "running",
-                    training_runs.c.attempts == run.attempts,
-                )
+                .where(*_latest_attempt(run))
                 .values(status="succeeded", finished_at=now, metrics=release.metrics)
             )
             if finished.rowcount != 1:
@@ -199,12 +199,7 @@ class PostgresTrainerStore:
             published = await latest_published_version(connection)
             if published is None:
                 return {}
-            rows = await connection.execute(
-                select(model_artifacts.c.path, model_artifacts.c.blob_sha256).where(
-                    model_artifacts.c.run_id == published.run_id, model_artifacts.c.path.in_(list(paths))
-                )
-            )
-            return {row.path: row.blob_sha256 for row in rows}
+            return await run_artifacts(connection, published.run_id, paths)
 
     async def n_users(self, snapshot_id: uuid.UUID) -> int:
         """How many installs voted on the snapshot's icons (voting's ``votes``)."""
@@ -228,6 +223,15 @@ class PostgresTrainerStore:
                 await connection.commit()
 
             yield still_held
+
+
+def _latest_attempt(run: Run) -> tuple[Any, ...]:
+    """The run's row, as long as no other trainer started a newer attempt of it since ``run`` was read."""
+    return (
+        training_runs.c.id == run.id,
+        training_runs.c.status.in_(UNFINISHED_RUN_STATUSES),
+        training_runs.c.attempts == run.attempts,
+    )
 
 
 async def _checkpoint_sha(connection: AsyncConnection, run_id: uuid.UUID, kind: str) -> str | None:

@@ -15,8 +15,12 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 
 from shared.db import metadata
+from shared.reads import RUN_STATUSES, UNFINISHED_RUN_STATUSES
 
-RUN_STATUSES = "('pending', 'running', 'succeeded', 'failed', 'skipped')"
+
+def _sql_list(values: tuple[str, ...]) -> str:
+    return "(" + ", ".join(f"'{value}'" for value in values) + ")"
+
 
 # A run is recorded (keyed by the request's message id) before the request is acked, so a training that
 # outlives the broker's 30-minute ack timeout is resumed from here rather than lost or started twice.
@@ -34,9 +38,11 @@ training_runs = Table(
     Column("finished_at", DateTime(timezone=True)),
     Column("metrics", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("error", Text),
-    CheckConstraint(f"status IN {RUN_STATUSES}", name="known_status"),
+    CheckConstraint(f"status IN {_sql_list(RUN_STATUSES)}", name="known_status"),
     Index(
-        "ix_training_runs_unfinished", "created_at", postgresql_where=text("status IN ('pending', 'running')")
+        "ix_training_runs_unfinished",
+        "created_at",
+        postgresql_where=text(f"status IN {_sql_list(UNFINISHED_RUN_STATUSES)}"),
     ),
 )
 

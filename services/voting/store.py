@@ -17,7 +17,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.voting.domain.items import BallotBatch
-from services.voting.domain.snapshots import FINISHED_RUN_STATUSES, NewSnapshot, PreviousSnapshot
+from services.voting.domain.snapshots import NewSnapshot, PreviousSnapshot
 from services.voting.domain.tally import InstallReliability, ItemConsensus, StoredVote
 from services.voting.tables import consensus_refreshes, training_snapshots
 from shared import db, reads
@@ -251,7 +251,7 @@ class PostgresRefresh:
 
     async def latest_snapshot(self) -> PreviousSnapshot | None:
         row = (
-            await self._connection.execute(_LATEST_SNAPSHOT, {"finished": list(FINISHED_RUN_STATUSES)})
+            await self._connection.execute(_LATEST_SNAPSHOT, {"finished": list(reads.FINISHED_RUN_STATUSES)})
         ).first()
         return None if row is None else PreviousSnapshot(row.id, row.created_at, row.runs, row.finished_runs)
 

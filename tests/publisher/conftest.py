@@ -9,8 +9,8 @@ from services.publisher.hub import Hub
 from services.publisher.store import PostgresReleaseStore
 from services.trainer.tables import model_artifacts, training_runs
 from services.voting.tables import training_snapshots
-from shared.blobstore import PostgresBlobStore
 from shared.events import ModelTrained
+from tests.utils.blobs import put_blob
 
 FILES = {
     "models/icon_classifier.pt": b"weights-v1",
@@ -27,25 +27,29 @@ async def trained_event(
     trained_at="2026-05-01T10:00:00.000000+00:00Z",
     gate=True,
     accuracy=0.9,
+    status="succeeded",
 ) -> ModelTrained:
     """A finished run in the database (snapshot, run, artifacts in the blob store) and its model.trained event."""
-    store = PostgresBlobStore(engine)
     snapshot_id, run_id = uuid.uuid4(), uuid.uuid4()
-    shas = {path: await store.put(data) for path, data in files.items()}
+    metrics = {"val_acc": accuracy, "quality_gate": {"publish": gate, "reason": "test"}, "icon_epochs": 3}
+    shas = {path: await put_blob(engine, data) for path, data in files.items()}
     async with engine.begin() as connection:
         await connection.execute(
             insert(training_snapshots).values(id=snapshot_id, reason="admin", item_count=2, new_label_count=2)
         )
         await connection.execute(
             insert(training_runs).values(
-                id=run_id, request_message_id=f"req-{run_id}", snapshot_id=snapshot_id, status="succeeded"
+                id=run_id,
+                request_message_id=f"req-{run_id}",
+                snapshot_id=snapshot_id,
+                status=status,
+                metrics=metrics,
             )
         )
         for path, sha in shas.items():
             await connection.execute(
                 insert(model_artifacts).values(run_id=run_id, path=path, blob_sha256=sha)
             )
-    metrics = {"val_acc": accuracy, "quality_gate": {"publish": gate, "reason": "test"}, "icon_epochs": 3}
     return ModelTrained(
         message_id=f"model-trained-{run_id}",
         run_id=run_id,

@@ -4,6 +4,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from shared.blobstore import BlobNotFound, PostgresBlobStore, blobs, delete_unreferenced
+from tests.utils.blobs import blob_exists, put_blob
 from tests.utils.images import make_png
 from tests.utils.rows import add_run, add_snapshot
 
@@ -11,17 +12,16 @@ from tests.utils.rows import add_run, add_snapshot
 async def test_blobs_round_trip_under_their_sha256(engine):
     store = PostgresBlobStore(engine)
     data = make_png(seed=3)
-    digest = await store.put(data)
+    digest = await put_blob(engine, data)
     assert digest == hashlib.sha256(data).hexdigest()
     assert await store.get(digest) == data
-    assert await store.exists(digest)
+    assert await blob_exists(engine, digest)
 
 
 async def test_writing_the_same_bytes_twice_stores_them_once(engine):
-    store = PostgresBlobStore(engine)
     data = make_png(seed=4)
-    assert await store.put(data) == await store.put(data)
-    await store.put(make_png(seed=5))
+    assert await put_blob(engine, data) == await put_blob(engine, data)
+    await put_blob(engine, make_png(seed=5))
     async with engine.connect() as connection:
         assert await connection.scalar(select(func.count()).select_from(blobs)) == 2
 
@@ -30,7 +30,7 @@ async def test_a_missing_blob_is_an_error_not_empty_bytes(engine):
     store = PostgresBlobStore(engine)
     with pytest.raises(BlobNotFound):
         await store.get("0" * 64)
-    assert not await store.exists("0" * 64)
+    assert not await blob_exists(engine, "0" * 64)
 
 
 async def test_a_blob_written_in_a_failed_transaction_is_not_kept(engine):
@@ -39,7 +39,7 @@ async def test_a_blob_written_in_a_failed_transaction_is_not_kept(engine):
         async with engine.begin() as connection:
             await PostgresBlobStore.put_in(connection, data)
             raise RuntimeError("the row referring to it failed")
-    assert not await PostgresBlobStore(engine).exists(hashlib.sha256(data).hexdigest())
+    assert not await blob_exists(engine, hashlib.sha256(data).hexdigest())
 
 
 async def reference_each_way(connection, store_shas: dict[str, str]) -> None:
@@ -72,11 +72,10 @@ async def stored(engine) -> set[str]:
 
 
 async def test_a_blob_is_kept_while_a_row_references_it_and_deleted_once_none_does(engine):
-    store = PostgresBlobStore(engine)
     referencing = ("contributions", "snapshot_items", "checkpoints", "model_artifacts")
-    shas = {table: await store.put(make_png(seed=10 + i)) for i, table in enumerate(referencing)}
-    unreferenced = [await store.put(make_png(seed=20 + i)) for i in range(2)]
-    not_asked = await store.put(make_png(seed=30))
+    shas = {table: await put_blob(engine, make_png(seed=10 + i)) for i, table in enumerate(referencing)}
+    unreferenced = [await put_blob(engine, make_png(seed=20 + i)) for i in range(2)]
+    not_asked = await put_blob(engine, make_png(seed=30))
     async with engine.begin() as connection:
         await reference_each_way(connection, shas)
         deleted = await delete_unreferenced(connection, [*shas.values(), *unreferenced, unreferenced[0]])
@@ -90,8 +89,7 @@ async def test_a_blob_is_kept_while_a_row_references_it_and_deleted_once_none_do
 
 
 async def test_a_table_added_later_that_references_blobs_keeps_them_too(engine):
-    store = PostgresBlobStore(engine)
-    kept, dropped = await store.put(make_png(seed=40)), await store.put(make_png(seed=41))
+    kept, dropped = await put_blob(engine, make_png(seed=40)), await put_blob(engine, make_png(seed=41))
     async with engine.begin() as connection:
         await connection.execute(text("CREATE TABLE later_feature (blob text REFERENCES blobs (sha256))"))
         await connection.execute(text("INSERT INTO later_feature VALUES (:sha)"), {"sha": kept})
@@ -100,7 +98,7 @@ async def test_a_table_added_later_that_references_blobs_keeps_them_too(engine):
 
 
 async def test_deleting_from_no_candidates_deletes_nothing(engine):
-    kept = await PostgresBlobStore(engine).put(make_png(seed=42))
+    kept = await put_blob(engine, make_png(seed=42))
     async with engine.begin() as connection:
         assert await delete_unreferenced(connection, []) == 0
     assert await stored(engine) == {kept}

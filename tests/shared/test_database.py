@@ -12,8 +12,8 @@ from migrations.schema import metadata
 from services.publisher.tables import model_versions
 from services.trainer.tables import training_runs
 from services.voting.tables import contributions, snapshot_items, training_snapshots, votes
-from shared.blobstore import PostgresBlobStore
 from shared.db import claim_message, create_engine
+from tests.utils.blobs import put_blob
 
 EXPECTED_TABLES = {
     "blobs",
@@ -113,8 +113,7 @@ async def test_the_database_allows_one_vote_per_install_and_item(engine):
 
 async def test_training_snapshots_are_immutable(engine):
     snapshot_id = uuid.uuid4()
-    store = PostgresBlobStore(engine)
-    image = await store.put(b"png bytes")
+    image = await put_blob(engine, b"png bytes")
     async with engine.begin() as connection:
         await connection.execute(
             insert(training_snapshots).values(

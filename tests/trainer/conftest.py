@@ -11,7 +11,7 @@ from services.trainer.handlers import ModelWork, TrainingRunner
 from services.trainer.settings import TrainerSettings
 from services.trainer.training import Phase, TrainConfig
 from services.voting.tables import snapshot_items, training_snapshots
-from shared.blobstore import PostgresBlobStore
+from tests.utils.blobs import put_blob
 from tools.simulator.workload import draw_icon
 
 FAST_ICONS = TrainConfig(phases=(Phase(64, 0.8, 16), Phase(224, 1.0, 8)), patience=1000)
@@ -35,16 +35,15 @@ async def make_snapshot(
     engine, classes: int = 6, variants: int = 4, screens: dict[str, int] | None = None, extra=()
 ) -> uuid.UUID:
     """A snapshot of simulator icons (and optionally screenshots per type, OCR and anchor entries)."""
-    store = PostgresBlobStore(engine)
     snapshot_id = uuid.uuid4()
     rows = []
     for cls in range(classes):
         for variant in range(variants):
-            sha = await store.put(draw_icon(cls, variant))
+            sha = await put_blob(engine, draw_icon(cls, variant))
             rows.append(dict(item_kind="icon", item_key=sha, label=f"Item {cls:02d}", image_sha256=sha))
     for index, (screen_type, count) in enumerate(sorted((screens or {}).items())):
         for seed in range(count):
-            sha = await store.put(screenshot(index, seed))
+            sha = await put_blob(engine, screenshot(index, seed))
             rows.append(dict(item_kind="screen", item_key=sha, label=screen_type, image_sha256=sha))
     rows += list(extra)
     async with engine.begin() as connection:

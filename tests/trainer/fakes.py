@@ -1,5 +1,5 @@
 """In-memory stand-ins for the trainer's adapters: the store (same protocol as ``PostgresTrainerStore``), the
-blob store, a clock moved by hand, and model work that trains nothing."""
+blob store, and model work that trains nothing (moving the hand-moved ``FakeClock`` of ``tests/utils``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import torch
@@ -20,17 +20,8 @@ from services.trainer.store import RunTakenOver
 from services.trainer.training import ModelJob, ModelOutcome
 from shared.blobstore import BlobNotFound, sha256_hex
 from shared.events import ModelTrained
-
-
-class FakeClock:
-    def __init__(self, start: datetime = datetime(2026, 1, 1, tzinfo=UTC)) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
+from shared.reads import UNFINISHED_RUN_STATUSES
+from tests.utils.clock import FakeClock
 
 
 class FakeBlobs:
@@ -90,10 +81,16 @@ class FakeTrainerStore:
         self._end(run_id, "skipped", now)
         self.metrics[run_id] = {"skipped": reason}
 
-    async def fail(self, run_id: uuid.UUID, error: str, now: datetime) -> None:
-        self._end(run_id, "failed", now)
-        self.errors[run_id] = error
-        self._drop_checkpoints(run_id)
+    async def fail(self, run: Run, error: str, now: datetime) -> None:
+        self._check_latest_attempt(run)
+        self._end(run.id, "failed", now)
+        self.errors[run.id] = error
+        self._drop_checkpoints(run.id)
+
+    def _check_latest_attempt(self, run: Run) -> None:
+        current = self.runs[run.id]
+        if current.status not in UNFINISHED_RUN_STATUSES or current.attempts != run.attempts:
+            raise RunTakenOver(f"run {run.id} was taken over by another trainer")
 
     def _end(self, run_id: uuid.UUID, status: str, now: datetime) -> None:
         self.runs[run_id] = replace(self.runs[run_id], status=status)
@@ -123,9 +120,7 @@ class FakeTrainerStore:
         return self.users
 
     async def finish(self, run: Run, release: Release, now: datetime) -> None:
-        current = self.runs[run.id]
-        if current.status != "running" or current.attempts != run.attempts:
-            raise RunTakenOver(f"run {run.id} was taken over by another trainer")
+        self._check_latest_attempt(run)
         self.artifacts[run.id] = {path: await self.blobs.put(data) for path, data in release.files.items()}
         self._drop_checkpoints(run.id)
         self._end(run.id, "succeeded", now)
@@ -161,7 +156,7 @@ class FakeModelWork:
         self.remaining_at_start.append(job.deadline.remaining)
         history = []
         for epoch in range(1, self.epochs + 1):
-            self.clock.advance(self.epoch_seconds)
+            self.clock.advance(seconds=self.epoch_seconds)
             report = EpochReport(0, epoch, 64, 1.0 / epoch, self.accuracy, 100.0, epoch * self.epoch_seconds)
             history.append(report)
             job.on_epoch(report)

@@ -19,7 +19,8 @@ from services.trainer.store import RunTakenOver
 from services.trainer.training import ModelOutcome
 from shared.blobstore import sha256_hex
 from shared.events import TrainingProgress, TrainingRequested
-from tests.trainer.fakes import FakeBlobs, FakeClock, FakeModelWork, FakeTrainerStore
+from tests.trainer.fakes import FakeBlobs, FakeModelWork, FakeTrainerStore
+from tests.utils.clock import FakeClock
 
 BUDGET_MINUTES = 10
 SETTINGS = TrainerSettings(budget_minutes=BUDGET_MINUTES, health_port=0)
@@ -39,9 +40,11 @@ class World:
         self.work = FakeModelWork(self.clock, **work)
         self.progress: list[TrainingProgress] = []
         self.images = 0
-        self.runner = TrainingRunner(
-            self.store, self.blobs, SETTINGS, clock=self.clock, progress=self._sent, work=self.work.as_work()
-        )
+        self.runner = self.runner_with(progress=self._sent)
+
+    def runner_with(self, **overrides) -> TrainingRunner:
+        adapters = {"clock": self.clock, "monotonic": self.clock.monotonic, "work": self.work.as_work()}
+        return TrainingRunner(self.store, self.blobs, SETTINGS, **(adapters | overrides))
 
     async def _sent(self, event: TrainingProgress) -> None:
         self.progress.append(event)
@@ -137,7 +140,7 @@ async def test_a_resumed_run_keeps_its_start_and_deadline_and_counts_the_attempt
     run_id = world.store.add_run(
         world.snapshot(ICONS), status="running", attempts=1, started_at=first_start, deadline_at=deadline
     )
-    world.clock.advance(60)
+    world.clock.advance(seconds=60)
     assert await world.runner.execute(run_id) == "succeeded"
     run = world.store.runs[run_id]
     assert (run.attempts, run.started_at) == (2, first_start)
@@ -254,9 +257,8 @@ async def test_a_run_taken_over_by_another_trainer_does_not_publish():
         return original(*args)
 
     world.work.release_files = meanwhile_another_trainer_starts
-    runner = TrainingRunner(world.store, world.blobs, SETTINGS, clock=world.clock, work=world.work.as_work())
     with pytest.raises(RunTakenOver):
-        await runner.execute(run_id)
+        await world.runner_with().execute(run_id)
     assert world.store.outbox == [] and run_id not in world.store.artifacts
 
 
@@ -289,7 +291,12 @@ async def test_the_active_trainer_runs_the_recorded_runs_then_wakes_the_relay():
 async def test_bootstrap_wires_the_fakes_it_is_given():
     world = World()
     trainer = bootstrap(
-        SETTINGS, store=world.store, blobs=world.blobs, clock=world.clock, work=world.work.as_work()
+        SETTINGS,
+        store=world.store,
+        blobs=world.blobs,
+        clock=world.clock,
+        monotonic=world.clock.monotonic,
+        work=world.work.as_work(),
     )
     run_id = world.store.add_run(world.snapshot(ICONS))
     assert await trainer.runner.run_unfinished() == 1
@@ -308,4 +315,151 @@ def _outcome(classes: list[str]) -> ModelOutcome:
         history=[],
         images_per_second=0.0,
         n_samples=6,
+    )
+
+
+async def test_a_step_of_the_wall_clock_does_not_change_how_long_a_model_trains():
+    world = World()
+    seen: list[float] = []
+
+    def ntp_steps_the_clock(job):
+        seen.append(job.deadline.remaining)
+        world.clock.step(hours=1)  # the wall clock jumps past the run's deadline; the monotonic one does not
+        seen.append(job.deadline.remaining)
+        return world.work.train(job)
+
+    run_id = world.store.add_run(world.snapshot(ICONS))
+    runner = world.runner_with(work=replace(world.work.as_work(), train=ntp_steps_the_clock))
+    assert await runner.execute(run_id) == "succeeded"
+    assert seen == [BUDGET_MINUTES * 60] * 2
+
+
+async def test_a_run_another_trainer_took_over_is_neither_failed_nor_stripped_of_its_checkpoints():
+    world = World()
+    run_id = world.store.add_run(world.snapshot(ICONS))
+    fine = world.store.add_run(world.snapshot(ICONS))
+
+    original = world.work.release_files
+
+    def another_trainer_starts_then_this_attempt_breaks(*args):
+        if world.store.runs[run_id].attempts != 1:
+            return original(*args)
+        world.store.runs[run_id] = replace(world.store.runs[run_id], attempts=2)
+        world.store.checkpoints[(run_id, "screen")] = "the other trainer's checkpoint"
+        raise ValueError("this attempt broke")
+
+    world.work.release_files = another_trainer_starts_then_this_attempt_breaks
+    assert await world.runner_with().run_unfinished() == 2
+    assert (world.store.runs[run_id].status, world.store.runs[run_id].attempts) == ("running", 2)
+    assert run_id not in world.store.errors
+    assert world.store.checkpoints[(run_id, "screen")] == "the other trainer's checkpoint"
+    assert world.store.runs[fine].status == "succeeded"
+
+
+async def test_a_run_taken_over_at_its_finish_is_left_to_the_other_trainer_and_the_next_one_runs():
+    world = World()
+    run_id = world.store.add_run(world.snapshot(ICONS))
+    fine = world.store.add_run(world.snapshot(ICONS))
+    original = world.work.release_files
+
+    def meanwhile_another_trainer_starts(*args):
+        if world.store.runs[run_id].attempts == 1:
+            world.store.runs[run_id] = replace(world.store.runs[run_id], attempts=2)
+        return original(*args)
+
+    world.work.release_files = meanwhile_another_trainer_starts
+    assert await world.runner_with().run_unfinished() == 2
+    assert world.store.runs[run_id].status == "running" and run_id not in world.store.errors
+    assert world.store.runs[fine].status == "succeeded"
+
+
+def test_a_cancelled_progress_send_is_not_an_error():
+    from concurrent.futures import Future
+
+    from services.trainer.handlers import _log_unsent
+
+    cancelled: Future[None] = Future()
+    cancelled.cancel()
+    _log_unsent(cancelled)  # f.exception() on a cancelled future raises CancelledError
+    failed: Future[None] = Future()
+    failed.set_exception(ConnectionError("broker down"))
+    _log_unsent(failed)
+
+
+class WritesAFile:
+    """A pickle payload: loading it calls ``Path.write_text`` (any code could run instead)."""
+
+    def __init__(self, target) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.write_text, (Path(self.target), "code ran"))
+
+
+def hostile_checkpoints(target) -> dict[str, bytes]:
+    import io
+    import pickle
+
+    from services.trainer.checkpoints import HEADER_LENGTH_BYTES, MAGIC
+
+    old_format = io.BytesIO()
+    torch.save({"epoch": 1, "history": [], "payload": WritesAFile(target)}, old_format)
+    tensors = io.BytesIO()
+    torch.save({"0": WritesAFile(target)}, tensors)
+    header = b'{"__items__": [["epoch", 1]]}'
+    framed = MAGIC + len(header).to_bytes(HEADER_LENGTH_BYTES, "big") + header + tensors.getvalue()
+    return {
+        "torch.save pickle (the old format)": old_format.getvalue(),
+        "plain pickle": pickle.dumps(WritesAFile(target)),
+        "pickle in the tensor part": framed,
+    }
+
+
+@pytest.mark.parametrize(
+    "shape", ["torch.save pickle (the old format)", "plain pickle", "pickle in the tensor part"]
+)
+async def test_a_checkpoint_holding_code_is_refused_and_the_model_is_trained_from_the_start(tmp_path, shape):
+    target = tmp_path / "written-by-the-checkpoint"
+    world = World()
+    run_id = world.store.add_run(world.snapshot(ICONS), status="running", attempts=1)
+    data = hostile_checkpoints(target)[shape]
+    world.store.checkpoints[(run_id, "icon")] = sha256_hex(data)
+    world.blobs.data[sha256_hex(data)] = data
+    assert await world.runner.execute(run_id) == "succeeded"
+    assert not target.exists()
+    [job] = world.work.jobs
+    assert job.resume is None and world.store.outbox[0].metrics["icon_epochs"] == 2
+
+
+def test_a_checkpoint_round_trips_tensors_optimiser_state_and_the_trained_outcome():
+    import math
+
+    from services.trainer.checkpoints import encode
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(4, 3)).sum().backward()
+    optimizer.step()
+    bundle = {
+        "epoch": 3,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "best_state": None,
+        "best_loss": math.inf,
+        "history": [{"epoch": 1, "val_accuracy": None}],
+        "outcome": _outcome(["Mine", "Phaser"]),
+    }
+    back = decode(encode(bundle))
+    assert torch.equal(back["model"]["weight"], model.state_dict()["weight"])
+    assert back["optimizer"]["param_groups"] == optimizer.state_dict()["param_groups"]
+    assert torch.equal(
+        back["optimizer"]["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"]
+    )
+    assert torch.equal(back["torch_rng"], bundle["torch_rng"])
+    assert (back["best_state"], back["best_loss"], back["history"]) == (None, math.inf, bundle["history"])
+    assert back["outcome"].classes == ["Mine", "Phaser"] and torch.equal(
+        back["outcome"].state["weight"], torch.zeros(1)
     )

@@ -4,6 +4,7 @@ gate, lineage; and the store's own SQL (runs, checkpoints and their blobs)."""
 import io
 import json
 from dataclasses import replace
+from datetime import timedelta
 
 import numpy as np
 import onnxruntime
@@ -11,19 +12,22 @@ import pytest
 import torch
 from sqlalchemy import text
 
+from services.trainer.domain import runs
 from services.trainer.domain.client_path import icon_crop_64, icon_input
 from services.trainer.handlers import ModelWork, RunLedger, TrainingRunner
-from services.trainer.store import PostgresTrainerStore
+from services.trainer.store import PostgresTrainerStore, RunTakenOver
 from services.trainer.training import ModelJob, train_model
 from shared.blobstore import PostgresBlobStore
 from shared.events import TrainingRequested, decode_event
 from shared.torchvision_compat import import_torchvision
 from tests.trainer.conftest import FAST_ICONS, add_run, make_snapshot
-from tests.trainer.fakes import FakeClock
+from tests.utils.blobs import blob_exists
+from tests.utils.clock import FakeClock
 from tools.simulator.workload import draw_icon
 
 tv = import_torchvision()
 pytestmark = pytest.mark.integration  # the real store; some train real models
+BUDGET = timedelta(minutes=10)
 
 
 async def artifacts_of(engine, run_id) -> dict[str, bytes]:
@@ -129,7 +133,7 @@ async def test_training_ends_at_the_run_deadline(engine, trainer_settings):
 
     def epochs_of_three_seconds(job: ModelJob):
         def on_epoch(report) -> None:
-            clock.advance(3)
+            clock.advance(seconds=3)
             job.on_epoch(report)
 
         return train_model(replace(job, on_epoch=on_epoch))
@@ -137,7 +141,12 @@ async def test_training_ends_at_the_run_deadline(engine, trainer_settings):
     budget = trainer_settings.model_copy(update={"budget_minutes": 0.1})
     work = ModelWork(train=epochs_of_three_seconds, icon_config=replace(FAST_ICONS, min_epoch_images=32))
     runner = TrainingRunner(
-        PostgresTrainerStore(engine), PostgresBlobStore(engine), budget, clock=clock, work=work
+        PostgresTrainerStore(engine),
+        PostgresBlobStore(engine),
+        budget,
+        clock=clock,
+        monotonic=clock.monotonic,
+        work=work,
     )
     run_id = await add_run(engine, await make_snapshot(engine))
     assert await runner.execute(run_id) == "succeeded"
@@ -214,7 +223,24 @@ async def test_a_replaced_or_dropped_checkpoint_leaves_no_blob_behind(engine):
     first = await store.checkpoint(run_id, "icon")
     await store.save_checkpoint(run_id, "icon", 2, b"second checkpoint")
     second = await store.checkpoint(run_id, "icon")
-    blobs = PostgresBlobStore(engine)
-    assert second != first and not await blobs.exists(first) and await blobs.exists(second)
-    await store.fail(run_id, "boom", FakeClock()())
-    assert await store.checkpoint(run_id, "icon") is None and not await blobs.exists(second)
+    assert second != first and not await blob_exists(engine, first) and await blob_exists(engine, second)
+    await store.fail(await store.run(run_id), "boom", FakeClock()())
+    assert await store.checkpoint(run_id, "icon") is None and not await blob_exists(engine, second)
+
+
+async def test_a_failure_of_an_attempt_another_trainer_replaced_leaves_the_run_as_it_is(engine):
+    store = PostgresTrainerStore(engine)
+    run_id = await add_run(engine, await make_snapshot(engine, classes=2, variants=2))
+    clock = FakeClock()
+    ours = runs.with_attempt(
+        await store.run(run_id), runs.next_attempt(await store.run(run_id), clock(), BUDGET)
+    )
+    await store.start_attempt(
+        run_id, runs.next_attempt(ours, clock(), BUDGET)
+    )  # the other trainer's attempt 2
+    await store.save_checkpoint(run_id, "icon", 1, b"the other trainer's checkpoint")
+    with pytest.raises(RunTakenOver):
+        await store.fail(ours, "boom", clock())
+    run = await store.run(run_id)
+    assert (run.status, run.attempts) == ("running", 2)
+    assert await store.checkpoint(run_id, "icon") is not None

@@ -12,22 +12,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from services.voting.domain.items import BallotBatch, VoteKey
-from services.voting.domain.snapshots import FINISHED_RUN_STATUSES, NewSnapshot, PreviousSnapshot
+from services.voting.domain.snapshots import NewSnapshot, PreviousSnapshot
 from services.voting.domain.tally import InstallReliability, ItemConsensus, StoredVote
 from shared.events import TrainingRequested
-
-T0 = datetime(2026, 3, 1, tzinfo=UTC)
-
-
-class FakeClock:
-    def __init__(self, start: datetime = T0) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
+from shared.reads import FINISHED_RUN_STATUSES
 
 
 class ShiftedClock:

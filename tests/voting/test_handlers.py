@@ -5,8 +5,9 @@ import pytest
 from services.voting.bootstrap import Voting, bootstrap
 from services.voting.settings import VotingSettings
 from shared.events import TrainingForceRequested
+from tests.utils.clock import FakeClock
 from tests.voting.conftest import crop_vote
-from tests.voting.fakes import FakeClock, FakeRelay, FakeVotingStore, InlineExecutor
+from tests.voting.fakes import FakeRelay, FakeVotingStore, InlineExecutor
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-TRAINED_KINDS = ("icon", "screen")
+from shared.reads import TRAINED_KINDS
 
 
 @dataclass(frozen=True)

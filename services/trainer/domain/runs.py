@@ -13,7 +13,6 @@ MIN_ICON_CROPS = 5  # the old trainer's floor
 MIN_ICON_CLASSES = 2
 # Icons get the budget first; the screen classifier, when there is one to train, gets the last quarter of it.
 ICON_SHARE_WITH_SCREENS = 0.75
-FINISHED = frozenset({"succeeded", "failed", "skipped"})
 NOTHING_NEW = "snapshot adds nothing over the published model"
 
 Labels = Mapping[tuple[str, str], str | None]  # (item kind, item key) -> label, of the trained kinds

@@ -18,7 +18,6 @@ from typing import Any, Literal
 from services.voting.domain.derived import ocr_corrections
 
 Trigger = Literal["icon_threshold", "screen_threshold", "admin"]
-FINISHED_RUN_STATUSES = ("succeeded", "failed", "skipped")
 
 
 @dataclass(frozen=True)
