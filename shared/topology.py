@@ -5,10 +5,14 @@ Every name is prefixed with a namespace (``WARP_BROKER_NAMESPACE``), so deployme
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, ExchangeType
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractQueue, ExchangeType
+
+log = logging.getLogger(__name__)
 
 DEFAULT_DELIVERY_LIMIT = 10
 # Listing a dead-letter queue returns each message it shows to the queue, and RabbitMQ 4.0 to 4.2 count every
@@ -112,11 +116,7 @@ async def declare_topology(channel: AbstractChannel, topology: Topology) -> None
         topology.dead_letter_exchange, ExchangeType.DIRECT, durable=True
     )
     for consumer in topology.consumers:
-        dlq = await channel.declare_queue(
-            topology.dead_letter_queue(consumer.role),
-            durable=True,
-            arguments=topology.dead_letter_queue_arguments(),
-        )
+        dlq = await _declare_dead_letter_queue(channel, topology, consumer.role)
         await dlq.bind(dead_letters, routing_key=topology.queue(consumer.role))
         queue = await channel.declare_queue(
             topology.queue(consumer.role), durable=True, arguments=topology.queue_arguments(consumer)
@@ -135,6 +135,31 @@ async def declare_topology(channel: AbstractChannel, topology: Topology) -> None
         )
         for routing_key in feed.routing_keys:
             await queue.bind(events, routing_key=routing_key)
+
+
+async def _declare_dead_letter_queue(
+    channel: AbstractChannel, topology: Topology, role: str
+) -> AbstractQueue:
+    """A dead-letter queue declared by an earlier version, without a delivery limit, is kept as it is, with its
+    messages (RabbitMQ cannot change a queue's arguments): it still takes dead letters, and the warning says
+    how to renew it. The probe runs on a channel of its own, since a refused declaration closes the channel."""
+    name, arguments = topology.dead_letter_queue(role), topology.dead_letter_queue_arguments()
+    probe = await (await channel.get_underlay_channel()).connection.channel()
+    try:
+        await probe.queue_declare(name, durable=True, arguments=arguments)
+    except aiormq.exceptions.ChannelPreconditionFailed as error:
+        log.warning(
+            "dead-letter queue %s was declared by an earlier version, without a delivery limit: on RabbitMQ 4 "
+            "each look at it counts as a delivery and the 20th drops the message; see docs/operations.md "
+            "(dead-letter queues of earlier versions) to renew it (%s)",
+            name,
+            error,
+        )
+        return await channel.declare_queue(name, passive=True)
+    finally:
+        if not probe.is_closed:
+            await probe.close()
+    return await channel.declare_queue(name, durable=True, arguments=arguments)
 
 
 async def delete_topology(channel: AbstractChannel, topology: Topology) -> None:

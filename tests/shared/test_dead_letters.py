@@ -2,6 +2,8 @@
 a replayed message starts with a fresh delivery budget."""
 
 import asyncio
+import logging
+import uuid
 
 import aio_pika
 import pytest
@@ -9,6 +11,7 @@ import pytest
 from shared.broker import DEAD_LETTER_REASON
 from shared.dead_letters import list_dead_letters, replay_dead_letters
 from shared.events import IconCropContributed
+from shared.topology import Topology, declare_topology, delete_topology
 from tests.utils.broker import queue_depth, wait_for_messages
 from tests.utils.images import make_png
 
@@ -90,3 +93,24 @@ async def test_listing_shows_at_most_the_limit_and_the_reason(topology, publishe
     assert len(letters) == limit
     assert letters[0].reason == "handler failed on all 10 deliveries: RuntimeError('boom')"
     assert letters[0].routing_key == "contribution.icon_crop" and letters[0].deaths == 0
+
+
+async def test_a_dead_letter_queue_of_an_earlier_version_is_kept_with_its_messages(broker_url, caplog):
+    topology = Topology(namespace=f"t{uuid.uuid4().hex[:12]}", delivery_limit=2)
+    earlier = topology.dead_letter_queue("voting")
+    connection = await aio_pika.connect(broker_url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_queue(earlier, durable=True, arguments={"x-queue-type": "quorum"})
+        await channel.default_exchange.publish(
+            aio_pika.Message(b"{}", message_id="kept"), routing_key=earlier
+        )
+        try:
+            with caplog.at_level(logging.WARNING, logger="shared.topology"):
+                await declare_topology(channel, topology)
+            [warning] = caplog.records
+            assert warning.getMessage().startswith(f"dead-letter queue {earlier} was declared by an earlier")
+            assert await queue_depth(channel, earlier) == 1  # the same channel still works
+            assert await queue_depth(channel, topology.dead_letter_queue("trainer")) == 0
+        finally:
+            await delete_topology(await connection.channel(), topology)
