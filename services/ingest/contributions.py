@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from services.ingest import errors, metrics
 from services.ingest.dependencies import Runtime
 from services.ingest.domain import ImageRejected
-from services.ingest.handlers import (
+from services.ingest.intake import (
     Intake,
     anchors_intake,
     bulk_crops_intake,

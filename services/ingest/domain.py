@@ -7,7 +7,9 @@ import hashlib
 import io
 import ipaddress
 import re
+import struct
 import unicodedata
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -88,8 +90,66 @@ def clean_text(raw: str) -> str:
     return "".join(ch for ch in raw if not unicodedata.category(ch).startswith("C")).strip()
 
 
-def is_printable_name(name: str) -> bool:
-    return bool(name) and all(ch.isprintable() for ch in name)
+class TextRejected(ValueError):
+    """A text that cannot be accepted as sent: the message names the field and the character by its code point
+    (never the text itself), and ``code`` names the rule (a metrics label)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+_NEVER_STORED = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # categories Cc and Cs
+_CATEGORY_WORDS = {
+    "Cc": "a control character",
+    "Cs": "a lone surrogate",
+    "Cf": "a format character: bidi control or zero-width",
+    "Co": "a private-use character",
+    "Cn": "an unassigned code point",
+    "Zs": "a space other than U+0020",
+    "Zl": "a line separator",
+    "Zp": "a paragraph separator",
+}
+
+
+@dataclass(frozen=True)
+class TextRule:
+    """What one text field of the wire may hold, and how it is cleaned.
+
+    No text may hold a control character (NUL included) or a lone surrogate: Postgres stores neither (in text
+    or jsonb), so answering 2xx to one would lose the contribution downstream. A name (a label, slot, screen or
+    build type) must also be printable throughout: bidi controls and zero-width characters make two different
+    names look alike. What is accepted is NFC-normalised and stripped, and then within ``max_length``."""
+
+    field: str
+    max_length: int
+    name: bool = True
+    required: bool = True
+
+    def _first_refused(self, text: str) -> int | None:
+        if self.name:
+            return None if text.isprintable() else next(i for i, c in enumerate(text) if not c.isprintable())
+        found = _NEVER_STORED.search(text)
+        return found.start() if found else None
+
+    def clean(self, text: str) -> str:
+        position = self._first_refused(text)
+        if position is not None:
+            char = text[position]
+            words = _CATEGORY_WORDS.get(unicodedata.category(char), "not printable")
+            raise TextRejected(
+                "unprintable_text",
+                f"{self.field} contains non-printable character U+{ord(char):04X} ({words}) at position {position}",
+            )
+        cleaned = unicodedata.normalize("NFC", text).strip()
+        if self.required and not cleaned:
+            raise TextRejected("empty_text", f"{self.field} is empty once surrounding spaces are removed")
+        if len(cleaned) > self.max_length:
+            raise TextRejected(
+                "text_too_long",
+                f"{self.field} is {len(cleaned)} characters once normalised (NFC); the limit is {self.max_length}",
+            )
+        return cleaned
 
 
 def decode_base64(text: str) -> bytes:
@@ -104,7 +164,7 @@ def decode_base64(text: str) -> bytes:
         text = text.translate(_URLSAFE_TO_STANDARD)
     try:
         return binascii.a2b_base64(text + "=" * (-len(text) % 4), strict_mode=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or a character outside ASCII
         raise ImageRejected("not_base64", "image is not valid base64") from None
 
 
@@ -155,6 +215,37 @@ def _png_of(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def _chunk_name(kind: bytes) -> str:
+    return kind.decode("ascii") if kind.isalpha() else f"0x{kind.hex()}"
+
+
+def png_structure_problem(data: bytes) -> str | None:
+    """What a strict PNG decoder refuses in the chunk layout, in words (None when sound): each chunk complete
+    with a matching CRC, IHDR first, IDAT present, IEND last and nothing after it. Pillow decodes a PNG whose
+    final chunks were cut off, as long as its pixel data is complete, and ignores what follows IEND."""
+    view, position, kinds = memoryview(data), len(PNG_SIGNATURE), []
+    while position < len(data):
+        if position + 12 > len(data):
+            return f"the data ends inside a chunk header at byte {position}"
+        length, kind = struct.unpack_from(">I4s", data, position)
+        end = position + 12 + length
+        if length > 0x7FFFFFFF or end > len(data):
+            return f"chunk {_chunk_name(kind)} at byte {position} is cut short ({length} data bytes declared)"
+        if zlib.crc32(view[position + 4 : end - 4]) != int.from_bytes(view[end - 4 : end], "big"):
+            return f"chunk {_chunk_name(kind)} at byte {position} has a bad CRC"
+        if not kinds and kind != b"IHDR":
+            return f"the first chunk is {_chunk_name(kind)}, not IHDR"
+        kinds.append(kind)
+        position = end
+        if kind == b"IEND":
+            if b"IDAT" not in kinds:
+                return "there is no IDAT chunk"
+            if position < len(data):
+                return f"{len(data) - position} bytes of trailing data follow the IEND chunk"
+            return None
+    return "the IEND chunk is missing (the data ends early)"
+
+
 def check_png(data: bytes, limits: ImageLimits) -> CheckedImage:
     """Accept only a complete, sane, non-uniform PNG within the limits; raise ``ImageRejected`` otherwise.
 
@@ -164,6 +255,8 @@ def check_png(data: bytes, limits: ImageLimits) -> CheckedImage:
         raise ImageRejected("too_many_bytes", f"PNG is {len(data)} bytes; the limit is {limits.max_bytes}")
     if not data.startswith(PNG_SIGNATURE):
         raise ImageRejected("not_png", "not a PNG (the 8-byte PNG signature is missing)")
+    if (problem := png_structure_problem(data)) is not None:
+        raise ImageRejected("corrupt_png", f"PNG is truncated or corrupt ({problem})")
     width, height = png_dimensions(data)
     check_dimensions(width, height, limits)
     try:

@@ -9,8 +9,8 @@ import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from services.ingest.domain import ImageRejected
 from services.ingest.handlers import ServiceUnavailable
@@ -22,21 +22,34 @@ RETRY_AFTER_SECONDS = 5
 Answer = tuple[int, dict, dict[str, str]]
 
 
-def _json_compliant(value: Any) -> Any:
-    """``value`` with every infinite float as a string: Python's JSON parser takes ``Infinity``, JSON cannot
-    answer it."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, list):
-        return [_json_compliant(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _json_compliant(item) for key, item in value.items()}
-    return value
+def _printable_loc(part: str | int) -> str | int:
+    """A ``loc`` part as JSON can carry it: a dict key (a slot name) may hold a lone surrogate."""
+    return part.encode("utf-8", "backslashreplace").decode() if isinstance(part, str) else part
 
 
-def invalid_request(problem: RequestValidationError) -> Answer:
-    """FastAPI's 422 naming the field, also for a body it parsed with ``Infinity`` in it (else a 500)."""
-    return 422, {"detail": _json_compliant(jsonable_encoder(problem.errors()))}, {}
+def _limits(context: dict[str, Any] | None) -> dict[str, int | float | str]:
+    """The limits an error names (``max_length``, ``ge``, ``pattern``...), never the value that broke them."""
+    return {
+        key: value
+        for key, value in (context or {}).items()
+        if key == "pattern" or (type(value) in (int, float) and math.isfinite(value))
+    }
+
+
+def invalid_request(problem: RequestValidationError | ValidationError) -> Answer:
+    """422 naming each field, its rule and its limit: ``loc``, ``msg``, ``type`` and ``ctx`` (the limit), but
+    never the ``input``, which FastAPI's default echoes back (a 100 MiB body answered with itself)."""
+    detail = []
+    for error in problem.errors():
+        entry = {
+            "type": error["type"],
+            "loc": [_printable_loc(part) for part in error["loc"]],
+            "msg": _printable_loc(error["msg"]),
+        }
+        if limits := _limits(error.get("ctx")):
+            entry["ctx"] = limits
+        detail.append(entry)
+    return 422, {"detail": detail}, {}
 
 
 def bad_image(problem: ImageRejected, field: str) -> Answer:

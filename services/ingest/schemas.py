@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from services.ingest.domain import clean_install_id, clean_text
+from services.ingest.domain import TextRule, clean_install_id, clean_text
+
+# Every text field of the wire, with its rule (``TextRule``: what it may hold, its length once cleaned). Fields
+# of a request are refused with 422 naming the field; fields of a batch's item reject that item only
+# (``services.ingest.intake``). ``item_name`` and ``wrong_name`` keep the old backend's cleaning: control and
+# format characters removed rather than refused.
+ITEM_NAME = TextRule("item_name", 300, name=False)
+WRONG_NAME = TextRule("wrong_name", 300, name=False, required=False)
+WARP_VERSION = TextRule("warp_version", 20, name=False, required=False)
+TIMESTAMP = TextRule("timestamp", 30, name=False, required=False)
+SLOT = TextRule("slot", 80)
+CROP_NAME = TextRule("name", 120)
+ML_NAME = TextRule("ml_name", 120, required=False)
+BUILD_TYPE = TextRule("build_type", 40)
+RESOLUTION = TextRule("resolution", 16, required=False)
+ANCHOR_SLOT_NAME = TextRule("slot name", 80)
 
 
 def _cleaned_install_id(value: str) -> str:
@@ -16,17 +31,31 @@ def _cleaned_install_id(value: str) -> str:
     return cleaned
 
 
-def _cleaned_text(value: str) -> str:
-    cleaned = clean_text(value)
-    if not cleaned:
-        raise ValueError("text is empty once control characters and surrounding spaces are removed")
-    return cleaned
+def _cleaned_item_name(value: str) -> str:
+    return ITEM_NAME.clean(clean_text(value))
 
 
-def _cleaned_optional_text(value: str | None) -> str | None:
-    return None if value is None else clean_text(value) or None
+def _cleaned_wrong_name(value: str | None) -> str | None:
+    return None if value is None else WRONG_NAME.clean(clean_text(value)) or None
 
 
+def _optional_text(rule: TextRule) -> Any:
+    """An optional request field refused (422) when ``rule`` refuses it, else cleaned by it."""
+    return Annotated[
+        str | None,
+        Field(max_length=rule.max_length),
+        AfterValidator(lambda value: None if value is None else rule.clean(value)),
+    ]
+
+
+def _item_text(rule: TextRule) -> Any:
+    """The length limits of ``rule`` (422 beyond them), checked before it is applied: by a validator of the
+    request field, or per item by ``services.ingest.intake``."""
+    return Field(min_length=int(rule.required), max_length=rule.max_length)
+
+
+WarpVersion = _optional_text(WARP_VERSION)
+ClientTimestamp = _optional_text(TIMESTAMP)
 LegacyInstallId = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_cleaned_install_id)]
 InstallId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
 CropBase64 = Annotated[str, Field(min_length=100, max_length=200_000)]
@@ -40,11 +69,13 @@ class ContributeRequest(WireModel):
     install_id: LegacyInstallId
     phash: str = Field(pattern=r"^[0-9a-f]{16}$")
     crop_png_b64: CropBase64
-    item_name: Annotated[str, Field(min_length=1, max_length=300), AfterValidator(_cleaned_text)]
-    wrong_name: Annotated[str | None, Field(max_length=300), AfterValidator(_cleaned_optional_text)] = None
+    item_name: Annotated[str, _item_text(ITEM_NAME), AfterValidator(_cleaned_item_name)]
+    wrong_name: Annotated[
+        str | None, Field(max_length=WRONG_NAME.max_length), AfterValidator(_cleaned_wrong_name)
+    ] = None
     confirmed: bool = True
-    warp_version: str | None = Field(None, max_length=20)
-    timestamp: str | None = Field(None, max_length=30)
+    warp_version: WarpVersion = None
+    timestamp: ClientTimestamp = None
 
 
 class ContributeResponse(BaseModel):
@@ -53,10 +84,10 @@ class ContributeResponse(BaseModel):
 
 
 class BulkCropItem(WireModel):
-    slot: str = Field(min_length=1, max_length=80)
-    name: str = Field(min_length=1, max_length=120)
+    slot: str = _item_text(SLOT)
+    name: str = _item_text(CROP_NAME)
     crop_png_b64: CropBase64
-    ml_name: str = Field("", max_length=120)
+    ml_name: str = Field("", max_length=ML_NAME.max_length)
 
 
 class BulkCropsRequest(WireModel):
@@ -84,10 +115,10 @@ class AnchorSlotIn(WireModel):
 
 
 class AnchorGrid(WireModel):
-    build_type: str = Field(min_length=1, max_length=40)
+    build_type: str = _item_text(BUILD_TYPE)
     aspect: float | None = Field(None, gt=0, le=10)
-    resolution: str = Field(max_length=16)
-    slots: dict[Annotated[str, Field(min_length=1, max_length=80)], AnchorSlotIn] = Field(
+    resolution: str = _item_text(RESOLUTION)
+    slots: dict[Annotated[str, _item_text(ANCHOR_SLOT_NAME)], AnchorSlotIn] = Field(
         min_length=3, max_length=200
     )
 
