@@ -14,8 +14,10 @@ from collections.abc import AsyncIterator, Callable
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.ingest.admission import BytesInFlight, RejectBudget
 from services.ingest.dependencies import Runtime
 from services.ingest.handlers import ContributionService
+from services.ingest.imagepool import ImagePool
 from services.ingest.ratelimit import GroupedRateLimiter, Quota, RateLimiter
 from services.ingest.readmodels import ReadModels, ReadStore
 from services.ingest.settings import IngestSettings
@@ -35,6 +37,7 @@ async def bootstrap(
     engine: AsyncEngine | None = None,
     limiter: RateLimiter | None = None,
     read_store: ReadStore | None = None,
+    images: ImagePool | None = None,
     clock: Clock = utc_now,
     monotonic: Callable[[], float] = time.monotonic,
 ) -> AsyncIterator[Runtime]:
@@ -57,6 +60,9 @@ async def bootstrap(
             owned.push_async_callback(pool.close)
             quota = Quota(settings.install_daily_limit, settings.ip_daily_limit)
             limiter = GroupedRateLimiter(PostgresQuotaCounters(pool), quota)
+        if images is None:
+            images = ImagePool(settings.image_check_threads, settings.image_check_queue)
+            owned.callback(images.close)
         yield Runtime(
             settings=settings,
             topology=settings.topology(),
@@ -66,4 +72,8 @@ async def bootstrap(
                 read_store or PostgresReads(engine), settings.read_cache_seconds, monotonic
             ),
             engine=engine,
+            images=images,
+            rejects=RejectBudget(settings.reject_budget, settings.reject_window_seconds, monotonic),
+            in_flight=BytesInFlight(settings.max_bytes_in_flight),
+            monotonic=monotonic,
         )

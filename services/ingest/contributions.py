@@ -57,15 +57,25 @@ class ContributionEndpoint:
     answer: Callable[[Intake], tuple[int, dict]]
     max_body_bytes: int
     image_field: str = "image"
+    checks_images: bool = True
 
     async def accept(self, body: Any, runtime: Runtime, ip: str) -> tuple[int, dict]:
-        """``(status, body)`` of the answer; raises ``ImageRejected``, ``QuotaExceeded`` or ``ServiceUnavailable``
-        (answered by ``services.ingest.errors``)."""
+        """``(status, body)`` of the answer; raises ``ImageRejected``, ``QuotaExceeded``, ``ServiceUnavailable``
+        or ``Overloaded`` (answered by ``services.ingest.errors``).
+
+        Images are checked in the worker's bounded pool, off the event loop; each rejected one is charged to
+        the origin's reject budget."""
+        now = runtime.service.clock()
         try:
-            intake = self.intake(body, runtime.service.clock())
+            if self.checks_images:
+                intake = await runtime.images.run(self.intake, body, now)
+            else:
+                intake = self.intake(body, now)
         except ImageRejected as problem:
             metrics.REJECTED.labels(self.kind, problem.code).inc()
+            runtime.rejects.charge(ip)
             raise
+        runtime.rejects.charge(ip, len(intake.rejections))
         await runtime.service.submit(intake, body.install_id, ip)
         return self.answer(intake)
 
@@ -138,6 +148,7 @@ ANCHORS = ContributionEndpoint(
     anchors_intake,
     _batch_answer,
     max_body_bytes=6 * MIB,  # 20 grids of 200 slots
+    checks_images=False,
 )
 V1_CROPS = replace(BULK_CROPS, path="/v1/contributions/crops", answer=_v1_answer)
 V1_SCREEN_TYPES = replace(SCREEN_TYPES, path="/v1/contributions/screen-types", answer=_v1_answer)

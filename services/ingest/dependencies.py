@@ -7,6 +7,7 @@ cost more than a third of the CPU of a contribution request under load.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -14,8 +15,10 @@ from fastapi import Depends, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.ingest.admission import BytesInFlight, RejectBudget
 from services.ingest.domain import client_ip
 from services.ingest.handlers import ContributionService
+from services.ingest.imagepool import ImagePool
 from services.ingest.readmodels import ReadModels
 from services.ingest.settings import IngestSettings
 from shared.broker import EventPublisher
@@ -32,6 +35,10 @@ class Runtime:
     service: ContributionService
     read_models: ReadModels
     engine: AsyncEngine
+    images: ImagePool
+    rejects: RejectBudget
+    in_flight: BytesInFlight
+    monotonic: Callable[[], float]
 
     def client_ip(self, peer: str | None, forwarded_for: str | None) -> str:
         return client_ip(peer, forwarded_for, self.settings.trusted_proxies)

@@ -12,6 +12,7 @@ from typing import Any
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from services.ingest.admission import Overloaded
 from services.ingest.domain import ImageRejected
 from services.ingest.handlers import ServiceUnavailable
 from services.ingest.metrics import UNAVAILABLE
@@ -75,13 +76,23 @@ def unavailable(problem: ServiceUnavailable) -> Answer:
     )
 
 
+def overloaded(problem: Overloaded) -> Answer:
+    """503: this worker is at one of its bounds (``services.ingest.admission``); nothing was taken."""
+    UNAVAILABLE.labels(problem.resource).inc()
+    return (
+        503,
+        {"detail": str(problem), "resource": problem.resource},
+        {"Retry-After": str(problem.retry_after)},
+    )
+
+
 def read_unavailable(_problem: ReadModelUnavailable) -> Answer:
     UNAVAILABLE.labels("database").inc()
     return 503, {"detail": "database unavailable; retry later"}, {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
-ContributionProblem = ImageRejected | QuotaExceeded | ServiceUnavailable
-CONTRIBUTION_PROBLEMS = (ImageRejected, QuotaExceeded, ServiceUnavailable)
+ContributionProblem = ImageRejected | QuotaExceeded | ServiceUnavailable | Overloaded
+CONTRIBUTION_PROBLEMS = (ImageRejected, QuotaExceeded, ServiceUnavailable, Overloaded)
 
 
 def contribution_problem(problem: ContributionProblem, image_field: str, now: datetime) -> Answer:
@@ -90,4 +101,6 @@ def contribution_problem(problem: ContributionProblem, image_field: str, now: da
         return bad_image(problem, image_field)
     if isinstance(problem, QuotaExceeded):
         return over_quota(problem, now)
+    if isinstance(problem, Overloaded):
+        return overloaded(problem)
     return unavailable(problem)

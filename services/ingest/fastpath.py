@@ -6,8 +6,13 @@ much CPU as checking the PNG and publishing it. Here a well-formed JSON body is 
 from the bytes and handed to the same ``ContributionEndpoint.accept`` the FastAPI routes call; the answer is the
 same bytes FastAPI's ``JSONResponse`` would send. ``benchmarks/ingest_load.py`` measures the difference.
 
-It also bounds the body of every contribution POST, whatever its content type: a body longer than the route's
-``max_body_bytes`` is answered 413 (with the limit) before it is buffered, by its Content-Length when declared.
+It also bounds what any request may cost before it is read (``_BodyGate``, for every HTTP request, FastAPI's
+routes included): the bytes of requests a worker holds stay under ``WARP_MAX_BYTES_IN_FLIGHT`` (503 with
+``Retry-After``, by the declared Content-Length before a byte is read, or as a chunked body grows), and a body
+must arrive within ``WARP_BODY_READ_TIMEOUT_SECONDS`` (408: a slow-loris body holds nothing for long). For a
+contribution POST, whatever its content type: an origin whose reject budget is spent is answered 429 unread; a
+body longer than the route's ``max_body_bytes`` is answered 413 (with the limit) before it is buffered, by its
+Content-Length when declared; 413, 408 and 422 answers are charged to the origin's reject budget.
 
 What it does not take goes to FastAPI unchanged, so the documented behaviour has one source: any other path or
 method, a body that is not ``application/json``, and a body that fails the schema (FastAPI re-reads it from a
@@ -17,13 +22,16 @@ replay and answers its usual 422 naming the field). Unexpected errors propagate 
 
 from __future__ import annotations
 
+import asyncio
 import json
 
+from fastapi import HTTPException
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.ingest import errors, metrics
-from services.ingest.contributions import CONTRIBUTION_ENDPOINTS
+from services.ingest.admission import BytesInFlight, Overloaded
+from services.ingest.contributions import CONTRIBUTION_ENDPOINTS, ContributionEndpoint
 from services.ingest.dependencies import Runtime
 
 _JSON_HEADER = (b"content-type", b"application/json")
@@ -52,13 +60,84 @@ def _is_plain_json(content_type: bytes | None) -> bool:
     return content_type.partition(b";")[0].strip().lower() == b"application/json"
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyRefused(HTTPException):
+    """A body refused while it is read. An ``HTTPException``, so that FastAPI's routes, which turn any other
+    error of a body read into a 400, answer it as it is (``{"detail"}``, its status and headers)."""
+
+    def __init__(
+        self, status: int, detail: str, content: dict, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(status, detail, headers)
+        self.content = content
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """The whole request body, or None when the client disconnected first; ``BodyTooLarge`` as soon as it
-    passes ``limit`` (a chunked body has no Content-Length to refuse it by)."""
+def _too_large(endpoint: ContributionEndpoint) -> BodyRefused:
+    detail = f"request body too large: the limit of {endpoint.path} is {endpoint.max_body_bytes} bytes"
+    return BodyRefused(413, detail, {"detail": detail, "limit": endpoint.max_body_bytes})
+
+
+def _declared_length(scope: Scope) -> int | None:
+    declared = _header(scope, b"content-length")
+    return int(declared) if declared is not None and declared.isdigit() else None
+
+
+class _BodyGate:
+    """One request's body against the worker's bounds: its bytes (the declared length, or what was received if
+    more) are held in ``BytesInFlight`` from the start until ``release``, and the whole body must have arrived
+    ``timeout`` seconds after the request began."""
+
+    def __init__(self, runtime: Runtime, declared: int | None) -> None:
+        self._in_flight: BytesInFlight = runtime.in_flight
+        self._monotonic = runtime.monotonic
+        self._timeout = runtime.settings.body_read_timeout_seconds
+        self._deadline = self._monotonic() + self._timeout
+        self._held = self._received = 0
+        self._complete = False
+        self._take(declared or 0)
+
+    def _take(self, size: int) -> None:
+        if size <= self._held:
+            return
+        try:
+            self._in_flight.take(size - self._held)
+        except Overloaded as busy:
+            metrics.UNAVAILABLE.labels(busy.resource).inc()
+            content = {"detail": str(busy), "resource": busy.resource}
+            raise BodyRefused(503, str(busy), content, {"Retry-After": str(busy.retry_after)}) from None
+        self._held = size
+
+    def _timed_out(self) -> BodyRefused:
+        detail = f"request body not received within {self._timeout:g} seconds"
+        return BodyRefused(408, detail, {"detail": detail, "limit_seconds": self._timeout})
+
+    def receive(self, receive: Receive) -> Receive:
+        async def gated() -> Message:
+            if self._complete:
+                return await receive()
+            try:
+                async with asyncio.timeout(max(self._deadline - self._monotonic(), 0)):
+                    message = await receive()
+            except TimeoutError:
+                raise self._timed_out() from None
+            if message["type"] != "http.request":
+                return message
+            if self._monotonic() > self._deadline:
+                raise self._timed_out()
+            self._received += len(message.get("body", b""))
+            self._take(self._received)
+            self._complete = not message.get("more_body", False)
+            return message
+
+        return gated
+
+    def release(self) -> None:
+        self._in_flight.give_back(self._held)
+        self._held = 0
+
+
+async def _read_body(receive: Receive, endpoint: ContributionEndpoint) -> bytes | None:
+    """The whole request body, or None when the client disconnected first; ``BodyRefused`` (413) as soon as
+    it passes the route's limit (a chunked body has no Content-Length to refuse it by)."""
     chunks, size = [], 0
     while True:
         message = await receive()
@@ -66,8 +145,8 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
             return None
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
+        if size > endpoint.max_body_bytes:
+            raise _too_large(endpoint)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
@@ -100,46 +179,92 @@ async def _send_json(send: Send, status: int, content: dict, headers: dict[str, 
     await send({"type": "http.response.body", "body": body})
 
 
+def _charging_422(send: Send, runtime: Runtime, ip: str) -> Send:
+    """``send``, charging the origin's reject budget when FastAPI answers the body 422."""
+
+    async def charging(message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] == 422:
+            runtime.rejects.charge(ip)
+        await send(message)
+
+    return charging
+
+
 class ContributionFastPath:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.endpoints = {endpoint.path: endpoint for endpoint in CONTRIBUTION_ENDPOINTS}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        endpoint = (
-            self.endpoints.get(_route_path(scope))
-            if scope["type"] == "http" and scope["method"] == "POST"
-            else None
-        )
-        if endpoint is None:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = _header(scope, b"content-length")
+        endpoint = self.endpoints.get(_route_path(scope)) if scope["method"] == "POST" else None
+        runtime: Runtime = scope["app"].state.runtime
+        declared = _declared_length(scope)
+        if endpoint is not None and declared is not None and declared > endpoint.max_body_bytes:
+            await self._refuse(send, _too_large(endpoint), endpoint, runtime, self._client_ip(scope, runtime))
+            return
         try:
-            if declared is not None and int(declared) > endpoint.max_body_bytes:
-                raise BodyTooLarge
-            body = await _read_body(receive, endpoint.max_body_bytes)
-        except BodyTooLarge:
-            metrics.REJECTED.labels(endpoint.kind, "body_too_large").inc()
+            gate = _BodyGate(runtime, declared)
+        except BodyRefused as refused:
+            await _send_json(send, refused.status_code, refused.content, refused.headers)
+            return
+        try:
+            if endpoint is None:
+                await self.app(scope, gate.receive(receive), send)
+            else:
+                await self._contribution(endpoint, runtime, scope, gate.receive(receive), send)
+        finally:
+            gate.release()
+
+    @staticmethod
+    def _client_ip(scope: Scope, runtime: Runtime) -> str:
+        peer = scope["client"][0] if scope.get("client") else None
+        forwarded = _header(scope, b"x-forwarded-for") if runtime.settings.trusted_proxies else None
+        return runtime.client_ip(peer, forwarded.decode("latin-1") if forwarded else None)
+
+    @staticmethod
+    async def _refuse(
+        send: Send, refused: BodyRefused, endpoint: ContributionEndpoint, runtime: Runtime, ip: str
+    ) -> None:
+        if refused.status_code in (408, 413):
+            metrics.REJECTED.labels(
+                endpoint.kind, "body_too_large" if refused.status_code == 413 else "body_timeout"
+            ).inc()
+            runtime.rejects.charge(ip)
+        await _send_json(send, refused.status_code, refused.content, refused.headers)
+
+    async def _contribution(
+        self, endpoint: ContributionEndpoint, runtime: Runtime, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        ip = self._client_ip(scope, runtime)
+        wait = runtime.rejects.retry_after(ip)
+        if wait is not None:
+            metrics.RATE_LIMITED.labels("rejects").inc()
+            budget = runtime.rejects
             detail = (
-                f"request body too large: the limit of {endpoint.path} is {endpoint.max_body_bytes} bytes"
+                f"too many rejected attempts from this address: the budget is {budget.capacity} rejected "
+                f"images or requests per {budget.window_seconds:g} seconds"
             )
-            await _send_json(send, 413, {"detail": detail, "limit": endpoint.max_body_bytes})
+            content = {"detail": detail, "scope": "rejects", "limit": budget.capacity}
+            await _send_json(send, 429, content, {"Retry-After": str(wait)})
+            return
+        try:
+            body = await _read_body(receive, endpoint)
+        except BodyRefused as refused:
+            await self._refuse(send, refused, endpoint, runtime, ip)
             return
         if body is None:
             return  # the client is gone: nothing was taken, nothing to answer
         if not _is_plain_json(_header(scope, b"content-type")):
-            await self.app(scope, _replaying(body, receive), send)
+            await self.app(scope, _replaying(body, receive), _charging_422(send, runtime, ip))
             return
         try:
             request = endpoint.schema.model_validate_json(body)
         except ValidationError:
-            await self.app(scope, _replaying(body, receive), send)
+            await self.app(scope, _replaying(body, receive), _charging_422(send, runtime, ip))
             return
-        runtime: Runtime = scope["app"].state.runtime
-        peer = scope["client"][0] if scope.get("client") else None
-        forwarded = _header(scope, b"x-forwarded-for") if runtime.settings.trusted_proxies else None
-        ip = runtime.client_ip(peer, forwarded.decode("latin-1") if forwarded else None)
         try:
             status, content = await endpoint.accept(request, runtime, ip)
         except errors.CONTRIBUTION_PROBLEMS as problem:

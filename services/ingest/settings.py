@@ -27,6 +27,30 @@ class IngestSettings(CommonSettings):
     publish_timeout_seconds: float = Field(
         10.0, gt=0, le=120, description="wait for RabbitMQ's publish confirm before answering 503"
     )
+    image_check_threads: int = Field(
+        2, ge=1, le=64, description="threads per HTTP worker that decode and check images, off the event loop"
+    )
+    image_check_queue: int = Field(
+        16, ge=0, le=10_000, description="requests queued per HTTP worker for image checks; beyond: 503"
+    )
+    reject_budget: int = Field(
+        100,
+        ge=1,
+        description="rejected images or requests an origin (client address) may send per window before its "
+        "contribution requests are answered 429 unread; per HTTP worker",
+    )
+    reject_window_seconds: float = Field(
+        60.0, gt=0, le=86_400, description="the window over which an origin's reject budget refills"
+    )
+    max_bytes_in_flight: int = Field(
+        128 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="request body bytes an HTTP worker holds at once (declared or received); more: 503 "
+        "with Retry-After. Keep it above the largest route's body limit (100 MiB)",
+    )
+    body_read_timeout_seconds: float = Field(
+        30.0, gt=0, le=600, description="a request body not fully received this long after its start: 408"
+    )
 
     @field_validator("admin_key")
     @classmethod

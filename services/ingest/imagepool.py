@@ -1,0 +1,40 @@
+"""Image checks off the event loop, in a bounded pool.
+
+Decoding a PNG holds the thread for milliseconds (a 4K screenshot: tens); on the event loop that stalls every
+other request of the worker. Here the checks run on ``threads`` threads (Pillow and zlib release the GIL while
+decoding), at most ``queue`` more wait for one, and a request beyond that is refused at once with
+``Overloaded`` (503 with ``Retry-After``) instead of queueing without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from services.ingest.admission import Overloaded
+
+Result = TypeVar("Result")
+
+
+class ImagePool:
+    def __init__(self, threads: int, queue: int) -> None:
+        self.capacity = threads + queue
+        self.pending = 0
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="image-check")
+
+    async def run(self, check: Callable[..., Result], *args: object) -> Result:
+        if self.pending >= self.capacity:
+            raise Overloaded(
+                "image_checks",
+                f"all {self.capacity} image-check places of this worker are taken: retry shortly",
+            )
+        self.pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, check, *args)
+        finally:
+            self.pending -= 1
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
