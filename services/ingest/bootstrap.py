@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -18,7 +20,7 @@ from services.ingest.admission import BytesInFlight, RejectBudget
 from services.ingest.dependencies import Runtime
 from services.ingest.handlers import ContributionService
 from services.ingest.imagepool import ImagePool
-from services.ingest.ratelimit import GroupedRateLimiter, Quota, RateLimiter
+from services.ingest.ratelimit import GroupedRateLimiter, RateLimiter
 from services.ingest.readmodels import ReadModels, ReadStore
 from services.ingest.settings import IngestSettings
 from services.ingest.store import PostgresQuotaCounters, PostgresReads, create_quota_pool
@@ -27,6 +29,19 @@ from shared.clock import Clock, utc_now
 from shared.db import create_engine
 
 CONNECT_WAIT_SECONDS = 5  # start answering (and report not-ready) if RabbitMQ takes longer
+log = logging.getLogger(__name__)
+
+
+def origin_secret(settings: IngestSettings) -> bytes:
+    """The key of origin hashes: ``WARP_ORIGIN_SECRET``, or a random one for this process (``serve.py`` sets
+    one for all its workers), with which per-origin counts restart on every start."""
+    if settings.origin_secret is not None:
+        return settings.origin_secret.get_secret_value().encode()
+    log.warning(
+        "WARP_ORIGIN_SECRET is unset: per-origin quotas are keyed with a random key, so they restart with "
+        "this process and are not shared with other replicas; set it in production"
+    )
+    return secrets.token_bytes(32)
 
 
 @contextlib.asynccontextmanager
@@ -58,8 +73,9 @@ async def bootstrap(
         if limiter is None:
             pool = await create_quota_pool(settings.database_url, settings.database_pool_size)
             owned.push_async_callback(pool.close)
-            quota = Quota(settings.install_daily_limit, settings.ip_daily_limit)
-            limiter = GroupedRateLimiter(PostgresQuotaCounters(pool), quota)
+            grouped = GroupedRateLimiter(PostgresQuotaCounters(pool), settings.quota())
+            owned.push_async_callback(grouped.close)
+            limiter = grouped
         if images is None:
             images = ImagePool(settings.image_check_threads, settings.image_check_queue)
             owned.callback(images.close)
@@ -72,6 +88,7 @@ async def bootstrap(
                 read_store or PostgresReads(engine), settings.read_cache_seconds, monotonic
             ),
             engine=engine,
+            origin_secret=origin_secret(settings),
             images=images,
             rejects=RejectBudget(settings.reject_budget, settings.reject_window_seconds, monotonic),
             in_flight=BytesInFlight(settings.max_bytes_in_flight),

@@ -1,4 +1,4 @@
-"""What a request needs, resolved per request: the process's ``Runtime``, the client address, the admin check.
+"""What a request needs, resolved per request: the process's ``Runtime``, the client's origin, the admin check.
 
 Dependencies are ``async def`` on purpose: FastAPI runs plain ``def`` dependencies in a thread pool, which
 cost more than a third of the CPU of a contribution request under load.
@@ -7,8 +7,8 @@ cost more than a third of the CPU of a contribution request under load.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Request
@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ingest.admission import BytesInFlight, RejectBudget
-from services.ingest.domain import client_ip
+from services.ingest.domain import client_address, origin_key, origin_network
 from services.ingest.handlers import ContributionService
 from services.ingest.imagepool import ImagePool
 from services.ingest.readmodels import ReadModels
@@ -40,8 +40,19 @@ class Runtime:
     in_flight: BytesInFlight
     monotonic: Callable[[], float]
 
-    def client_ip(self, peer: str | None, forwarded_for: str | None) -> str:
-        return client_ip(peer, forwarded_for, self.settings.trusted_proxies)
+    origin_secret: bytes = field(repr=False)
+
+    def origin(self, peer: str | None, forwarded_for: Sequence[str]) -> str:
+        """The key the client's quotas are counted under (``domain.origin_key``), from the TCP peer and the
+        ``X-Forwarded-For`` header lines in order; the address itself goes no further."""
+        settings = self.settings
+        address = client_address(peer, forwarded_for, settings.trusted_proxies, settings.trusted_proxy_hops)
+        network = (
+            None
+            if address is None
+            else origin_network(address, settings.origin_ipv4_prefix, settings.origin_ipv6_prefix)
+        )
+        return origin_key(network, self.origin_secret)
 
 
 async def get_runtime(request: Request) -> Runtime:
@@ -51,13 +62,12 @@ async def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-async def get_client_ip(request: Request, runtime: RuntimeDep) -> str:
-    return runtime.client_ip(
-        request.client.host if request.client else None, request.headers.get("x-forwarded-for")
-    )
+async def get_origin(request: Request, runtime: RuntimeDep) -> str:
+    forwarded_for = request.headers.getlist("x-forwarded-for") if runtime.settings.trusted_proxies else []
+    return runtime.origin(request.client.host if request.client else None, forwarded_for)
 
 
-ClientIpDep = Annotated[str, Depends(get_client_ip)]
+OriginDep = Annotated[str, Depends(get_origin)]
 
 
 async def require_admin(runtime: RuntimeDep, x_admin_key: Annotated[str | None, Header()] = None) -> None:

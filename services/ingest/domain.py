@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import binascii
 import hashlib
+import hmac
 import io
 import ipaddress
 import re
@@ -284,27 +285,76 @@ def contribution_id(kind: str, *parts: str) -> str:
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+_PORT = re.compile(r"[0-9]{1,5}")
 
 
-def _trusted(address: str, proxies: Sequence[Network]) -> bool:
+def parse_hop(hop: str) -> Address | None:
+    """One ``X-Forwarded-For`` entry (or a peer): ``ip``, ``ip:port``, ``[v6]`` or ``[v6]:port``; None when it
+    is none of these. An IPv4-mapped IPv6 address is its IPv4 address (else every IPv4 client behind a
+    dual-stack socket would share one /64), and an IPv6 zone is dropped."""
+    hop = hop.strip()
+    if hop.startswith("["):
+        host, bracket, rest = hop[1:].partition("]")
+        if not bracket or (rest and not (rest[0] == ":" and _PORT.fullmatch(rest[1:]))):
+            return None
+    elif hop.count(":") == 1:
+        host, _, port = hop.partition(":")
+        if not _PORT.fullmatch(port):
+            return None
+    else:
+        host = hop
     try:
-        ip = ipaddress.ip_address(address)
+        address = ipaddress.ip_address(host)
     except ValueError:
-        return False
-    return any(ip in network for network in proxies)
+        return None
+    if isinstance(address, ipaddress.IPv6Address):
+        return address.ipv4_mapped or ipaddress.IPv6Address(address.packed)
+    return address
 
 
-def client_ip(peer: str | None, forwarded_for: str | None, trusted_proxies: Sequence[Network]) -> str:
-    """The address quotas are charged to: the direct peer, unless it is a trusted proxy, in which case the
-    right-most ``X-Forwarded-For`` hop that is not itself a trusted proxy (left-most hops are client-written)."""
-    if peer is None:
-        return "unknown"
-    if not forwarded_for or not _trusted(peer, trusted_proxies):
-        return peer
-    for hop in reversed([part.strip() for part in forwarded_for.split(",") if part.strip()]):
-        if not _trusted(hop, trusted_proxies):
-            try:
-                return str(ipaddress.ip_address(hop))
-            except ValueError:
-                return peer
-    return peer
+def _trusted(address: Address, proxies: Sequence[Network]) -> bool:
+    return any(address in network for network in proxies)
+
+
+def client_address(
+    peer: str | None,
+    forwarded_for: Sequence[str],
+    trusted_proxies: Sequence[Network],
+    proxy_hops: int | None = None,
+) -> Address | None:
+    """The address quotas are charged to (None: the server gave no peer address).
+
+    It is the direct peer, unless the peer is a trusted proxy: then ``X-Forwarded-For`` is read, every header
+    line of it in order (a proxy that adds a line rather than appending to the client's must not let the
+    client choose). Left-most hops are client-written, so the client is, with ``proxy_hops`` (how many proxies
+    in front of ingest append to the header) set, the hop that many from the right; unset, the right-most hop
+    that is not itself a trusted proxy. A chosen hop that is not an address falls back to the peer."""
+    address = parse_hop(peer) if peer is not None else None
+    if address is None or not forwarded_for or not _trusted(address, trusted_proxies):
+        return address
+    hops = [hop for line in forwarded_for for hop in line.split(",") if hop.strip()]
+    if not hops:
+        return address
+    if proxy_hops:
+        return parse_hop(hops[max(len(hops) - proxy_hops, 0)]) or address
+    for hop in reversed(hops):
+        forwarded = parse_hop(hop)
+        if forwarded is None:
+            return address
+        if not _trusted(forwarded, trusted_proxies):
+            return forwarded
+    return address
+
+
+def origin_network(address: Address, ipv4_prefix: int, ipv6_prefix: int) -> Network:
+    """The network one client origin is taken to be: the address's ``/ipv4_prefix`` or ``/ipv6_prefix``
+    (a home IPv6 connection gets a whole /64, so counting single IPv6 addresses counts nothing)."""
+    prefix = ipv4_prefix if address.version == 4 else ipv6_prefix
+    return ipaddress.ip_network((address, prefix), strict=False)
+
+
+def origin_key(network: Network | None, secret: bytes) -> str:
+    """What an origin is counted and stored under: HMAC-SHA256 of its network under ``secret``, in hex. The
+    address cannot be read back from it without the secret, which is never stored beside it."""
+    return hmac.new(secret, str(network or "unknown").encode(), hashlib.sha256).hexdigest()

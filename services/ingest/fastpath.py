@@ -220,9 +220,14 @@ class ContributionFastPath:
 
     @staticmethod
     def _client_ip(scope: Scope, runtime: Runtime) -> str:
+        """The client's origin key (``Runtime.origin``), from every ``X-Forwarded-For`` line in order."""
         peer = scope["client"][0] if scope.get("client") else None
-        forwarded = _header(scope, b"x-forwarded-for") if runtime.settings.trusted_proxies else None
-        return runtime.client_ip(peer, forwarded.decode("latin-1") if forwarded else None)
+        forwarded = (
+            [value.decode("latin-1") for key, value in scope["headers"] if key == b"x-forwarded-for"]
+            if runtime.settings.trusted_proxies
+            else []
+        )
+        return runtime.origin(peer, forwarded)
 
     @staticmethod
     async def _refuse(

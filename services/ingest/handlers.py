@@ -13,7 +13,7 @@ from datetime import date
 
 from services.ingest import metrics
 from services.ingest.intake import Intake
-from services.ingest.ratelimit import QuotaExceeded, RateLimiter
+from services.ingest.ratelimit import Charge, QuotaExceeded, RateLimiter
 from shared.broker import EventPublisher, PublishFailed
 from shared.clock import Clock, utc_now
 
@@ -40,7 +40,7 @@ class ContributionService:
     def today(self) -> date:
         return self.clock().date()
 
-    async def submit(self, intake: Intake, install_id: str, client_ip: str) -> None:
+    async def submit(self, intake: Intake, install_id: str, origin: str) -> None:
         """Take quota for the accepted items and publish them; return only when the broker confirmed all.
 
         Raises ``QuotaExceeded`` (nothing taken, nothing published) or ``ServiceUnavailable`` (quota given
@@ -50,10 +50,12 @@ class ContributionService:
             metrics.REJECTED.labels(intake.kind, rejection.code).inc()
         if not intake.events:
             return
-        units, day = len(intake.events), self.today()
+        # the bytes of what is published (and stored), counted against the daily byte quotas
+        image_bytes = sum(len(getattr(event, "png", b"")) for _, event in intake.events)
+        charge = Charge(install_id, origin, len(intake.events), image_bytes, self.today())
         started = time.perf_counter()
         try:
-            await self._limiter.consume(install_id, client_ip, units, day)
+            await self._limiter.consume(charge)
         except QuotaExceeded as exceeded:
             metrics.RATE_LIMITED.labels(exceeded.scope).inc()
             raise
@@ -72,7 +74,7 @@ class ContributionService:
                 extra={"install_id": install_id, "reason": repr(failures[0])},
             )
             try:
-                await self._limiter.refund(install_id, client_ip, units, day)
+                await self._limiter.refund(charge)
             except Exception:
                 log.exception("could not give quota back", extra={"install_id": install_id})
             if not all(isinstance(failure, PublishFailed) for failure in failures):

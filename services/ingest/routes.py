@@ -20,7 +20,7 @@ from services.ingest.contributions import (
     V1_SCREEN_TYPES,
     ContributionEndpoint,
 )
-from services.ingest.dependencies import AdminDep, ClientIpDep, Runtime, RuntimeDep
+from services.ingest.dependencies import AdminDep, OriginDep, Runtime, RuntimeDep
 from services.ingest.handlers import ServiceUnavailable
 from services.ingest.schemas import (
     BatchResponse,
@@ -95,8 +95,8 @@ _CONTRIBUTION_ROUTES = (
 def _contribution_route(endpoint: ContributionEndpoint) -> Callable[..., Awaitable[JSONResponse]]:
     # The body's annotation is evaluated here (this module does not postpone annotations): FastAPI reads it to
     # validate and document the body of each route.
-    async def route(body: endpoint.schema, runtime: RuntimeDep, ip: ClientIpDep) -> JSONResponse:
-        return await endpoint.respond(body, runtime, ip)
+    async def route(body: endpoint.schema, runtime: RuntimeDep, origin: OriginDep) -> JSONResponse:
+        return await endpoint.respond(body, runtime, origin)
 
     return route
 

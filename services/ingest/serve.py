@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -64,6 +65,13 @@ def main() -> int:
     settings = load_settings(IngestSettings)
     configure_logging(settings, "ingest")
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="warp-ingest-metrics-"))
+    if settings.origin_secret is None:
+        # one random key for all workers, so a client's requests count under one origin whichever worker
+        # takes them (still a new key, so new per-origin counts, on every start)
+        log.warning(
+            "WARP_ORIGIN_SECRET is unset: per-origin quotas restart with ingest; set it in production"
+        )
+        os.environ["WARP_ORIGIN_SECRET"] = secrets.token_hex(32)
     context = multiprocessing.get_context("spawn")
     stopping = False
 

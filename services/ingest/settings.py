@@ -1,10 +1,17 @@
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import NoDecode
 
+from services.ingest.ratelimit import Quota
 from shared.settings import CommonSettings
+
+# secret setting -> (its least length, what else to do)
+_SECRET_MINIMUM = {
+    "admin_key": (16, "or unset to disable admin endpoints"),
+    "origin_secret": (32, "e.g. `openssl rand -hex 32`, or unset"),
+}
 
 
 class IngestSettings(CommonSettings):
@@ -13,10 +20,30 @@ class IngestSettings(CommonSettings):
     http_workers: int = Field(2, ge=1, le=64, description="HTTP worker processes; one per core is right")
     admin_key: SecretStr | None = Field(None, description="enables /admin/* when set; at least 16 characters")
     install_daily_limit: int = Field(2000, ge=1, description="contributions per install per UTC day")
-    ip_daily_limit: int = Field(10000, ge=1, description="contributions per client IP per UTC day")
+    ip_daily_limit: int = Field(10000, ge=1, description="contributions per client origin per UTC day")
+    install_daily_bytes: int = Field(
+        300_000_000,
+        ge=1,
+        description="bytes of accepted images per install per UTC day (2,000 crops at their 150,000-byte limit)",
+    )
+    ip_daily_bytes: int = Field(1_000_000_000, ge=1, description="image bytes per client origin per UTC day")
+    origin_ipv4_prefix: int = Field(32, ge=8, le=32, description="IPv4 prefix length of one client origin")
+    origin_ipv6_prefix: int = Field(64, ge=16, le=128, description="IPv6 prefix length of one client origin")
+    origin_secret: SecretStr | None = Field(
+        None,
+        description="key of the hash quotas count origins under (at least 32 characters, the same on every "
+        "replica); unset: a random key per start, so origin quotas restart with the service",
+    )
     trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(
         default_factory=list,
         description="comma-separated peers whose X-Forwarded-For is believed, e.g. 10.0.0.0/8,127.0.0.1",
+    )
+    trusted_proxy_hops: int | None = Field(
+        None,
+        ge=1,
+        le=16,
+        description="how many proxies in front of ingest append to X-Forwarded-For (the client is that many "
+        "hops from the right); unset: the right-most hop not in WARP_TRUSTED_PROXIES",
     )
     read_cache_seconds: float = Field(
         5.0,
@@ -52,12 +79,30 @@ class IngestSettings(CommonSettings):
         30.0, gt=0, le=600, description="a request body not fully received this long after its start: 408"
     )
 
-    @field_validator("admin_key")
+    @field_validator("admin_key", "origin_secret")
     @classmethod
-    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value()) < 16:
-            raise ValueError("must be at least 16 characters (or unset to disable admin endpoints)")
+    def _long_enough(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        minimum, otherwise = _SECRET_MINIMUM[info.field_name]
+        if value is not None and len(value.get_secret_value()) < minimum:
+            raise ValueError(f"must be at least {minimum} characters ({otherwise})")
         return value
+
+    @field_validator("trusted_proxy_hops")
+    @classmethod
+    def _hops_need_a_trusted_proxy(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and not info.data.get("trusted_proxies"):
+            raise ValueError(
+                "is set but WARP_TRUSTED_PROXIES is empty: X-Forwarded-For is only read from a trusted proxy"
+            )
+        return value
+
+    def quota(self) -> Quota:
+        return Quota(
+            per_install=self.install_daily_limit,
+            per_ip=self.ip_daily_limit,
+            install_bytes=self.install_daily_bytes,
+            ip_bytes=self.ip_daily_bytes,
+        )
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

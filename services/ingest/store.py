@@ -6,6 +6,9 @@ change of the owner's schema has one place to follow it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import date
+
 import asyncpg
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -14,13 +17,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.ingest.ratelimit import Key
 from shared.reads import accepted_labels, latest_published_version
 
+# Each counter's limit is looked up by its scope in the arrays $5 (scopes) and $6 (their limits).
 _TAKE = """
 INSERT INTO rate_limit_counters AS c (scope, subject, day, count)
 SELECT v.scope, v.subject, v.day, v.count
-FROM unnest($1::text[], $2::text[], $3::date[], $4::int[]) AS v(scope, subject, day, count)
-WHERE v.count <= CASE v.scope WHEN 'install' THEN $5::int ELSE $6::int END
+FROM unnest($1::text[], $2::text[], $3::date[], $4::bigint[]) AS v(scope, subject, day, count)
+WHERE v.count <= ($6::bigint[])[array_position($5::text[], v.scope::text)]
 ON CONFLICT (scope, subject, day) DO UPDATE SET count = c.count + excluded.count
-WHERE c.count + excluded.count <= CASE c.scope WHEN 'install' THEN $5::int ELSE $6::int END
+WHERE c.count + excluded.count <= ($6::bigint[])[array_position($5::text[], c.scope::text)]
 RETURNING c.scope, c.subject, c.day
 """
 # UPDATE ... FROM locks rows in whatever order its join visits them; the counters are locked first, in the
@@ -28,7 +32,7 @@ RETURNING c.scope, c.subject, c.day
 # when every request gives its quota back).
 _GIVE_BACK = """
 WITH v AS MATERIALIZED (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::date[], $4::int[]) AS v(scope, subject, day, count)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::date[], $4::bigint[]) AS v(scope, subject, day, count)
 ), locked AS MATERIALIZED (
     SELECT c.scope, c.subject, c.day FROM rate_limit_counters AS c JOIN v USING (scope, subject, day)
     ORDER BY c.scope COLLATE "C", c.subject COLLATE "C", c.day
@@ -38,6 +42,8 @@ UPDATE rate_limit_counters AS c SET count = greatest(c.count - v.count, 0)
 FROM v JOIN locked USING (scope, subject, day)
 WHERE c.scope = v.scope AND c.subject = v.subject AND c.day = v.day
 """
+# A sequential scan, once a day per process: an index on day would cost every quota upsert more.
+_PRUNE = "DELETE FROM rate_limit_counters WHERE day < $1"
 _KNOWLEDGE_MERGE_COUNTS = text(
     "SELECT count(*) AS total, count(*) FILTER (WHERE updated_at > coalesce(("
     "  SELECT max(at) FROM publication_log WHERE kind = 'knowledge' AND event = 'published'"
@@ -46,10 +52,10 @@ _KNOWLEDGE_MERGE_COUNTS = text(
 )
 
 
-def _columns(units_by_key: dict[Key, int]) -> tuple[list, list, list, list]:
+def _columns(amounts: dict[Key, int]) -> tuple[list, list, list, list]:
     """The counters as the statements' four arrays, in sorted key order (the order rows are locked in)."""
-    keys = sorted(units_by_key)
-    return [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [units_by_key[k] for k in keys]
+    keys = sorted(amounts)
+    return [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [amounts[k] for k in keys]
 
 
 def asyncpg_dsn(database_url: str) -> str:
@@ -74,20 +80,26 @@ async def create_quota_pool(database_url: str, size: int) -> asyncpg.Pool:
 
 
 class PostgresQuotaCounters:
-    """``ratelimit.QuotaCounters`` on ``rate_limit_counters``: per (scope, subject, UTC day), each statement one autocommitted round trip."""
+    """``ratelimit.QuotaCounters`` on ``rate_limit_counters``: per (scope, subject, UTC day), each statement one
+    autocommitted round trip. Subjects are install ids and origin keys (keyed hashes), never addresses."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def take(self, units_by_key: dict[Key, int], per_install: int, per_ip: int) -> set[Key]:
-        """Add the units to every counter they fit under its limit; answer the counters that took them.
+    async def take(self, amounts: dict[Key, int], limits: Mapping[str, int]) -> set[Key]:
+        """Add the amounts to every counter they fit under its scope's limit; answer the counters that took them.
 
         The conditional upsert holds the row lock, so concurrent processes can never both take the last unit."""
-        rows = await self._pool.fetch(_TAKE, *_columns(units_by_key), per_install, per_ip)
+        rows = await self._pool.fetch(_TAKE, *_columns(amounts), list(limits), list(limits.values()))
         return {(row["scope"], row["subject"], row["day"]) for row in rows}
 
-    async def give_back(self, units_by_key: dict[Key, int]) -> None:
-        await self._pool.execute(_GIVE_BACK, *_columns(units_by_key))
+    async def give_back(self, amounts: dict[Key, int]) -> None:
+        await self._pool.execute(_GIVE_BACK, *_columns(amounts))
+
+    async def prune(self, before: date) -> int:
+        """Delete the counters of every day before ``before``; answer how many."""
+        status = await self._pool.execute(_PRUNE, before)
+        return int(status.rpartition(" ")[2])
 
 
 class PostgresReads:

@@ -9,7 +9,6 @@ import pytest_asyncio
 from fastapi import FastAPI
 
 from services.ingest.app import create_app
-from services.ingest.ratelimit import Quota
 from services.ingest.settings import IngestSettings
 from tests.ingest.fakes import FakePublisher, FakeRateLimiter, FakeReadStore
 from tests.utils.images import make_png
@@ -94,7 +93,7 @@ async def memory_ingest(**settings) -> AsyncIterator[MemoryIngest]:
     """Ingest on in-memory fakes: no broker, no database (``tests/ingest/fakes.py``)."""
     settings = IngestSettings(**MEMORY_SETTINGS | settings)
     publisher, reads, clock = FakePublisher(), FakeReadStore(), Clock()
-    limiter = FakeRateLimiter(Quota(settings.install_daily_limit, settings.ip_daily_limit))
+    limiter = FakeRateLimiter(settings.quota())
     app = create_app(
         settings,
         publisher=publisher,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from services.ingest.ratelimit import Quota, QuotaExceeded
+from services.ingest.ratelimit import Charge, Key, Quota, QuotaExceeded
 from shared.broker import BrokerUnavailable
 from shared.events import Event
 
@@ -31,30 +32,51 @@ class FakePublisher:
         return [event for event in self.published if event.event_type == event_type]
 
 
+class FakeQuotaCounters:
+    """``ratelimit.QuotaCounters`` over a Counter, for ``GroupedRateLimiter`` in memory; records its prunes."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[Key] = Counter()
+        self.pruned: list[date] = []
+
+    async def take(self, amounts: dict[Key, int], limits: Mapping[str, int]) -> set[Key]:
+        taken = {key for key, amount in amounts.items() if self.counts[key] + amount <= limits[key[0]]}
+        for key in taken:
+            self.counts[key] += amounts[key]
+        return taken
+
+    async def give_back(self, amounts: dict[Key, int]) -> None:
+        for key, amount in amounts.items():
+            self.counts[key] = max(self.counts[key] - amount, 0)
+
+    async def prune(self, before: date) -> int:
+        self.pruned.append(before)
+        old = [key for key in self.counts if key[2] < before]
+        for key in old:
+            del self.counts[key]
+        return len(old)
+
+
 class FakeRateLimiter:
-    """``ratelimit.RateLimiter`` over a dict: both quotas or neither, as the Postgres one."""
+    """``ratelimit.RateLimiter`` over a dict: every counter of a charge or none, as the Postgres one."""
 
     def __init__(self, quota: Quota) -> None:
-        self.quota = quota
-        self.counts: Counter[tuple[str, str, date]] = Counter()
+        self.limits = quota.limits()
+        self.counts: Counter[Key] = Counter()
         self.down = False
 
-    def _keys(self, install_id: str, client_ip: str, day: date) -> tuple[tuple[str, str, date], ...]:
-        return ("install", install_id, day), ("ip", client_ip, day)
-
-    async def consume(self, install_id: str, client_ip: str, units: int, day: date) -> None:
+    async def consume(self, charge: Charge) -> None:
         if self.down:
             raise ConnectionRefusedError("fake database is down")
-        for key in self._keys(install_id, client_ip, day):
-            limit = self.quota.limit(key[0])
-            if self.counts[key] + units > limit:
-                raise QuotaExceeded(key[0], limit)
-        for key in self._keys(install_id, client_ip, day):
-            self.counts[key] += units
+        amounts = charge.amounts()
+        for key, amount in amounts.items():
+            if self.counts[key] + amount > self.limits[key[0]]:
+                raise QuotaExceeded(key[0], self.limits[key[0]])
+        self.counts.update(amounts)
 
-    async def refund(self, install_id: str, client_ip: str, units: int, day: date) -> None:
-        for key in self._keys(install_id, client_ip, day):
-            self.counts[key] = max(self.counts[key] - units, 0)
+    async def refund(self, charge: Charge) -> None:
+        for key, amount in charge.amounts().items():
+            self.counts[key] = max(self.counts[key] - amount, 0)
 
     def count(self, scope: str, subject: str) -> int:
         return sum(n for (s, subj, _), n in self.counts.items() if (s, subj) == (scope, subject))
