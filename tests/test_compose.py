@@ -130,9 +130,9 @@ def test_the_client_cannot_choose_the_address_it_is_charged_to():
     assert "proxy_add_x_forwarded_for" not in conf
 
 
-def test_passwords_have_no_defaults():
+def test_passwords_and_secrets_have_no_defaults():
     text = COMPOSE.read_text()
-    for variable in ("WARP_POSTGRES_PASSWORD", "WARP_RABBITMQ_PASSWORD"):
+    for variable in ("WARP_POSTGRES_PASSWORD", "WARP_RABBITMQ_PASSWORD", "WARP_ORIGIN_SECRET"):
         uses = re.findall(r"\$\{" + variable + r"([^}]*)\}", text)
         assert uses, variable
         assert all(use.startswith(":?") for use in uses), (variable, uses)
