@@ -3,8 +3,8 @@
 - ``RejectBudget``: rejected attempts cost their origin (client address, as ``client_ip`` resolves it). Each
   origin holds a token bucket of ``capacity`` rejects refilled over ``window_seconds``; once empty, the origin's
   contribution requests are answered 429 before their body is read.
-- ``BytesInFlight``: the request bytes a worker holds (declared or streamed) stay under a cap; above it the
-  request is answered 503 with ``Retry-After`` instead of being buffered.
+- ``BytesInFlight``: the request bytes a worker holds stay under a cap; a request that would pass it (by its
+  declared length, or as its body arrives) is answered 503 with ``Retry-After`` instead of being buffered.
 
 Both live in the memory of one worker: a worker's budget is its own, and what it bounds is its own memory.
 """
@@ -80,13 +80,17 @@ class BytesInFlight:
 
     def take(self, size: int) -> None:
         """Hold ``size`` more bytes, or raise ``Overloaded`` (holding nothing more) when over the limit."""
+        self.ensure_room(size)
+        self.held += size
+
+    def ensure_room(self, size: int) -> None:
+        """Raise ``Overloaded`` when ``size`` more bytes would pass the limit."""
         if self.held + size > self.limit:
             raise Overloaded(
                 "bytes_in_flight",
                 f"ingest is holding {self.held} bytes of requests; the limit per worker is {self.limit}: "
                 "retry shortly",
             )
-        self.held += size
 
     def give_back(self, size: int) -> None:
         self.held -= size

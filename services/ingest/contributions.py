@@ -58,13 +58,14 @@ class ContributionEndpoint:
     max_body_bytes: int
     image_field: str = "image"
     checks_images: bool = True
+    reject_cost: int = 1
 
     async def accept(self, body: Any, runtime: Runtime, ip: str) -> tuple[int, dict]:
         """``(status, body)`` of the answer; raises ``ImageRejected``, ``QuotaExceeded``, ``ServiceUnavailable``
         or ``Overloaded`` (answered by ``services.ingest.errors``).
 
-        Images are checked in the worker's bounded pool, off the event loop; each rejected one is charged to
-        the origin's reject budget."""
+        Images are checked in the worker's bounded pool, off the event loop; each rejected one costs the
+        origin's reject budget ``reject_cost``."""
         now = runtime.service.clock()
         try:
             if self.checks_images:
@@ -73,9 +74,9 @@ class ContributionEndpoint:
                 intake = self.intake(body, now)
         except ImageRejected as problem:
             metrics.REJECTED.labels(self.kind, problem.code).inc()
-            runtime.rejects.charge(ip)
+            runtime.rejects.charge(ip, self.reject_cost)
             raise
-        runtime.rejects.charge(ip, len(intake.rejections))
+        runtime.rejects.charge(ip, len(intake.rejections) * self.reject_cost)
         await runtime.service.submit(intake, body.install_id, ip)
         return self.answer(intake)
 
@@ -140,6 +141,7 @@ SCREEN_TYPES = ContributionEndpoint(
     screen_types_intake,
     _batch_answer,
     max_body_bytes=100 * MIB,  # 20 screenshots of 4,000,000 characters
+    reject_cost=8,  # a rejected screenshot may have cost decoding 8 megapixels; a crop, a few thousand pixels
 )
 ANCHORS = ContributionEndpoint(
     "/upload/anchors",

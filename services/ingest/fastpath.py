@@ -8,7 +8,7 @@ same bytes FastAPI's ``JSONResponse`` would send. ``benchmarks/ingest_load.py`` 
 
 It also bounds what any request may cost before it is read (``_BodyGate``, for every HTTP request, FastAPI's
 routes included): the bytes of requests a worker holds stay under ``WARP_MAX_BYTES_IN_FLIGHT`` (503 with
-``Retry-After``, by the declared Content-Length before a byte is read, or as a chunked body grows), and a body
+``Retry-After``, by the declared Content-Length before a byte is read, or as the body arrives), and a body
 must arrive within ``WARP_BODY_READ_TIMEOUT_SECONDS`` (408: a slow-loris body holds nothing for long). For a
 contribution POST, whatever its content type: an origin whose reject budget is spent is answered 429 unread; a
 body longer than the route's ``max_body_bytes`` is answered 413 (with the limit) before it is buffered, by its
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 
 from fastapi import HTTPException
 from pydantic import ValidationError
@@ -82,29 +83,31 @@ def _declared_length(scope: Scope) -> int | None:
 
 
 class _BodyGate:
-    """One request's body against the worker's bounds: its bytes (the declared length, or what was received if
-    more) are held in ``BytesInFlight`` from the start until ``release``, and the whole body must have arrived
-    ``timeout`` seconds after the request began."""
+    """One request's body against the worker's bounds: its bytes are held in ``BytesInFlight`` as they arrive,
+    until ``release``, and the whole body must have arrived ``timeout`` seconds after the request began.
+
+    A declared length is checked against the room left but not reserved: a slow body that declares 100 MiB and
+    trickles holds what it sent, not what it promised, so slow clients cannot fill the worker's room with
+    promises (the read timeout ends them)."""
 
     def __init__(self, runtime: Runtime, declared: int | None) -> None:
         self._in_flight: BytesInFlight = runtime.in_flight
         self._monotonic = runtime.monotonic
         self._timeout = runtime.settings.body_read_timeout_seconds
         self._deadline = self._monotonic() + self._timeout
-        self._held = self._received = 0
+        self._held = 0
         self._complete = False
-        self._take(declared or 0)
+        if declared:
+            self._refused_when_busy(self._in_flight.ensure_room, declared)
 
-    def _take(self, size: int) -> None:
-        if size <= self._held:
-            return
+    @staticmethod
+    def _refused_when_busy(step: Callable[[int], None], size: int) -> None:
         try:
-            self._in_flight.take(size - self._held)
+            step(size)
         except Overloaded as busy:
             metrics.UNAVAILABLE.labels(busy.resource).inc()
             content = {"detail": str(busy), "resource": busy.resource}
             raise BodyRefused(503, str(busy), content, {"Retry-After": str(busy.retry_after)}) from None
-        self._held = size
 
     def _timed_out(self) -> BodyRefused:
         detail = f"request body not received within {self._timeout:g} seconds"
@@ -123,8 +126,9 @@ class _BodyGate:
                 return message
             if self._monotonic() > self._deadline:
                 raise self._timed_out()
-            self._received += len(message.get("body", b""))
-            self._take(self._received)
+            size = len(message.get("body", b""))
+            self._refused_when_busy(self._in_flight.take, size)
+            self._held += size
             self._complete = not message.get("more_body", False)
             return message
 

@@ -181,9 +181,20 @@ async def test_schema_errors_and_oversized_bodies_cost_the_origin_too():
         assert (await memory.client.post("/contribute", json=knowledge_body())).status_code == 429
 
 
-def make_png_uniform() -> bytes:
+async def test_a_rejected_screenshot_costs_more_of_the_budget_than_a_rejected_crop():
+    async with memory_ingest(reject_budget=10) as memory:
+        uniform = b64(make_png_uniform(96))
+        crops = bulk_body([icon_item(i, crop_png_b64=uniform) for i in range(2)])
+        assert (await memory.client.post("/contribute/bulk-crops", json=crops)).status_code == 400
+        screens = {"install_id": INSTALL, "screen_type": "TRAITS", "items": [{"png_b64": uniform}]}
+        assert (await memory.client.post("/upload/screen-types", json=screens)).status_code == 400
+        # 2 + 8 of 10 spent (at one a screenshot, 3 of 10, this would be answered)
+        assert (await memory.client.post("/contribute", json=knowledge_body())).status_code == 429
+
+
+def make_png_uniform(side: int = 32) -> bytes:
     buffer = io.BytesIO()
-    Image.new("RGB", (32, 32), (128, 128, 128)).save(buffer, format="PNG")
+    Image.new("RGB", (side, side), (128, 128, 128)).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -267,9 +278,17 @@ async def test_a_chunked_body_is_held_as_it_grows_and_refused_past_the_bytes_in_
 async def test_a_body_that_trickles_past_the_read_timeout_is_408():
     async with memory_ingest(body_read_timeout_seconds=30) as memory:
         body = json.dumps(bulk_body([icon_item()])).encode()
-        late = chunks(body[:100], body[100:], before_last=lambda: memory.clock.advance(seconds=31))
-        status, _, answer = await call(memory.app, "/contribute/bulk-crops", late, [JSON])
+        held_midway = []
+
+        def later():
+            held_midway.append(memory.runtime.in_flight.held)
+            memory.clock.advance(seconds=31)
+
+        late = chunks(body[:100], body[100:], before_last=later)
+        promised = [JSON, (b"content-length", b"10000000")]
+        status, _, answer = await call(memory.app, "/contribute/bulk-crops", late, promised)
         assert status == 408 and "not received within 30 seconds" in answer["detail"]
+        assert held_midway == [100]  # what it sent, not the 10 MB it declared
         assert memory.publisher.published == [] and memory.runtime.in_flight.held == 0
 
 
