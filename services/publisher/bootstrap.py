@@ -65,6 +65,7 @@ def bootstrap(
     store: ReleaseStore | None = None,
     hub: Hub | None = None,
     publisher: EventPublisher | None = None,
+    relay: OutboxRelay | None = None,
     broker: Any = None,
     clock: Clock = utc_now,
 ) -> Publisher:
@@ -74,7 +75,7 @@ def bootstrap(
     store = store or PostgresReleaseStore(engine)
     hub = hub or hub_from(settings)
     publisher = publisher or EventPublisher(settings.broker_url, topology)
-    relay = OutboxRelay(engine, publisher, topology.events_exchange)
+    relay = relay or OutboxRelay(engine, publisher, topology.events_exchange)
     service = ReleaseService(store, hub, clock)
     broker = broker or RabbitBroker(settings.broker_url, logger=None)
     handlers = {

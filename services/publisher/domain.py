@@ -9,13 +9,31 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from huggingface_hub import EvalResult, ModelCardData
 
 from shared.events import KnowledgePublished, ModelPublished, ModelTrained, format_trained_at
 
-SETTLED = ("published", "rejected")  # a release in these states is never attempted again
+SETTLED = ("published", "rejected", "superseded")  # a release in these states is never attempted again
+# Every file a training run may hand on (WIRE_CONTRACT §3, less the publisher's own model_version.json, plus
+# what the model card shows): anything else, a path with ``..`` or an absolute one included, is refused.
+RUN_ARTIFACTS = frozenset(
+    {
+        "models/icon_classifier.pt",
+        "models/icon_classifier.onnx",
+        "models/label_map.json",
+        "models/icon_classifier_meta.json",
+        "models/screen_classifier.pt",
+        "models/screen_classifier_labels.json",
+        "models/screen_classifier_meta.json",
+        "models/ship_type_corrections.json",
+        "models/community_anchors.json",
+        "models/training_manifest.json",
+        "models/training_curve.png",
+        "models/per_class_accuracy.json",
+    }
+)
 SCREEN_KEYS = ("screen_trained_at", "screen_val_acc", "screen_n_samples")
 
 
@@ -52,6 +70,38 @@ class Published:
 
     commit: str
     tag: str
+
+
+class TrainedRun(NamedTuple):
+    """What the trainer recorded of a run (``training_runs``): its status and its quality gate's decision."""
+
+    status: str
+    gate_passed: bool
+
+
+def trained_refusal(event: ModelTrained, run: TrainedRun | None) -> str | None:
+    """Why a model.trained cannot be released as it says (None: it can): artifact paths outside the contract's
+    files, or a run the trainer's record does not back (missing, not succeeded, or its gate said no)."""
+    unknown = sorted(path for path in event.artifacts if path not in RUN_ARTIFACTS)
+    if unknown:
+        return f"artifacts: {', '.join(map(repr, unknown[:5]))} not among the files a release may hold"
+    if run is None:
+        return f"run_id: no training run {event.run_id}"
+    if run.status != "succeeded":
+        return f"run_id: training run {event.run_id} is {run.status}, not succeeded"
+    if event.quality_gate_passed and not run.gate_passed:
+        return f"quality_gate_passed: true, but training run {event.run_id} records that its gate refused it"
+    return None
+
+
+def superseded_by(release: Release, current: Release | None) -> str | None:
+    """Why ``release`` must not become current (None: it may): it is older than ``current``, the published
+    release (a failed release replayed after a newer one); clients, and the Hub's ``main``, keep the newer."""
+    if current is not None and release.trained_at < current.trained_at:
+        return (
+            f"trained at {release.trained_at}, before the published {current.version} ({current.trained_at})"
+        )
+    return None
 
 
 def is_settled(release: Release | None) -> bool:

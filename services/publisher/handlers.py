@@ -32,6 +32,9 @@ class ReleaseService:
         if domain.is_settled(recorded):
             return
         release = domain.trained_release(event, recorded)
+        if refusal := domain.trained_refusal(event, await self._store.trained_run(event.run_id)):
+            await self._store.record_refused(release, refusal)
+            raise Unprocessable(f"release {release.version} refused: {refusal}")
         if release.status == "rejected":
             await self._store.record_rejected(release, event.metrics.get("quality_gate"))
             log.info(
@@ -39,6 +42,10 @@ class ReleaseService:
                 release.version,
                 extra={"version": release.version},
             )
+            return
+        if reason := domain.superseded_by(release, await self._store.current()):
+            await self._store.record_superseded(release, reason)
+            log.info("release %s superseded: %s", release.version, reason, extra={"version": release.version})
             return
         await self._release(release, await self._store.read_blobs(event.artifacts))
 

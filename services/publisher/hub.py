@@ -189,6 +189,9 @@ class LocalHub:
         tag_file = self.repo / "refs" / "tags" / version
         if tag and tag_file.exists():
             return Published(tag_file.read_text().strip(), version)
+        for path in files:
+            if Path(path).is_absolute() or ".." in Path(path).parts:
+                raise PermanentPublishError(f"file {path!r} would be written outside the release")
         base = self.current.resolve() if self.current.exists() else None
         merged = _read_tree(base) if base else {}
         merged.update(files)  # like a Hub commit: files not in this release stay as they were

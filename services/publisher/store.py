@@ -1,5 +1,5 @@
 """All of the publisher's SQL: its own ``model_versions`` and ``publication_log``, the outbox and inbox rows its
-handlers commit with them, and its reads of others' tables (the trainer's artifacts and blobs, voting's
+handlers commit with them, and its reads of others' tables (the trainer's runs, artifacts and blobs, voting's
 knowledge map through ``shared.reads``).
 
 Each method is one transaction, so what a handler records (a row, its log entry, the event that announces it)
@@ -16,19 +16,24 @@ from typing import Any, Protocol
 
 from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.publisher.domain import Published, Release
+from services.publisher.domain import Published, Release, TrainedRun
 from services.publisher.tables import model_versions, publication_log
 from shared.blobstore import PostgresBlobStore
 from shared.db import claim_message, processed_messages
 from shared.events import KnowledgePublished, ModelPublished
 from shared.outbox import enqueue
-from shared.reads import accepted_labels
+from shared.reads import accepted_labels, latest_published_version, run_artifacts
 
 CONSUMER = "publisher"
 ERROR_CHARS = 2000  # enough to act on; a Hub error page can be far longer
-_RUN_ARTIFACTS = text("SELECT path, blob_sha256 FROM model_artifacts WHERE run_id = :run")
+# the trainer's record of a run: whether it succeeded and what its quality gate decided
+_TRAINED_RUN = text(
+    "SELECT status, coalesce((metrics->'quality_gate'->>'publish')::boolean, false) AS gate_passed "
+    "FROM training_runs WHERE id = :run"
+)
 
 
 class ReleaseStore(Protocol):
@@ -44,6 +49,19 @@ class ReleaseStore(Protocol):
         """The release about to be published (kept if already recorded)."""
 
     async def record_failed(self, version: str, error: str) -> None: ...
+
+    async def record_superseded(self, release: Release, reason: str) -> None:
+        """A release older than the published one: its row (recorded before or not) says so, and the log."""
+
+    async def record_refused(self, release: Release, reason: str) -> None:
+        """A model.trained refused as it stands: a failed row with the reason when its run exists (else the
+        log entry alone: the row could not name the run)."""
+
+    async def trained_run(self, run_id: uuid.UUID) -> TrainedRun | None:
+        """The trainer's record of a run; None when there is none."""
+
+    async def current(self) -> Release | None:
+        """The published release clients are told about; None before the first."""
 
     async def record_published(
         self, version: str, landed: Published, at: datetime, files: list[str], event: ModelPublished
@@ -98,6 +116,32 @@ class PostgresReleaseStore:
             )
             await _log(connection, version, "failed", None, {"error": error})
 
+    async def record_superseded(self, release: Release, reason: str) -> None:
+        async with self._engine.begin() as connection:
+            await _upsert_status(connection, release, "superseded", None)
+            await _log(connection, release.version, "superseded", None, {"reason": reason})
+
+    async def record_refused(self, release: Release, reason: str) -> None:
+        reason = reason[:ERROR_CHARS]
+        async with self._engine.begin() as connection:
+            try:
+                async with connection.begin_nested():
+                    await _upsert_status(connection, release, "failed", reason)
+            except IntegrityError:  # the run or snapshot it names does not exist
+                await _log(connection, None, "refused", None, {"reason": reason, "release": release.version})
+            else:
+                await _log(connection, release.version, "refused", None, {"reason": reason})
+
+    async def trained_run(self, run_id: uuid.UUID) -> TrainedRun | None:
+        async with self._engine.connect() as connection:
+            row = (await connection.execute(_TRAINED_RUN, {"run": run_id})).first()
+        return None if row is None else TrainedRun(row.status, row.gate_passed)
+
+    async def current(self) -> Release | None:
+        async with self._engine.connect() as connection:
+            row = await latest_published_version(connection)
+        return None if row is None else await self.release(row.version)
+
     async def record_published(
         self, version: str, landed: Published, at: datetime, files: list[str], event: ModelPublished
     ) -> None:
@@ -118,8 +162,7 @@ class PostgresReleaseStore:
 
     async def run_artifacts(self, run_id: uuid.UUID) -> dict[str, str]:
         async with self._engine.connect() as connection:
-            rows = await connection.execute(_RUN_ARTIFACTS, {"run": run_id})
-            return {row.path: row.blob_sha256 for row in rows}
+            return await run_artifacts(connection, run_id)
 
     async def read_blobs(self, shas: Mapping[str, str]) -> dict[str, bytes]:
         return {key: await self._blobs.get(sha) for key, sha in shas.items()}
@@ -167,8 +210,19 @@ async def _insert(connection: AsyncConnection, release: Release) -> None:
     await connection.execute(insert(model_versions).values(**values).on_conflict_do_nothing())
 
 
+async def _upsert_status(
+    connection: AsyncConnection, release: Release, status: str, error: str | None
+) -> None:
+    values = {name: getattr(release, name) for name in _RELEASE_FIELDS} | {"status": status, "error": error}
+    await connection.execute(
+        insert(model_versions)
+        .values(**values)
+        .on_conflict_do_update(index_elements=["version"], set_={"status": status, "error": error})
+    )
+
+
 async def _log(
-    connection: AsyncConnection, version: str, event: str, commit: str | None, detail: dict[str, Any]
+    connection: AsyncConnection, version: str | None, event: str, commit: str | None, detail: dict[str, Any]
 ) -> None:
     await connection.execute(
         insert(publication_log).values(

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from services.publisher.domain import Published, Release
+from services.publisher.domain import Published, Release, TrainedRun
 from services.publisher.hub import PermanentPublishError
 from shared.blobstore import BlobNotFound
 from shared.events import Event, ModelTrained
@@ -27,12 +27,17 @@ class FakeReleaseStore:
     artifacts: dict[uuid.UUID, dict[str, str]] = field(default_factory=dict)
     blobs: dict[str, bytes] = field(default_factory=dict)
     consensus: dict[str, str | None] = field(default_factory=dict)  # accepted knowledge: pHash -> label
+    runs: dict[uuid.UUID, TrainedRun] = field(default_factory=dict)  # the trainer's records
 
-    def finished_run(self, files: Mapping[str, bytes], *, trained_at: str, gate: bool = True) -> ModelTrained:
-        """What the trainer leaves behind (a run's artifacts among the blobs) and its model.trained event."""
+    def finished_run(
+        self, files: Mapping[str, bytes], *, trained_at: str, gate: bool = True, status: str = "succeeded"
+    ) -> ModelTrained:
+        """What the trainer leaves behind (its record of the run, the run's artifacts among the blobs) and its
+        model.trained event."""
         run_id = uuid.uuid4()
         artifacts = {path: self._put_blob(data) for path, data in files.items()}
         self.artifacts[run_id] = artifacts
+        self.runs[run_id] = TrainedRun(status, gate)
         return ModelTrained(
             message_id=f"model-trained-{run_id}",
             run_id=run_id,
@@ -68,6 +73,26 @@ class FakeReleaseStore:
         self.releases[version] = replace(self.releases[version], status="failed")
         self.errors[version] = error[:2000]
         self._log(version, "failed", None, {"error": error[:2000]})
+
+    async def record_superseded(self, release: Release, reason: str) -> None:
+        self.releases[release.version] = replace(release, status="superseded")
+        self.errors.pop(release.version, None)
+        self._log(release.version, "superseded", None, {"reason": reason})
+
+    async def record_refused(self, release: Release, reason: str) -> None:
+        if release.run_id not in self.runs:
+            self._log(None, "refused", None, {"reason": reason, "release": release.version})
+            return
+        self.releases[release.version] = replace(release, status="failed")
+        self.errors[release.version] = reason[:2000]
+        self._log(release.version, "refused", None, {"reason": reason[:2000]})
+
+    async def trained_run(self, run_id: uuid.UUID) -> TrainedRun | None:
+        return self.runs.get(run_id)
+
+    async def current(self) -> Release | None:
+        published = [r for r in self.releases.values() if r.status == "published"]
+        return max(published, key=lambda r: r.trained_at, default=None)
 
     async def record_published(
         self, version: str, landed: Published, at: datetime, files: list[str], event: Event
@@ -118,7 +143,7 @@ class FakeReleaseStore:
             return  # like ON CONFLICT DO NOTHING on any of the unique columns
         self.releases[release.version] = release
 
-    def _log(self, version: str, event: str, commit: str | None, detail: dict[str, Any]) -> None:
+    def _log(self, version: str | None, event: str, commit: str | None, detail: dict[str, Any]) -> None:
         self.log.append(
             {"kind": "model", "version": version, "event": event, "hub_commit": commit, "detail": detail}
         )

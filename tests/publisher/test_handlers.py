@@ -1,11 +1,12 @@
 """The publisher's handlers in memory: the composition root wired with a fake store, a fake Hub and a clock."""
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 
 from services.publisher.bootstrap import Publisher, bootstrap
+from services.publisher.domain import TrainedRun
 from services.publisher.settings import PublisherSettings
 from shared.consumer import Unprocessable
 from shared.events import (
@@ -17,26 +18,25 @@ from shared.events import (
 )
 from tests.publisher.conftest import FILES
 from tests.publisher.fakes import FakeHub, FakeReleaseStore
+from tests.utils.clock import FakeClock
 
 FIRST, SECOND = "2026-05-01T10:00:00.000000+00:00Z", "2026-05-02T10:00:00.000000+00:00Z"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 6, 1, 12, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(seconds=1)
-        return self.now
-
-
 @pytest.fixture
 def publisher() -> Publisher:
-    return bootstrap(PublisherSettings(), store=FakeReleaseStore(), hub=FakeHub(), clock=Clock())
+    return bootstrap(
+        PublisherSettings(),
+        store=FakeReleaseStore(),
+        hub=FakeHub(),
+        clock=FakeClock(datetime(2026, 6, 1, 12, 0, 1, tzinfo=UTC)),
+    )
 
 
-def trained(publisher: Publisher, files=FILES, *, trained_at=FIRST, gate=True) -> ModelTrained:
-    return publisher.store.finished_run(files, trained_at=trained_at, gate=gate)
+def trained(
+    publisher: Publisher, files=FILES, *, trained_at=FIRST, gate=True, status="succeeded"
+) -> ModelTrained:
+    return publisher.store.finished_run(files, trained_at=trained_at, gate=gate, status=status)
 
 
 async def test_a_release_is_one_tagged_commit_with_every_file_and_an_announcement(publisher):
@@ -147,3 +147,59 @@ def test_without_a_token_releases_go_to_the_local_hub(tmp_path):
 
     assert isinstance(hub_from(PublisherSettings(local_hub_dir=tmp_path)), LocalHub)
     assert isinstance(hub_from(PublisherSettings(local_hub_dir=tmp_path, hf_token="hf_x")), HfHub)
+
+
+async def test_a_failed_release_replayed_after_a_newer_one_is_superseded_and_never_moves_main(publisher):
+    older = trained(publisher, trained_at=FIRST)
+    publisher.hub.refuse = "Hub answered 400"
+    with pytest.raises(Unprocessable):
+        await publisher.service.on_model_trained(older)
+    publisher.hub.refuse = None
+    newer = trained(publisher, FILES | {"models/icon_classifier.pt": b"weights-v2"}, trained_at=SECOND)
+    await publisher.service.on_model_trained(newer)
+    head, commits = publisher.hub.head, len(publisher.hub.commits)
+    await publisher.service.on_model_trained(older)  # replayed from the dead-letter queue
+    await publisher.service.on_model_trained(older)  # and redelivered: settled
+    assert (publisher.hub.head, len(publisher.hub.commits)) == (head, commits)
+    assert publisher.hub.current["models/icon_classifier.pt"] == b"weights-v2"
+    statuses = {r.trained_at: r.status for r in publisher.store.releases.values()}
+    assert statuses == {FIRST: "superseded", SECOND: "published"}
+    assert (await publisher.store.current()).trained_at == SECOND
+    assert [e.trained_at for e in publisher.store.outbox] == [SECOND]
+    superseded = [entry for entry in publisher.store.log if entry["event"] == "superseded"]
+    assert len(superseded) == 1 and "before the published v20260502" in superseded[0]["detail"]["reason"]
+
+
+@pytest.mark.parametrize(
+    "path", ["../../outside.txt", "/etc/cron.d/warp", "models/../../outside.txt", "models/extra.bin"]
+)
+async def test_an_artifact_path_outside_the_contract_is_refused_and_recorded(publisher, path):
+    event = trained(publisher, FILES | {path: b"anything"})
+    with pytest.raises(Unprocessable, match="not among the files a release may hold"):
+        await publisher.service.on_model_trained(event)
+    [release] = publisher.store.releases.values()
+    assert release.status == "failed" and repr(path) in publisher.store.errors[release.version]
+    assert publisher.hub.attempts == 0 and publisher.store.outbox == []
+
+
+async def test_a_gate_the_runs_record_does_not_back_is_refused_and_recorded(publisher):
+    claims_passed = trained(publisher)
+    publisher.store.runs[claims_passed.run_id] = TrainedRun("succeeded", gate_passed=False)
+    with pytest.raises(Unprocessable, match="records that its gate refused it"):
+        await publisher.service.on_model_trained(claims_passed)
+    [release] = publisher.store.releases.values()
+    assert release.status == "failed" and "quality_gate_passed" in publisher.store.errors[release.version]
+    assert publisher.hub.attempts == 0 and publisher.store.outbox == []
+
+
+async def test_a_release_of_a_run_that_failed_or_does_not_exist_is_refused(publisher):
+    failed_run = trained(publisher, status="failed")
+    with pytest.raises(Unprocessable, match="is failed, not succeeded"):
+        await publisher.service.on_model_trained(failed_run)
+    no_run = trained(publisher, trained_at=SECOND)
+    del publisher.store.runs[no_run.run_id]
+    with pytest.raises(Unprocessable, match=f"no training run {no_run.run_id}"):
+        await publisher.service.on_model_trained(no_run)
+    assert [r.status for r in publisher.store.releases.values()] == ["failed"]  # a row must name its run
+    assert [(e["event"], e["version"]) for e in publisher.store.log][-1] == ("refused", None)
+    assert publisher.hub.attempts == 0 and publisher.store.outbox == []

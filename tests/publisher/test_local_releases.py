@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from services.publisher.hub import PermanentPublishError
 from shared.consumer import Unprocessable
 from shared.events import RollbackRequested, decode_event
 from tests.publisher.conftest import FILES, release_service, trained_event
@@ -119,3 +120,46 @@ async def test_the_knowledge_map_is_published_once_per_request(engine, local_hub
     assert len(await query(engine, "SELECT 1 FROM publication_log WHERE kind = 'knowledge'")) == 1
     assert len(list((local_hub.repo / "commits").iterdir())) == 1
     assert Path(local_hub.current).is_symlink()
+
+
+async def test_an_older_release_replayed_after_a_newer_one_is_superseded_and_main_stays(engine, local_hub):
+    service = release_service(engine, local_hub)
+    older = await trained_event(engine, trained_at="2026-05-01T10:00:00.000000+00:00Z")
+    newer = await trained_event(
+        engine,
+        dict(FILES) | {"models/icon_classifier.pt": b"weights-v2"},
+        trained_at="2026-05-02T10:00:00.000000+00:00Z",
+    )
+    await service.on_model_trained(newer)
+    main = local_hub.current.resolve()
+    await service.on_model_trained(older)  # a failed release replayed from the dead-letter queue
+    assert local_hub.current.resolve() == main
+    assert (local_hub.current / "models/icon_classifier.pt").read_bytes() == b"weights-v2"
+    rows = await query(engine, "SELECT status FROM model_versions ORDER BY trained_at")
+    assert [r.status for r in rows] == ["superseded", "published"]
+    assert len(await query(engine, "SELECT 1 FROM outbox WHERE routing_key = 'model.published'")) == 1
+
+
+async def test_an_artifact_path_leaving_the_hub_directory_is_refused_and_nothing_is_written(
+    engine, local_hub, tmp_path
+):
+    service = release_service(engine, local_hub)
+    event = await trained_event(engine, dict(FILES) | {"../../../escaped.txt": b"owned"})
+    with pytest.raises(Unprocessable, match="not among the files a release may hold"):
+        await service.on_model_trained(event)
+    assert not list(tmp_path.rglob("escaped.txt")) and not local_hub.current.exists()
+    [row] = await query(engine, "SELECT status, error FROM model_versions")
+    assert row.status == "failed" and "'../../../escaped.txt'" in row.error
+    with pytest.raises(PermanentPublishError, match="outside the release"):
+        local_hub.publish("v-direct", {"../escaped.txt": b"owned"})
+    assert not list(tmp_path.rglob("escaped.txt"))
+
+
+async def test_a_gate_the_runs_record_refused_is_not_published(engine, local_hub):
+    event = await trained_event(engine, gate=False)
+    with pytest.raises(Unprocessable, match="records that its gate refused it"):
+        await release_service(engine, local_hub).on_model_trained(
+            event.model_copy(update={"quality_gate_passed": True})
+        )
+    assert [r.status for r in await query(engine, "SELECT status FROM model_versions")] == ["failed"]
+    assert not local_hub.current.exists()

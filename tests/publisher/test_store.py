@@ -1,5 +1,6 @@
 """The release store's contract, held by the Postgres store and by the in-memory fake the handler tests use."""
 
+import uuid
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -110,3 +111,41 @@ async def test_a_knowledge_publication_is_recorded_once_per_request(case):
     assert not await case.store.record_knowledge(request.message_id, landed, 1, announcement)
     assert await case.store.knowledge_published(request.message_id)
     assert await case.announced() == [announcement.message_id]
+
+
+async def test_the_runs_record_and_the_current_release_are_read(case):
+    event = await case.finished_run()
+    assert await case.store.trained_run(event.run_id) == domain.TrainedRun("succeeded", True)
+    assert await case.store.trained_run(uuid.uuid4()) is None
+    assert await case.store.current() is None
+    release = domain.trained_release(event, None)
+    await case.store.record_pending(release)
+    await case.store.record_published(
+        release.version,
+        Published("c0ffee", release.version),
+        AT,
+        [],
+        domain.model_published(release, Published("c0ffee", release.version)),
+    )
+    assert await case.store.current() == replace(release, status="published")
+
+
+async def test_a_failed_release_becomes_superseded_and_a_refused_one_failed_with_its_reason(case):
+    older = domain.trained_release(await case.finished_run(), None)
+    await case.store.record_pending(older)
+    await case.store.record_failed(older.version, "Hub answered 400")
+    await case.store.record_superseded(older, "trained before the published one")
+    assert await case.store.release(older.version) == replace(older, status="superseded")
+    refused = domain.trained_release(await case.finished_run("2026-05-03T10:00:00.000000+00:00Z"), None)
+    await case.store.record_refused(refused, "artifacts: '../x' not among the files a release may hold")
+    assert (await case.store.release(refused.version)).status == "failed"
+    no_run = replace(
+        refused,
+        version="v-no-run",
+        source_message_id="m-no-run",
+        run_id=uuid.uuid4(),
+        trained_at="2026-05-04T10:00:00.000000+00:00Z",
+    )
+    await case.store.record_refused(no_run, "run_id: no training run")
+    assert await case.store.release("v-no-run") is None
+    assert await case.announced() == []

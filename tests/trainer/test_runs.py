@@ -12,6 +12,7 @@ import pytest
 import torch
 from sqlalchemy import text
 
+from services.publisher.domain import RUN_ARTIFACTS
 from services.trainer.domain import runs
 from services.trainer.domain.client_path import icon_crop_64, icon_input
 from services.trainer.handlers import ModelWork, RunLedger, TrainingRunner
@@ -56,6 +57,7 @@ async def test_a_run_publishes_every_artifact_in_the_shapes_clients_load(runner,
     run_id = await add_run(engine, snapshot)
     assert await runner.execute(run_id) == "succeeded"
     files = await artifacts_of(engine, run_id)
+    assert set(files) <= RUN_ARTIFACTS  # what the publisher accepts of a run
 
     label_map = json.loads(files["models/label_map.json"])
     assert label_map == {str(i): f"Item {i:02d}" for i in range(6)}
