@@ -8,7 +8,7 @@ import zlib
 import pytest
 
 from services.ingest.domain import ICON_LIMITS, ImageRejected, check_png, decode_base64, png_structure_problem
-from tests.ingest.bodies import bulk_body, icon_item
+from tests.ingest.bodies import bulk_body, icon_item, knowledge_body
 from tests.utils.images import make_png
 
 GOOD = make_png(64, 64, seed=3)
@@ -70,3 +70,13 @@ async def test_a_crop_cut_short_is_rejected_alone_with_its_reason(memory):
     assert response.json()["rejected_reasons"] == [
         "item 1: PNG is truncated or corrupt (the IEND chunk is missing (the data ends early))"
     ]
+
+
+async def test_base64_holding_a_character_outside_ascii_is_a_400_not_a_500(memory):
+    response = await memory.client.post("/contribute", json=knowledge_body(crop_png_b64="\u00e9" * 200))
+    assert response.status_code == 400
+    assert response.json()["detail"][0] == {
+        "loc": ["body", "crop_png_b64"],
+        "msg": "image is not valid base64",
+        "type": "not_base64",
+    }
