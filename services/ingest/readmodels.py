@@ -98,7 +98,8 @@ def model_version_answer(release: Release | None) -> dict[str, Any]:
 
 
 def labels_answer(icon_labels: dict[str, str], screen_labels: dict[str, str]) -> dict[str, list[str]]:
-    """The vocabulary: every accepted icon label, the known screen types and every accepted one."""
+    """The vocabulary: every accepted icon label, the known screen types and every accepted one. Sorted here,
+    by code point, rather than by SQL ``ORDER BY``, whose order follows the database's collation."""
     return {
         "icon_labels": sorted(set(icon_labels.values())),
         "screen_types": sorted(set(KNOWN_SCREEN_TYPES) | set(screen_labels.values())),
