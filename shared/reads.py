@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Collection, Iterable
 from typing import Any
 
-from sqlalchemy import Row, bindparam, text
+from sqlalchemy import Row, String, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 _LATEST_PUBLISHED = text(
@@ -23,7 +23,7 @@ _SNAPSHOT_LABELS = text(
 ).bindparams(bindparam("kinds", expanding=True))
 _RUN_ARTIFACTS = text(
     "SELECT path, blob_sha256 FROM model_artifacts WHERE run_id = :run AND path IN :paths"
-).bindparams(bindparam("paths", expanding=True))
+).bindparams(bindparam("paths", expanding=True, type_=String))
 _ALL_RUN_ARTIFACTS = text("SELECT path, blob_sha256 FROM model_artifacts WHERE run_id = :run")
 _ACCEPTED_LABELS = text(
     "SELECT item_key, label FROM consensus "

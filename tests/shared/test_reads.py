@@ -1,7 +1,18 @@
 """The reads services make of other services' tables (shared/reads.py), against a migrated database."""
 
-from shared.reads import accepted_labels, latest_published_version, snapshot_labels
-from tests.utils.rows import add_consensus, add_snapshot, add_version, trained_at
+from sqlalchemy import text
+
+from shared.blobstore import PostgresBlobStore
+from shared.reads import (
+    FINISHED_RUN_STATUSES,
+    RUN_STATUSES,
+    UNFINISHED_RUN_STATUSES,
+    accepted_labels,
+    latest_published_version,
+    run_artifacts,
+    snapshot_labels,
+)
+from tests.utils.rows import add_consensus, add_run, add_snapshot, add_version, trained_at
 
 
 async def test_no_release_yet_reads_as_none(engine):
@@ -62,3 +73,30 @@ async def test_accepted_labels_leave_out_withheld_and_unlabelled_entries_and_oth
     assert list(knowledge.items()) == [("p1", "Item A"), ("p2", "Item B")]  # in key order
     assert icons == {"i1": "Item I"}
     assert screens == {}
+
+
+async def test_a_runs_artifacts_are_all_of_its_paths_or_those_asked(engine):
+    async with engine.begin() as connection:
+        run = await add_run(connection, await add_snapshot(connection))
+        other = await add_run(connection, await add_snapshot(connection))
+        shas = {}
+        for index, (run_id, path) in enumerate(
+            [(run, "models/icon_classifier.pt"), (run, "models/label_map.json"), (other, "models/other.pt")]
+        ):
+            shas[path] = await PostgresBlobStore.put_in(connection, f"artifact {index}".encode())
+            await connection.execute(
+                text("INSERT INTO model_artifacts (run_id, path, blob_sha256) VALUES (:run, :path, :sha)"),
+                {"run": run_id, "path": path, "sha": shas[path]},
+            )
+    async with engine.connect() as connection:
+        every = await run_artifacts(connection, run)
+        asked = await run_artifacts(connection, run, ["models/label_map.json", "models/other.pt"])
+        none = await run_artifacts(connection, run, [])
+    assert every == {path: shas[path] for path in ("models/icon_classifier.pt", "models/label_map.json")}
+    assert asked == {"models/label_map.json": shas["models/label_map.json"]}
+    assert none == {}
+
+
+def test_the_run_statuses_are_the_unfinished_then_the_finished_ones():
+    assert RUN_STATUSES == ("pending", "running", "succeeded", "failed", "skipped")
+    assert set(FINISHED_RUN_STATUSES).isdisjoint(UNFINISHED_RUN_STATUSES)

@@ -37,9 +37,6 @@ class FakeBlobs:
             raise BlobNotFound(sha256)
         return self.data[sha256]
 
-    async def exists(self, sha256: str) -> bool:
-        return sha256 in self.data
-
 
 @dataclass
 class FakeTrainerStore:
