@@ -236,12 +236,12 @@ class TrainingRunner:
         if resume is not None and resume.get("done"):
             return resume["outcome"]
         loop = asyncio.get_running_loop()
-        started = self._clock()
+        started = self._monotonic()
         reported: list[EpochReport] = []
 
         def on_epoch(epoch: EpochReport) -> None:
             reported.append(epoch)
-            elapsed = (self._clock() - started).total_seconds()
+            elapsed = self._monotonic() - started
             self._report(run.id, kind, epoch, len(reported), elapsed, deadline, loop)
 
         def on_checkpoint(bundle: dict[str, Any]) -> None:

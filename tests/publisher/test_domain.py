@@ -65,9 +65,10 @@ def test_a_redelivery_keeps_the_version_its_first_delivery_recorded():
 
 
 @pytest.mark.parametrize(
-    ("status", "settled"), [("published", True), ("rejected", True), ("pending", False), ("failed", False)]
+    ("status", "settled"),
+    [("published", True), ("rejected", True), ("superseded", True), ("pending", False), ("failed", False)],
 )
-def test_only_a_published_or_refused_release_is_settled(status, settled):
+def test_only_a_published_refused_or_superseded_release_is_settled(status, settled):
     assert domain.is_settled(replace(PUBLISHED, status=status)) is settled
     assert domain.is_settled(None) is False
 
@@ -146,3 +147,38 @@ def test_the_events_that_announce_a_publication():
     )
     assert (knowledge.message_id, knowledge.n_entries) == ("knowledge-published-req-1", 3)
     assert domain.knowledge_version("req-1") == "knowledge-req-1"
+
+
+@pytest.mark.parametrize(
+    ("artifacts", "run", "refusal"),
+    [
+        ({"models/label_map.json": "ab"}, domain.TrainedRun("succeeded", True), None),
+        ({"../x": "ab"}, domain.TrainedRun("succeeded", True), "artifacts: '../x' not among"),
+        ({"/etc/x": "ab"}, domain.TrainedRun("succeeded", True), "artifacts: '/etc/x' not among"),
+        ({"models/x.bin": "ab"}, domain.TrainedRun("succeeded", True), "artifacts: 'models/x.bin' not among"),
+        ({"README.md": "ab"}, domain.TrainedRun("succeeded", True), "artifacts: 'README.md' not among"),
+        ({}, None, f"run_id: no training run {RUN}"),
+        ({}, domain.TrainedRun("running", True), f"run_id: training run {RUN} is running, not succeeded"),
+        ({}, domain.TrainedRun("succeeded", False), "quality_gate_passed: true, but training run"),
+    ],
+)
+def test_a_model_trained_is_refused_unless_its_paths_and_its_runs_record_back_it(artifacts, run, refusal):
+    event = trained().model_copy(update={"artifacts": artifacts})
+    found = domain.trained_refusal(event, run)
+    assert found == refusal if refusal is None else found.startswith(refusal)
+
+
+def test_a_gate_that_refused_needs_no_backing_from_the_record():
+    assert domain.trained_refusal(trained(gate=False), domain.TrainedRun("succeeded", False)) is None
+
+
+def test_a_release_older_than_the_published_one_is_superseded():
+    published = domain.trained_release(trained(), None)
+    older = replace(published, version="v-older", trained_at="2026-04-30T10:00:00.000000+00:00Z")
+    newer = replace(published, version="v-newer", trained_at="2026-05-02T10:00:00.000000+00:00Z")
+    assert domain.superseded_by(newer, published) is None
+    assert domain.superseded_by(older, None) is None
+    assert domain.superseded_by(older, published) == (
+        "trained at 2026-04-30T10:00:00.000000+00:00Z, before the published v20260501-100000-000000 "
+        "(2026-05-01T10:00:00.000000+00:00Z)"
+    )

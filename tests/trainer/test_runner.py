@@ -177,6 +177,7 @@ async def test_every_epoch_is_reported_and_checkpointed_and_the_trained_model_ch
     assert await world.runner.execute(run_id) == "succeeded"
     assert [(e.model, e.epoch, e.run_id) for e in world.progress] == [("icon", n, run_id) for n in (1, 2, 3)]
     assert [e.deadline_seconds for e in world.progress] == [BUDGET_MINUTES * 60 - n for n in (1, 2, 3)]
+    assert [e.elapsed_seconds for e in world.progress] == [1.0, 2.0, 3.0]
     assert [bundle["epoch"] for bundle in saved] == [1, 2, 3, 3]
     assert saved[-1]["done"] and saved[-1]["outcome"].epochs == 3
 
