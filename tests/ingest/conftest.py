@@ -2,7 +2,7 @@ import base64
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import httpx
 import pytest_asyncio
@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from services.ingest.app import create_app
 from services.ingest.settings import IngestSettings
 from tests.ingest.fakes import FakePublisher, FakeRateLimiter, FakeReadStore
+from tests.utils.clock import FakeClock
 from tests.utils.images import make_png
 
 ADMIN_KEY = "test-admin-key-0123456789"
@@ -54,22 +55,12 @@ async def running_ingest(**settings) -> AsyncIterator[Ingest]:
         yield Ingest(client, app)
 
 
-@dataclass
-class Clock:
+class Clock(FakeClock):
     """The clocks ingest reads: the wall clock (quota day, ``occurred_at``, ``Retry-After``) and the monotonic
     one (read cache); moved together, by hand."""
 
-    start: datetime = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
-    now: datetime = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def monotonic(self) -> float:
-        return (self.now - self.start).total_seconds()
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
+    def __init__(self) -> None:
+        super().__init__(datetime(2026, 12, 1, 10, 0, tzinfo=UTC))
 
 
 @dataclass
