@@ -77,7 +77,9 @@ async def bootstrap(
             owned.push_async_callback(grouped.close)
             limiter = grouped
         if images is None:
-            images = ImagePool(settings.image_check_threads, settings.image_check_queue)
+            images = ImagePool(
+                settings.image_check_threads, settings.image_check_queue, settings.image_checks_per_origin
+            )
             owned.callback(images.close)
         yield Runtime(
             settings=settings,

@@ -69,7 +69,7 @@ class ContributionEndpoint:
         now = runtime.service.clock()
         try:
             if self.checks_images:
-                intake = await runtime.images.run(self.intake, body, now)
+                intake = await runtime.images.run(ip, self.intake, body, now)
             else:
                 intake = self.intake(body, now)
         except ImageRejected as problem:

@@ -10,7 +10,8 @@ It also bounds what any request may cost before it is read (``_BodyGate``, for e
 routes included): the bytes of requests a worker holds stay under ``WARP_MAX_BYTES_IN_FLIGHT`` (503 with
 ``Retry-After``, by the declared Content-Length before a byte is read, or as the body arrives), and a body
 must arrive within ``WARP_BODY_READ_TIMEOUT_SECONDS`` (408: a slow-loris body holds nothing for long). For a
-contribution POST, whatever its content type: an origin whose reject budget is spent is answered 429 unread; a
+contribution POST, whatever its content type: an origin whose reject budget is spent is answered 429 unread
+(after a delay, see ``_budget_spent``); a
 body longer than the route's ``max_body_bytes`` is answered 413 (with the limit) before it is buffered, by its
 Content-Length when declared; 413, 408 and 422 answers are charged to the origin's reject budget.
 
@@ -206,9 +207,14 @@ class ContributionFastPath:
         endpoint = self.endpoints.get(_route_path(scope)) if scope["method"] == "POST" else None
         runtime: Runtime = scope["app"].state.runtime
         declared = _declared_length(scope)
-        if endpoint is not None and declared is not None and declared > endpoint.max_body_bytes:
-            await self._refuse(send, _too_large(endpoint), endpoint, runtime, self._client_ip(scope, runtime))
-            return
+        ip = ""
+        if endpoint is not None:
+            ip = self._client_ip(scope, runtime)
+            if await self._budget_spent(send, runtime, ip):
+                return
+            if declared is not None and declared > endpoint.max_body_bytes:
+                await self._refuse(send, _too_large(endpoint), endpoint, runtime, ip)
+                return
         try:
             gate = _BodyGate(runtime, declared)
         except BodyRefused as refused:
@@ -218,9 +224,28 @@ class ContributionFastPath:
             if endpoint is None:
                 await self.app(scope, gate.receive(receive), send)
             else:
-                await self._contribution(endpoint, runtime, scope, gate.receive(receive), send)
+                await self._contribution(endpoint, runtime, ip, scope, gate.receive(receive), send)
         finally:
             gate.release()
+
+    @staticmethod
+    async def _budget_spent(send: Send, runtime: Runtime, ip: str) -> bool:
+        """Answer 429 when the origin's reject budget is spent, held back ``WARP_SPENT_ANSWER_DELAY_SECONDS``:
+        a client that sends again as soon as it is answered then costs one cheap answer a second per
+        connection instead of as many as it can make."""
+        wait = runtime.rejects.retry_after(ip)
+        if wait is None:
+            return False
+        metrics.RATE_LIMITED.labels("rejects").inc()
+        budget = runtime.rejects
+        detail = (
+            f"too many rejected attempts from this address: the budget is {budget.capacity} rejected "
+            f"images or requests per {budget.window_seconds:g} seconds"
+        )
+        await asyncio.sleep(runtime.settings.spent_answer_delay_seconds)
+        content = {"detail": detail, "scope": "rejects", "limit": budget.capacity}
+        await _send_json(send, 429, content, {"Retry-After": str(wait)})
+        return True
 
     @staticmethod
     def _client_ip(scope: Scope, runtime: Runtime) -> str:
@@ -245,20 +270,14 @@ class ContributionFastPath:
         await _send_json(send, refused.status_code, refused.content, refused.headers)
 
     async def _contribution(
-        self, endpoint: ContributionEndpoint, runtime: Runtime, scope: Scope, receive: Receive, send: Send
+        self,
+        endpoint: ContributionEndpoint,
+        runtime: Runtime,
+        ip: str,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
     ) -> None:
-        ip = self._client_ip(scope, runtime)
-        wait = runtime.rejects.retry_after(ip)
-        if wait is not None:
-            metrics.RATE_LIMITED.labels("rejects").inc()
-            budget = runtime.rejects
-            detail = (
-                f"too many rejected attempts from this address: the budget is {budget.capacity} rejected "
-                f"images or requests per {budget.window_seconds:g} seconds"
-            )
-            content = {"detail": detail, "scope": "rejects", "limit": budget.capacity}
-            await _send_json(send, 429, content, {"Retry-After": str(wait)})
-            return
         try:
             body = await _read_body(receive, endpoint)
         except BodyRefused as refused:

@@ -60,6 +60,13 @@ class IngestSettings(CommonSettings):
     image_check_queue: int = Field(
         16, ge=0, le=10_000, description="requests queued per HTTP worker for image checks; beyond: 503"
     )
+    image_checks_per_origin: int = Field(
+        1,
+        ge=1,
+        le=1000,
+        description="requests of one origin in a worker's image checks at once; beyond: 503. Below "
+        "WARP_IMAGE_CHECK_THREADS, one origin's long checks (20 4K screenshots: seconds) never hold every thread",
+    )
     reject_budget: int = Field(
         100,
         ge=1,
@@ -68,6 +75,13 @@ class IngestSettings(CommonSettings):
     )
     reject_window_seconds: float = Field(
         60.0, gt=0, le=86_400, description="the window over which an origin's reject budget refills"
+    )
+    spent_answer_delay_seconds: float = Field(
+        1.0,
+        ge=0,
+        le=30,
+        description="how long the 429 of a spent reject budget is held back, so a client sending in a loop "
+        "gets one answer a second per connection",
     )
     max_bytes_in_flight: int = Field(
         128 * 1024 * 1024,

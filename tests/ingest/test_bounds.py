@@ -8,6 +8,7 @@ import io
 import json
 import struct
 import threading
+import time
 import zlib
 
 import numpy as np
@@ -100,7 +101,7 @@ async def test_an_accepted_screenshot_event_carries_the_small_png_and_the_client
 async def test_image_checks_beyond_the_pool_and_its_queue_are_503_with_retry_after():
     async with memory_ingest(image_check_threads=1, image_check_queue=0) as memory:
         release = threading.Event()
-        busy = asyncio.create_task(memory.runtime.images.run(release.wait))
+        busy = asyncio.create_task(memory.runtime.images.run("elsewhere", release.wait))
         await asyncio.sleep(0)  # let the blocking job take the pool's one place
         try:
             response = await memory.client.post("/contribute/bulk-crops", json=bulk_body([icon_item()]))
@@ -117,6 +118,24 @@ async def test_image_checks_beyond_the_pool_and_its_queue_are_503_with_retry_aft
         assert [e.event_type for e in memory.publisher.published] == ["contribution.anchor_grid"]
         again = await memory.client.post("/contribute/bulk-crops", json=bulk_body([icon_item()]))
         assert again.status_code == 200
+
+
+async def test_one_origin_has_at_most_its_share_of_the_image_checks():
+    async with memory_ingest(image_check_threads=2, image_check_queue=2, image_checks_per_origin=1) as memory:
+        release = threading.Event()
+        ours = memory.runtime.origin(CLIENT_ADDRESS, [])
+        busy = asyncio.create_task(memory.runtime.images.run(ours, release.wait))
+        await asyncio.sleep(0)
+        try:
+            response = await memory.client.post("/contribute/bulk-crops", json=bulk_body([icon_item()]))
+            other = memory.runtime.images.run("another origin", lambda: "checked")
+            assert await other == "checked"  # the pool itself has room
+        finally:
+            release.set()
+            await busy
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert response.json()["resource"] == "image_checks_per_origin"
+        assert memory.publisher.published == []
 
 
 def _grid() -> dict:
@@ -152,7 +171,9 @@ def test_the_reject_budget_remembers_a_bounded_number_of_origins():
 
 
 async def test_rejected_images_spend_the_origins_budget_then_it_is_429_before_the_body_is_read():
-    async with memory_ingest(reject_budget=3, reject_window_seconds=60) as memory:
+    async with memory_ingest(
+        reject_budget=3, reject_window_seconds=60, spent_answer_delay_seconds=0
+    ) as memory:
         uniform = b64(make_png_uniform())
         bad = await memory.client.post(
             "/contribute/bulk-crops", json=bulk_body([icon_item(i, crop_png_b64=uniform) for i in range(3)])
@@ -172,7 +193,7 @@ async def test_rejected_images_spend_the_origins_budget_then_it_is_429_before_th
 
 
 async def test_schema_errors_and_oversized_bodies_cost_the_origin_too():
-    async with memory_ingest(reject_budget=2) as memory:
+    async with memory_ingest(reject_budget=2, spent_answer_delay_seconds=0) as memory:
         assert (await memory.client.post("/contribute", json={"install_id": "x"})).status_code == 422
         oversized = await memory.client.post(
             "/contribute", content=b"x" * (320 * 1024 + 1), headers={"content-type": "application/json"}
@@ -181,8 +202,19 @@ async def test_schema_errors_and_oversized_bodies_cost_the_origin_too():
         assert (await memory.client.post("/contribute", json=knowledge_body())).status_code == 429
 
 
+async def test_the_429_of_a_spent_budget_is_held_back_and_comes_before_the_size_check():
+    async with memory_ingest(reject_budget=1, spent_answer_delay_seconds=0.05) as memory:
+        assert (await memory.client.post("/contribute", json={"install_id": "x"})).status_code == 422
+        started = time.perf_counter()
+        oversized = await memory.client.post(
+            "/contribute", content=b"x" * (320 * 1024 + 1), headers={"content-type": "application/json"}
+        )
+        assert oversized.status_code == 429
+        assert time.perf_counter() - started >= 0.05
+
+
 async def test_a_rejected_screenshot_costs_more_of_the_budget_than_a_rejected_crop():
-    async with memory_ingest(reject_budget=10) as memory:
+    async with memory_ingest(reject_budget=10, spent_answer_delay_seconds=0) as memory:
         uniform = b64(make_png_uniform(96))
         crops = bulk_body([icon_item(i, crop_png_b64=uniform) for i in range(2)])
         assert (await memory.client.post("/contribute/bulk-crops", json=crops)).status_code == 400
