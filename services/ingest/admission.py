@@ -12,6 +12,7 @@ Both live in the memory of one worker: a worker's budget is its own, and what it
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,18 @@ class Overloaded(RuntimeError):
         self.retry_after = retry_after
 
 
+class BudgetSpent(Exception):
+    """The origin's reject budget is spent: 429 until ``retry_after`` seconds have passed."""
+
+    def __init__(self, retry_after: int, capacity: int, window_seconds: float) -> None:
+        super().__init__(
+            f"too many rejected attempts from this address: the budget is {capacity} rejected images or "
+            f"requests per {window_seconds:g} seconds"
+        )
+        self.retry_after = retry_after
+        self.limit = capacity
+
+
 @dataclass
 class _Bucket:
     tokens: float
@@ -35,7 +48,7 @@ class _Bucket:
 class RejectBudget:
     """Token buckets of rejected attempts per origin. At most ``max_origins`` are remembered: past that, the
     origin charged least recently is forgotten (it gets a full budget back, which costs an attacker a fresh
-    address per forgotten one)."""
+    address per forgotten one). Charged from the image-check threads too, hence the lock."""
 
     def __init__(
         self, capacity: int, window_seconds: float, clock: Callable[[], float], max_origins: int = 100_000
@@ -46,13 +59,15 @@ class RejectBudget:
         self._clock = clock
         self._max_origins = max_origins
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self._lock = threading.Lock()
 
     def _tokens(self, bucket: _Bucket, now: float) -> float:
         return min(self.capacity, bucket.tokens + (now - bucket.at) * self._rate)
 
     def retry_after(self, origin: str) -> int | None:
         """None while the origin may send; else the whole seconds until one more reject is allowed."""
-        bucket = self._buckets.get(origin)
+        with self._lock:
+            bucket = self._buckets.get(origin)
         if bucket is None:
             return None
         tokens = self._tokens(bucket, self._clock())
@@ -60,15 +75,22 @@ class RejectBudget:
             return None
         return max(1, math.ceil((1 - tokens) / self._rate))
 
+    def ensure_left(self, origin: str) -> None:
+        """Raise ``BudgetSpent`` when the origin may send no more."""
+        wait = self.retry_after(origin)
+        if wait is not None:
+            raise BudgetSpent(wait, self.capacity, self.window_seconds)
+
     def charge(self, origin: str, rejects: int = 1) -> None:
         if rejects <= 0:
             return
         now = self._clock()
-        bucket = self._buckets.pop(origin, None)
-        tokens = self.capacity if bucket is None else self._tokens(bucket, now)
-        self._buckets[origin] = _Bucket(max(tokens - rejects, -self.capacity), now)
-        while len(self._buckets) > self._max_origins:
-            self._buckets.popitem(last=False)
+        with self._lock:
+            bucket = self._buckets.pop(origin, None)
+            tokens = self.capacity if bucket is None else self._tokens(bucket, now)
+            self._buckets[origin] = _Bucket(max(tokens - rejects, -self.capacity), now)
+            while len(self._buckets) > self._max_origins:
+                self._buckets.popitem(last=False)
 
 
 class BytesInFlight:

@@ -52,7 +52,7 @@ async def bootstrap(
     engine: AsyncEngine | None = None,
     limiter: RateLimiter | None = None,
     read_store: ReadStore | None = None,
-    images: ImagePool | None = None,
+    images: dict[str, ImagePool] | None = None,
     clock: Clock = utc_now,
     monotonic: Callable[[], float] = time.monotonic,
 ) -> AsyncIterator[Runtime]:
@@ -77,10 +77,14 @@ async def bootstrap(
             owned.push_async_callback(grouped.close)
             limiter = grouped
         if images is None:
-            images = ImagePool(
-                settings.image_check_threads, settings.image_check_queue, settings.image_checks_per_origin
-            )
-            owned.callback(images.close)
+            images = {
+                "crops": ImagePool("crops", settings.image_check_threads, settings.image_check_queue),
+                "screens": ImagePool(
+                    "screens", settings.screenshot_check_threads, settings.screenshot_check_queue
+                ),
+            }
+            for pool in images.values():
+                owned.callback(pool.close)
         yield Runtime(
             settings=settings,
             topology=settings.topology(),

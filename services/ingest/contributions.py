@@ -57,26 +57,37 @@ class ContributionEndpoint:
     answer: Callable[[Intake], tuple[int, dict]]
     max_body_bytes: int
     image_field: str = "image"
-    checks_images: bool = True
+    image_lane: str | None = "crops"
     reject_cost: int = 1
 
-    async def accept(self, body: Any, runtime: Runtime, ip: str) -> tuple[int, dict]:
-        """``(status, body)`` of the answer; raises ``ImageRejected``, ``QuotaExceeded``, ``ServiceUnavailable``
-        or ``Overloaded`` (answered by ``services.ingest.errors``).
-
-        Images are checked in the worker's bounded pool, off the event loop; each rejected one costs the
-        origin's reject budget ``reject_cost``."""
-        now = runtime.service.clock()
+    def _checked(self, runtime: Runtime, ip: str, body: Any, now: datetime) -> Intake:
+        """The request's intake, its rejected items charged to the origin's reject budget (``reject_cost``
+        each), or ``BudgetSpent`` when the budget was spent while the request waited for a thread. It runs on
+        a thread of the request's image lane, so a request's charge is seen by the next one of the lane."""
+        runtime.rejects.ensure_left(ip)
         try:
-            if self.checks_images:
-                intake = await runtime.images.run(ip, self.intake, body, now)
-            else:
-                intake = self.intake(body, now)
-        except ImageRejected as problem:
-            metrics.REJECTED.labels(self.kind, problem.code).inc()
+            intake = self.intake(body, now)
+        except ImageRejected:
             runtime.rejects.charge(ip, self.reject_cost)
             raise
         runtime.rejects.charge(ip, len(intake.rejections) * self.reject_cost)
+        return intake
+
+    async def accept(self, body: Any, runtime: Runtime, ip: str) -> tuple[int, dict]:
+        """``(status, body)`` of the answer; raises ``ImageRejected``, ``QuotaExceeded``, ``ServiceUnavailable``,
+        ``Overloaded`` or ``BudgetSpent`` (answered by ``services.ingest.errors``).
+
+        Images are checked in the worker's bounded pool of ``image_lane``, off the event loop."""
+        now = runtime.service.clock()
+        try:
+            if self.image_lane is None:
+                intake = self._checked(runtime, ip, body, now)
+            else:
+                lane = runtime.images[self.image_lane]
+                intake = await lane.run(self._checked, runtime, ip, body, now)
+        except ImageRejected as problem:
+            metrics.REJECTED.labels(self.kind, problem.code).inc()
+            raise
         await runtime.service.submit(intake, body.install_id, ip)
         return self.answer(intake)
 
@@ -141,6 +152,7 @@ SCREEN_TYPES = ContributionEndpoint(
     screen_types_intake,
     _batch_answer,
     max_body_bytes=100 * MIB,  # 20 screenshots of 4,000,000 characters
+    image_lane="screens",
     reject_cost=8,  # a rejected screenshot may have cost decoding 8 megapixels; a crop, a few thousand pixels
 )
 ANCHORS = ContributionEndpoint(
@@ -150,7 +162,7 @@ ANCHORS = ContributionEndpoint(
     anchors_intake,
     _batch_answer,
     max_body_bytes=6 * MIB,  # 20 grids of 200 slots
-    checks_images=False,
+    image_lane=None,
 )
 V1_CROPS = replace(BULK_CROPS, path="/v1/contributions/crops", answer=_v1_answer)
 V1_SCREEN_TYPES = replace(SCREEN_TYPES, path="/v1/contributions/screen-types", answer=_v1_answer)

@@ -35,7 +35,7 @@ class Runtime:
     service: ContributionService
     read_models: ReadModels
     engine: AsyncEngine
-    images: ImagePool
+    images: dict[str, ImagePool]  # by lane: crops, screens
     rejects: RejectBudget
     in_flight: BytesInFlight
     monotonic: Callable[[], float]

@@ -12,10 +12,10 @@ from typing import Any
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from services.ingest.admission import Overloaded
+from services.ingest.admission import BudgetSpent, Overloaded
 from services.ingest.domain import ImageRejected
 from services.ingest.handlers import ServiceUnavailable
-from services.ingest.metrics import UNAVAILABLE
+from services.ingest.metrics import RATE_LIMITED, UNAVAILABLE
 from services.ingest.ratelimit import QuotaExceeded
 from services.ingest.readmodels import ReadModelUnavailable
 
@@ -86,13 +86,23 @@ def overloaded(problem: Overloaded) -> Answer:
     )
 
 
+def budget_spent(problem: BudgetSpent) -> Answer:
+    """429 for an origin whose reject budget is spent (``admission.RejectBudget``)."""
+    RATE_LIMITED.labels("rejects").inc()
+    return (
+        429,
+        {"detail": str(problem), "scope": "rejects", "limit": problem.limit},
+        {"Retry-After": str(problem.retry_after)},
+    )
+
+
 def read_unavailable(_problem: ReadModelUnavailable) -> Answer:
     UNAVAILABLE.labels("database").inc()
     return 503, {"detail": "database unavailable; retry later"}, {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
-ContributionProblem = ImageRejected | QuotaExceeded | ServiceUnavailable | Overloaded
-CONTRIBUTION_PROBLEMS = (ImageRejected, QuotaExceeded, ServiceUnavailable, Overloaded)
+ContributionProblem = ImageRejected | QuotaExceeded | ServiceUnavailable | Overloaded | BudgetSpent
+CONTRIBUTION_PROBLEMS = (ImageRejected, QuotaExceeded, ServiceUnavailable, Overloaded, BudgetSpent)
 
 
 def contribution_problem(problem: ContributionProblem, image_field: str, now: datetime) -> Answer:
@@ -103,4 +113,6 @@ def contribution_problem(problem: ContributionProblem, image_field: str, now: da
         return over_quota(problem, now)
     if isinstance(problem, Overloaded):
         return overloaded(problem)
+    if isinstance(problem, BudgetSpent):
+        return budget_spent(problem)
     return unavailable(problem)

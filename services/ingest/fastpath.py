@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.ingest import errors, metrics
-from services.ingest.admission import BytesInFlight, Overloaded
+from services.ingest.admission import BudgetSpent, BytesInFlight, Overloaded
 from services.ingest.contributions import CONTRIBUTION_ENDPOINTS, ContributionEndpoint
 from services.ingest.dependencies import Runtime
 
@@ -233,19 +233,13 @@ class ContributionFastPath:
         """Answer 429 when the origin's reject budget is spent, held back ``WARP_SPENT_ANSWER_DELAY_SECONDS``:
         a client that sends again as soon as it is answered then costs one cheap answer a second per
         connection instead of as many as it can make."""
-        wait = runtime.rejects.retry_after(ip)
-        if wait is None:
-            return False
-        metrics.RATE_LIMITED.labels("rejects").inc()
-        budget = runtime.rejects
-        detail = (
-            f"too many rejected attempts from this address: the budget is {budget.capacity} rejected "
-            f"images or requests per {budget.window_seconds:g} seconds"
-        )
-        await asyncio.sleep(runtime.settings.spent_answer_delay_seconds)
-        content = {"detail": detail, "scope": "rejects", "limit": budget.capacity}
-        await _send_json(send, 429, content, {"Retry-After": str(wait)})
-        return True
+        try:
+            runtime.rejects.ensure_left(ip)
+        except BudgetSpent as spent:
+            await asyncio.sleep(runtime.settings.spent_answer_delay_seconds)
+            await _send_json(send, *errors.budget_spent(spent))
+            return True
+        return False
 
     @staticmethod
     def _client_ip(scope: Scope, runtime: Runtime) -> str:

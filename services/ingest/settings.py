@@ -55,17 +55,19 @@ class IngestSettings(CommonSettings):
         10.0, gt=0, le=120, description="wait for RabbitMQ's publish confirm before answering 503"
     )
     image_check_threads: int = Field(
-        2, ge=1, le=64, description="threads per HTTP worker that decode and check images, off the event loop"
+        2, ge=1, le=64, description="threads per HTTP worker that check crops' images, off the event loop"
     )
     image_check_queue: int = Field(
         16, ge=0, le=10_000, description="requests queued per HTTP worker for image checks; beyond: 503"
     )
-    image_checks_per_origin: int = Field(
+    screenshot_check_threads: int = Field(
         1,
         ge=1,
-        le=1000,
-        description="requests of one origin in a worker's image checks at once; beyond: 503. Below "
-        "WARP_IMAGE_CHECK_THREADS, one origin's long checks (20 4K screenshots: seconds) never hold every thread",
+        le=64,
+        description="threads per HTTP worker that check screenshots (their own lane, apart from crops)",
+    )
+    screenshot_check_queue: int = Field(
+        4, ge=0, le=10_000, description="requests queued per HTTP worker for screenshot checks; beyond: 503"
     )
     reject_budget: int = Field(
         100,

@@ -101,41 +101,53 @@ async def test_an_accepted_screenshot_event_carries_the_small_png_and_the_client
 async def test_image_checks_beyond_the_pool_and_its_queue_are_503_with_retry_after():
     async with memory_ingest(image_check_threads=1, image_check_queue=0) as memory:
         release = threading.Event()
-        busy = asyncio.create_task(memory.runtime.images.run("elsewhere", release.wait))
+        busy = asyncio.create_task(memory.runtime.images["crops"].run(release.wait))
         await asyncio.sleep(0)  # let the blocking job take the pool's one place
+        screens = {
+            "install_id": INSTALL,
+            "screen_type": "TRAITS",
+            "items": [{"png_b64": b64(screenshot(320, 200))}],
+        }
         try:
             response = await memory.client.post("/contribute/bulk-crops", json=bulk_body([icon_item()]))
             anchors = await memory.client.post(
                 "/upload/anchors", json={"install_id": INSTALL, "grids": [_grid()]}
             )
+            screenshot_answer = await memory.client.post("/upload/screen-types", json=screens)
         finally:
             release.set()
             await busy
         assert response.status_code == 503
         assert response.headers["retry-after"] == "1"
-        assert response.json()["resource"] == "image_checks"
+        assert response.json()["resource"] == "crops_checks"
         assert anchors.status_code == 200  # no image, no pool: still served
-        assert [e.event_type for e in memory.publisher.published] == ["contribution.anchor_grid"]
+        assert screenshot_answer.status_code == 200  # screenshots have their own lane
+        kinds = [e.event_type for e in memory.publisher.published]
+        assert kinds == ["contribution.anchor_grid", "contribution.screen_type"]
         again = await memory.client.post("/contribute/bulk-crops", json=bulk_body([icon_item()]))
         assert again.status_code == 200
 
 
-async def test_one_origin_has_at_most_its_share_of_the_image_checks():
-    async with memory_ingest(image_check_threads=2, image_check_queue=2, image_checks_per_origin=1) as memory:
+async def test_a_request_that_waited_for_a_thread_is_refused_unchecked_once_its_budget_was_spent_meanwhile():
+    async with memory_ingest(screenshot_check_threads=1, reject_budget=8) as memory:
         release = threading.Event()
-        ours = memory.runtime.origin(CLIENT_ADDRESS, [])
-        busy = asyncio.create_task(memory.runtime.images.run(ours, release.wait))
+        busy = asyncio.create_task(memory.runtime.images["screens"].run(release.wait))
         await asyncio.sleep(0)
-        try:
-            response = await memory.client.post("/contribute/bulk-crops", json=bulk_body([icon_item()]))
-            other = memory.runtime.images.run("another origin", lambda: "checked")
-            assert await other == "checked"  # the pool itself has room
-        finally:
-            release.set()
-            await busy
-        assert response.status_code == 503 and response.headers["retry-after"] == "1"
-        assert response.json()["resource"] == "image_checks_per_origin"
-        assert memory.publisher.published == []
+        uniform = {
+            "install_id": INSTALL,
+            "screen_type": "TRAITS",
+            "items": [{"png_b64": b64(make_png_uniform(96))}],
+        }
+        first = asyncio.create_task(memory.client.post("/upload/screen-types", json=uniform))
+        second = asyncio.create_task(memory.client.post("/upload/screen-types", json=uniform))
+        while memory.runtime.images["screens"].pending < 3:  # both wait behind the blocking job
+            await asyncio.sleep(0)
+        release.set()
+        await busy
+        answers = sorted([(await first).status_code, (await second).status_code])
+        assert answers == [400, 429]  # the first's rejection spent the budget: the second is not decoded
+        rejected = memory.app.state.runtime.rejects
+        assert rejected.retry_after(memory.runtime.origin(CLIENT_ADDRESS, [])) is not None
 
 
 def _grid() -> dict:
