@@ -58,7 +58,7 @@ class IngestSettings(CommonSettings):
         2, ge=1, le=64, description="threads per HTTP worker that check crops' images, off the event loop"
     )
     image_check_queue: int = Field(
-        16, ge=0, le=10_000, description="requests queued per HTTP worker for image checks; beyond: 503"
+        64, ge=0, le=10_000, description="requests queued per HTTP worker for crop checks; beyond: 503"
     )
     screenshot_check_threads: int = Field(
         1,

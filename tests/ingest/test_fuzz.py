@@ -8,12 +8,13 @@ import json
 
 import numpy as np
 import pytest
+import pytest_asyncio
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from tests.ingest.bodies import bulk_body, icon_item, knowledge_body
-from tests.ingest.conftest import crop
+from tests.ingest.conftest import crop, memory_ingest
 
 json_scalars = st.one_of(
     st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=40)
@@ -109,6 +110,13 @@ async def fuzz(ingest, path: str, strategy, check, examples: int, good: dict) ->
     await asyncio.to_thread(property_holds)
     assert accepted, "the good body was not accepted"
     return accepted
+
+
+@pytest_asyncio.fixture
+async def memory():
+    """Ingest on the fakes, with a reject budget hundreds of garbage bodies from one address cannot spend."""
+    async with memory_ingest(reject_budget=1_000_000) as running:
+        yield running
 
 
 # Hundreds of requests take seconds: more than the unit tier (under 30 s for the whole suite) can spend.
