@@ -78,7 +78,12 @@ async def bootstrap(
             limiter = grouped
         if images is None:
             images = {
-                "crops": ImagePool("crops", settings.image_check_threads, settings.image_check_queue),
+                "crops": ImagePool(
+                    "crops",
+                    settings.image_check_threads,
+                    settings.image_check_queue,
+                    inline_up_to=settings.inline_crop_checks,
+                ),
                 "screens": ImagePool(
                     "screens", settings.screenshot_check_threads, settings.screenshot_check_queue
                 ),

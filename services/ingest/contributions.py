@@ -59,6 +59,7 @@ class ContributionEndpoint:
     image_field: str = "image"
     image_lane: str | None = "crops"
     reject_cost: int = 1
+    images: Callable[[Any], int] = lambda body: len(body.items)
 
     def _checked(self, runtime: Runtime, ip: str, body: Any, now: datetime) -> Intake:
         """The request's intake, its rejected items charged to the origin's reject budget (``reject_cost``
@@ -77,13 +78,14 @@ class ContributionEndpoint:
         """``(status, body)`` of the answer; raises ``ImageRejected``, ``QuotaExceeded``, ``ServiceUnavailable``,
         ``Overloaded`` or ``BudgetSpent`` (answered by ``services.ingest.errors``).
 
-        Images are checked in the worker's bounded pool of ``image_lane``, off the event loop."""
+        Images are checked in the worker's bounded pool of ``image_lane``, off the event loop, unless the
+        request has no more than the lane checks inline (``ImagePool.inline_up_to``)."""
         now = runtime.service.clock()
+        lane = None if self.image_lane is None else runtime.images[self.image_lane]
         try:
-            if self.image_lane is None:
+            if lane is None or self.images(body) <= lane.inline_up_to:
                 intake = self._checked(runtime, ip, body, now)
             else:
-                lane = runtime.images[self.image_lane]
                 intake = await lane.run(self._checked, runtime, ip, body, now)
         except ImageRejected as problem:
             metrics.REJECTED.labels(self.kind, problem.code).inc()
@@ -136,6 +138,7 @@ CONTRIBUTE = ContributionEndpoint(
     _contribute_answer,
     max_body_bytes=320 * KIB,  # one 200,000-character crop
     image_field="crop_png_b64",
+    images=lambda body: 1,
 )
 BULK_CROPS = ContributionEndpoint(
     "/contribute/bulk-crops",

@@ -7,6 +7,10 @@ the GIL while decoding), at most ``queue`` more wait for one, and a request beyo
 
 Screenshots have their own lane, so that a request of twenty 4K screenshots (seconds of decoding) never holds
 the threads that check crops.
+
+A request with at most ``inline_up_to`` images is checked on the event loop instead: a crop is at most 256x256
+pixels, well under a millisecond to decode, and the hop to a thread and back cost more than that (a single-crop
+request: 12 % of ingest's throughput in benchmarks/ingest_load.py).
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ Result = TypeVar("Result")
 
 
 class ImagePool:
-    def __init__(self, lane: str, threads: int, queue: int) -> None:
+    def __init__(self, lane: str, threads: int, queue: int, inline_up_to: int = 0) -> None:
         self.lane = lane
+        self.inline_up_to = inline_up_to
         self.capacity = threads + queue
         self.pending = 0
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"{lane}-check")

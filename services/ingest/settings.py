@@ -57,6 +57,13 @@ class IngestSettings(CommonSettings):
     image_check_threads: int = Field(
         2, ge=1, le=64, description="threads per HTTP worker that check crops' images, off the event loop"
     )
+    inline_crop_checks: int = Field(
+        2,
+        ge=0,
+        le=50,
+        description="requests with at most this many crops are checked on the event loop (a crop decodes in "
+        "well under a millisecond; the hop to a check thread costs more); larger ones go to the check threads",
+    )
     image_check_queue: int = Field(
         64, ge=0, le=10_000, description="requests queued per HTTP worker for crop checks; beyond: 503"
     )

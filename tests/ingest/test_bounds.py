@@ -99,7 +99,7 @@ async def test_an_accepted_screenshot_event_carries_the_small_png_and_the_client
 
 
 async def test_image_checks_beyond_the_pool_and_its_queue_are_503_with_retry_after():
-    async with memory_ingest(image_check_threads=1, image_check_queue=0) as memory:
+    async with memory_ingest(image_check_threads=1, image_check_queue=0, inline_crop_checks=0) as memory:
         release = threading.Event()
         busy = asyncio.create_task(memory.runtime.images["crops"].run(release.wait))
         await asyncio.sleep(0)  # let the blocking job take the pool's one place
@@ -126,6 +126,25 @@ async def test_image_checks_beyond_the_pool_and_its_queue_are_503_with_retry_aft
         assert kinds == ["contribution.anchor_grid", "contribution.screen_type"]
         again = await memory.client.post("/contribute/bulk-crops", json=bulk_body([icon_item()]))
         assert again.status_code == 200
+
+
+async def test_requests_of_a_few_crops_are_checked_on_the_event_loop_larger_ones_on_the_check_threads():
+    async with memory_ingest(image_check_threads=1, image_check_queue=0, inline_crop_checks=2) as memory:
+        release = threading.Event()
+        busy = asyncio.create_task(memory.runtime.images["crops"].run(release.wait))
+        await asyncio.sleep(0)  # the pool's one place is taken: only inline checks can answer
+        try:
+            two = await memory.client.post(
+                "/contribute/bulk-crops", json=bulk_body([icon_item(1), icon_item(2)])
+            )
+            three = await memory.client.post(
+                "/contribute/bulk-crops", json=bulk_body([icon_item(3), icon_item(4), icon_item(5)])
+            )
+        finally:
+            release.set()
+            await busy
+        assert two.status_code == 200
+        assert three.status_code == 503
 
 
 async def test_a_request_that_waited_for_a_thread_is_refused_unchecked_once_its_budget_was_spent_meanwhile():
