@@ -85,7 +85,10 @@ async def bootstrap(
                     inline_up_to=settings.inline_crop_checks,
                 ),
                 "screens": ImagePool(
-                    "screens", settings.screenshot_check_threads, settings.screenshot_check_queue
+                    "screens",
+                    settings.screenshot_check_threads,
+                    settings.screenshot_check_queue,
+                    nice=settings.screenshot_check_nice,
                 ),
             }
             for pool in images.values():

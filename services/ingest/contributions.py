@@ -53,7 +53,7 @@ class ContributionEndpoint:
     path: str
     kind: str
     schema: type[BaseModel]
-    intake: Callable[[Any, datetime], Intake]
+    intake: Callable[[Any, datetime, Callable[[], bool]], Intake]
     answer: Callable[[Intake], tuple[int, dict]]
     max_body_bytes: int
     image_field: str = "image"
@@ -66,13 +66,16 @@ class ContributionEndpoint:
         each), or ``BudgetSpent`` when the budget was spent while the request waited for a thread. It runs on
         a thread of the request's image lane, so a request's charge is seen by the next one of the lane."""
         runtime.rejects.ensure_left(ip)
+
+        def rejected() -> bool:  # each rejected item as it happens: a spent budget stops the checks there
+            runtime.rejects.charge(ip, self.reject_cost)
+            return runtime.rejects.retry_after(ip) is None
+
         try:
-            intake = self.intake(body, now)
+            return self.intake(body, now, rejected)
         except ImageRejected:
             runtime.rejects.charge(ip, self.reject_cost)
             raise
-        runtime.rejects.charge(ip, len(intake.rejections) * self.reject_cost)
-        return intake
 
     async def accept(self, body: Any, runtime: Runtime, ip: str) -> tuple[int, dict]:
         """``(status, body)`` of the answer; raises ``ImageRejected``, ``QuotaExceeded``, ``ServiceUnavailable``,

@@ -16,6 +16,9 @@ request: 12 % of ingest's throughput in benchmarks/ingest_load.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -26,12 +29,17 @@ Result = TypeVar("Result")
 
 
 class ImagePool:
-    def __init__(self, lane: str, threads: int, queue: int, inline_up_to: int = 0) -> None:
+    def __init__(self, lane: str, threads: int, queue: int, inline_up_to: int = 0, nice: int = 0) -> None:
         self.lane = lane
         self.inline_up_to = inline_up_to
         self.capacity = threads + queue
         self.pending = 0
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"{lane}-check")
+        self._executor = ThreadPoolExecutor(
+            max_workers=threads,
+            thread_name_prefix=f"{lane}-check",
+            initializer=_lower_priority,
+            initargs=(nice,),
+        )
 
     async def run(self, check: Callable[..., Result], *args: object) -> Result:
         if self.pending >= self.capacity:
@@ -48,3 +56,11 @@ class ImagePool:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _lower_priority(nice: int) -> None:
+    """Run this check thread ``nice`` steps below the event loop (Linux schedules threads one by one): seconds of
+    screenshot decoding, honest or not, then take only the CPU the contribution requests leave over."""
+    if nice:
+        with contextlib.suppress(AttributeError, OSError):  # no per-thread priority on this platform
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)

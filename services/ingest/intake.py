@@ -63,16 +63,32 @@ class Rejection:
     reason: str
 
 
+OnReject = Callable[
+    [], bool
+]  # called at each rejection; answers whether the request's other items are checked
+
+
+def _go_on() -> bool:
+    return True
+
+
 @dataclass
 class Intake:
-    """The outcome of checking a request's items: events ready to publish and per-item rejections."""
+    """The outcome of checking a request's items: events ready to publish and per-item rejections.
+
+    ``on_reject`` is called at each rejection, as it happens: the caller charges the sender there, and answers
+    False once the sender may spend no more; the request's remaining items are then rejected unchecked (a
+    request of twenty bad screenshots need not have all twenty decoded), its accepted ones kept."""
 
     kind: str
     events: list[tuple[int, Contribution]] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
+    on_reject: OnReject = _go_on
+    stopped: bool = False
 
     def reject(self, index: int, code: str, reason: str) -> None:
         self.rejections.append(Rejection(index, code, reason))
+        self.stopped = self.stopped or not self.on_reject()
 
     def checked_image(self, index: int, b64: str, limits: ImageLimits) -> CheckedImage | None:
         """The item's PNG once it passed the checks, else None with the item rejected for the reason."""
@@ -109,7 +125,7 @@ def _image_fields(
     }
 
 
-def knowledge_intake(request: ContributeRequest, now: datetime) -> Intake:
+def knowledge_intake(request: ContributeRequest, now: datetime, on_reject: OnReject = _go_on) -> Intake:
     """``/contribute``: one pHash knowledge crop. A bad image raises ``ImageRejected`` (HTTP 400); its texts
     were cleaned by the schema."""
     image = check_png(decode_base64(request.crop_png_b64), KNOWLEDGE_LIMITS)
@@ -132,18 +148,25 @@ def knowledge_intake(request: ContributeRequest, now: datetime) -> Intake:
 
 
 def _intake(
-    kind: str, items: Iterable[Item], contribution: Callable[[Intake, int, Item], Contribution | None]
+    kind: str,
+    items: Iterable[Item],
+    contribution: Callable[[Intake, int, Item], Contribution | None],
+    on_reject: OnReject,
 ) -> Intake:
     """Each item's event, or (``contribution`` answering None) the rejection it recorded."""
-    intake = Intake(kind)
+    intake = Intake(kind, on_reject=on_reject)
     for index, item in enumerate(items):
+        if intake.stopped:
+            reason = f"item {index}: not checked: the sender's budget of rejected items is spent"
+            intake.rejections.append(Rejection(index, "not_checked", reason))
+            continue
         event = contribution(intake, index, item)
         if event is not None:
             intake.events.append((index, event))
     return intake
 
 
-def bulk_crops_intake(request: BulkCropsRequest, now: datetime) -> Intake:
+def bulk_crops_intake(request: BulkCropsRequest, now: datetime, on_reject: OnReject = _go_on) -> Intake:
     def contribution(intake: Intake, index: int, item: BulkCropItem) -> Contribution | None:
         texts = intake.cleaned_texts(
             index, ((SLOT, item.slot), (CROP_NAME, item.name), (ML_NAME, item.ml_name))
@@ -175,10 +198,10 @@ def bulk_crops_intake(request: BulkCropsRequest, now: datetime) -> Intake:
             model_guess=ml_name,
         )
 
-    return _intake("bulk_crops", request.items, contribution)
+    return _intake("bulk_crops", request.items, contribution, on_reject)
 
 
-def screen_types_intake(request: ScreenTypesRequest, now: datetime) -> Intake:
+def screen_types_intake(request: ScreenTypesRequest, now: datetime, on_reject: OnReject = _go_on) -> Intake:
     def contribution(intake: Intake, index: int, item: ScreenTypeItem) -> Contribution | None:
         image = intake.checked_image(index, item.png_b64, SCREENSHOT_LIMITS)
         if image is None:
@@ -188,10 +211,10 @@ def screen_types_intake(request: ScreenTypesRequest, now: datetime) -> Intake:
         )
         return ScreenTypeContributed(**fields, screen_type=request.screen_type)
 
-    return _intake("screen_type", request.items, contribution)
+    return _intake("screen_type", request.items, contribution, on_reject)
 
 
-def anchors_intake(request: AnchorsRequest, now: datetime) -> Intake:
+def anchors_intake(request: AnchorsRequest, now: datetime, on_reject: OnReject = _go_on) -> Intake:
     def contribution(intake: Intake, index: int, grid: AnchorGrid) -> Contribution | None:
         texts = intake.cleaned_texts(
             index,
@@ -228,4 +251,4 @@ def anchors_intake(request: AnchorsRequest, now: datetime) -> Intake:
             slots=slots,
         )
 
-    return _intake("anchor_grid", request.grids, contribution)
+    return _intake("anchor_grid", request.grids, contribution, on_reject)

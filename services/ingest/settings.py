@@ -73,6 +73,13 @@ class IngestSettings(CommonSettings):
         le=64,
         description="threads per HTTP worker that check screenshots (their own lane, apart from crops)",
     )
+    screenshot_check_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="how many nice steps below the event loop the screenshot-check threads run (Linux), so "
+        "that decoding screenshots never takes the CPU that contribution requests need",
+    )
     screenshot_check_queue: int = Field(
         4, ge=0, le=10_000, description="requests queued per HTTP worker for screenshot checks; beyond: 503"
     )

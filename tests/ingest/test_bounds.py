@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import io
 import json
+import os
 import struct
 import threading
 import time
@@ -24,6 +25,7 @@ from services.ingest.domain import (
     png_dimensions,
     stored_size,
 )
+from services.ingest.imagepool import ImagePool
 from tests.ingest.bodies import INSTALL, bulk_body, icon_item, knowledge_body
 from tests.ingest.conftest import CLIENT_ADDRESS, b64, memory_ingest
 
@@ -366,3 +368,32 @@ async def test_a_body_that_stops_arriving_is_408_after_the_read_timeout():
             headers = [(b"content-type", content_type)]
             status, _, answer = await call(memory.app, "/contribute", stalled(), headers)
             assert status == 408, answer
+
+
+async def test_a_request_stops_being_checked_once_its_rejects_spent_the_budget_and_keeps_what_passed():
+    async with memory_ingest(reject_budget=16) as memory:  # two rejected screenshots (8 each)
+        uniform = {"png_b64": b64(make_png_uniform(96))}
+        good = {"png_b64": b64(screenshot(320, 200))}
+        body = {
+            "install_id": INSTALL,
+            "screen_type": "TRAITS",
+            "items": [good, uniform, uniform] + [uniform] * 17,
+        }
+        response = await memory.client.post("/upload/screen-types", json=body)
+    answer = response.json()
+    assert response.status_code == 200 and answer["accepted"] == 1 and answer["rejected"] == 19
+    assert [reason.split(": ", 1)[1].split(" ")[0] for reason in answer["rejected_reasons"][:3]] == [
+        "image",
+        "image",
+        "not",
+    ]
+    assert all("not checked" in reason for reason in answer["rejected_reasons"][2:])
+
+
+def test_screenshot_checks_run_below_the_event_loops_priority():
+    pool = ImagePool("screens", threads=1, queue=0, nice=10)
+    try:
+        niceness = pool._executor.submit(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        assert niceness.result(timeout=5) == os.getpriority(os.PRIO_PROCESS, 0) + 10
+    finally:
+        pool.close()
