@@ -44,10 +44,12 @@ class Unprocessable(Exception):
     this exception's text as the reason."""
 
 
-# SQLSTATE classes of a value the database refuses (22: data exception, such as U+0000 in text or jsonb, a value
-# too long or out of range; 23: integrity constraint violation, such as a check): the same message fails the
-# same way on every delivery, unlike an outage.
-DATA_ERROR_CLASSES = ("22", "23")
+# What the database refuses in a value itself, so the same message fails the same way on every delivery: class 22
+# (data exception: U+0000 in text or jsonb, a value too long or out of range) and, of class 23, a NOT NULL or
+# CHECK violation. Unique and foreign-key violations (23505, 23503) are left to retry: they can be races between
+# consumers (a row another transaction is adding or deleting), which a redelivery resolves.
+DATA_ERROR_CLASSES = ("22",)
+DATA_ERROR_STATES = ("23502", "23514")
 
 
 def data_error(error: BaseException) -> BaseException | None:
@@ -60,7 +62,8 @@ def data_error(error: BaseException) -> BaseException | None:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if str(getattr(current, "sqlstate", None) or "")[:2] in DATA_ERROR_CLASSES:
+        state = str(getattr(current, "sqlstate", None) or "")
+        if state[:2] in DATA_ERROR_CLASSES or state in DATA_ERROR_STATES:
             return current
         pending += [getattr(current, "orig", None), current.__cause__]
     return None

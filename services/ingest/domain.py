@@ -58,8 +58,9 @@ class ImageLimits:
 
 
 # What training uses bounds what a worker decodes: icons are trained at 64x64, so icon and knowledge crops up to
-# 256x256 (a 4K screen's icons) are plenty; text crops are lines of text; the screen model sees 224x224, and a
-# 3840x2160 screen is the largest common one. ``screen_rgb`` (trainer) squeezes a screenshot to 224x224 with
+# 256x256 (a 4K screen's icons) are plenty; text crops are lines of text; the screen model sees 224x224, but
+# players' screens go up to 8K and super-ultrawide (5120x1440, 5120x2160), so screenshots are allowed 7680x4320
+# worth of pixels, decoded at low priority and stored small. ``screen_rgb`` (trainer) squeezes a screenshot to 224x224 with
 # INTER_AREA: stored with its shorter side at 224, neither axis is ever upsampled there.
 SCREEN_MODEL_SIDE = 224
 ICON_LIMITS = ImageLimits(max_bytes=150_000, min_width=16, min_height=16, max_pixels=256 * 256)
@@ -69,7 +70,7 @@ SCREENSHOT_LIMITS = ImageLimits(
     max_bytes=2_500_000,
     min_width=64,
     min_height=64,
-    max_pixels=3840 * 2160,
+    max_pixels=7680 * 4320,
     stored_min_side=SCREEN_MODEL_SIDE,
 )
 

@@ -25,6 +25,7 @@ from services.ingest.domain import (
     TextRejected,
     TextRule,
     check_png,
+    clean_text,
     contribution_id,
     decode_base64,
 )
@@ -63,9 +64,8 @@ class Rejection:
     reason: str
 
 
-OnReject = Callable[
-    [], bool
-]  # called at each rejection; answers whether the request's other items are checked
+# Called at each rejected image; answers whether the request's other items are still checked.
+OnReject = Callable[[], bool]
 
 
 def _go_on() -> bool:
@@ -76,9 +76,10 @@ def _go_on() -> bool:
 class Intake:
     """The outcome of checking a request's items: events ready to publish and per-item rejections.
 
-    ``on_reject`` is called at each rejection, as it happens: the caller charges the sender there, and answers
-    False once the sender may spend no more; the request's remaining items are then rejected unchecked (a
-    request of twenty bad screenshots need not have all twenty decoded), its accepted ones kept."""
+    ``on_reject`` is called at each rejected image, as it happens (a rejection that cost a look at its pixels;
+    a virtual label or a refused text costs nothing and is not charged): the caller charges the sender there,
+    and answers False once the sender may spend no more; the request's remaining items are then rejected
+    unchecked (a request of twenty bad screenshots need not have all twenty decoded), its accepted ones kept."""
 
     kind: str
     events: list[tuple[int, Contribution]] = field(default_factory=list)
@@ -88,7 +89,6 @@ class Intake:
 
     def reject(self, index: int, code: str, reason: str) -> None:
         self.rejections.append(Rejection(index, code, reason))
-        self.stopped = self.stopped or not self.on_reject()
 
     def checked_image(self, index: int, b64: str, limits: ImageLimits) -> CheckedImage | None:
         """The item's PNG once it passed the checks, else None with the item rejected for the reason."""
@@ -96,6 +96,7 @@ class Intake:
             return check_png(decode_base64(b64), limits)
         except ImageRejected as problem:
             self.reject(index, problem.code, f"item {index}: {problem}")
+            self.stopped = self.stopped or not self.on_reject()
             return None
 
     def cleaned_texts(self, index: int, texts: Iterable[tuple[TextRule, str]]) -> list[str] | None:
@@ -169,7 +170,7 @@ def _intake(
 def bulk_crops_intake(request: BulkCropsRequest, now: datetime, on_reject: OnReject = _go_on) -> Intake:
     def contribution(intake: Intake, index: int, item: BulkCropItem) -> Contribution | None:
         texts = intake.cleaned_texts(
-            index, ((SLOT, item.slot), (CROP_NAME, item.name), (ML_NAME, item.ml_name))
+            index, ((SLOT, item.slot), (CROP_NAME, item.name), (ML_NAME, clean_text(item.ml_name)))
         )
         if texts is None:
             return None

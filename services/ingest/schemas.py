@@ -10,15 +10,16 @@ from services.ingest.domain import TextRule, clean_install_id, clean_text
 
 # Every text field of the wire, with its rule (``TextRule``: what it may hold, its length once cleaned). Fields
 # of a request are refused with 422 naming the field; fields of a batch's item reject that item only
-# (``services.ingest.intake``). ``item_name`` and ``wrong_name`` keep the old backend's cleaning: control and
-# format characters removed rather than refused.
+# (``services.ingest.intake``). Free text a client copies from elsewhere (``item_name``, ``wrong_name``,
+# ``warp_version``, ``timestamp``, and ``ml_name``, raw OCR text on text slots) keeps the old backend's
+# cleaning: control and format characters removed rather than refused, so an honest trailing newline is no 422.
 ITEM_NAME = TextRule("item_name", 300, name=False)
 WRONG_NAME = TextRule("wrong_name", 300, name=False, required=False)
 WARP_VERSION = TextRule("warp_version", 20, name=False, required=False)
 TIMESTAMP = TextRule("timestamp", 30, name=False, required=False)
 SLOT = TextRule("slot", 80)
 CROP_NAME = TextRule("name", 120)
-ML_NAME = TextRule("ml_name", 120, required=False)
+ML_NAME = TextRule("ml_name", 120, name=False, required=False)
 BUILD_TYPE = TextRule("build_type", 40)
 RESOLUTION = TextRule("resolution", 16, required=False)
 ANCHOR_SLOT_NAME = TextRule("slot name", 80)
@@ -40,11 +41,11 @@ def _cleaned_wrong_name(value: str | None) -> str | None:
 
 
 def _optional_text(rule: TextRule) -> Any:
-    """An optional request field refused (422) when ``rule`` refuses it, else cleaned by it."""
+    """An optional free-text request field: control and format characters removed, then cleaned by ``rule``."""
     return Annotated[
         str | None,
         Field(max_length=rule.max_length),
-        AfterValidator(lambda value: None if value is None else rule.clean(value)),
+        AfterValidator(lambda value: None if value is None else rule.clean(clean_text(value))),
     ]
 
 

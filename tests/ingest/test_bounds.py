@@ -59,12 +59,13 @@ def test_pixel_limits_are_read_from_the_header_before_any_pixel_is_decoded():
     with pytest.raises(ImageRejected) as refused:
         check_png(header_only_png(100_000, 100_000), SCREENSHOT_LIMITS)
     assert refused.value.code == "too_many_pixels"
-    assert "100000x100000" in str(refused.value) and "the limit is 8294400 pixels" in str(refused.value)
+    assert "100000x100000" in str(refused.value) and "the limit is 33177600 pixels" in str(refused.value)
 
 
-def test_screenshots_are_limited_to_a_4k_screen_and_icons_to_256_pixels_a_side():
-    with pytest.raises(ImageRejected, match="3841x2160 pixels; the limit is 8294400"):
-        check_png(screenshot(3841, 2160), SCREENSHOT_LIMITS)
+def test_screenshots_are_limited_to_an_8k_screen_and_icons_to_256_pixels_a_side():
+    with pytest.raises(ImageRejected, match="7681x4320 pixels; the limit is 33177600"):
+        check_png(header_only_png(7681, 4320), SCREENSHOT_LIMITS)
+    assert check_png(screenshot(5120, 2160), SCREENSHOT_LIMITS).width == 5120  # super-ultrawide
     with pytest.raises(ImageRejected, match="257x256 pixels; the limit is 65536"):
         check_png(screenshot(257, 256), ICON_LIMITS)
     assert check_png(screenshot(256, 256), ICON_LIMITS).width == 256
@@ -397,3 +398,11 @@ def test_screenshot_checks_run_below_the_event_loops_priority():
         assert niceness.result(timeout=5) == os.getpriority(os.PRIO_PROCESS, 0) + 10
     finally:
         pool.close()
+
+
+async def test_rejections_that_cost_no_decoding_do_not_spend_the_budget():
+    async with memory_ingest(reject_budget=2) as memory:
+        for round_ in range(3):
+            items = [icon_item(10 + i, name="__empty__") for i in range(10)] + [icon_item(round_)]
+            response = await memory.client.post("/contribute/bulk-crops", json=bulk_body(items))
+            assert response.status_code == 200 and response.json()["accepted"] == 1, response.text

@@ -55,8 +55,8 @@ def test_a_good_crop_passes_with_its_sha256_and_size():
         (png_of(np.full((32, 32, 3), 128, np.uint8)), ICON_LIMITS, "near_uniform", "near-uniform"),
         (make_png(12, 12, seed=4), ICON_LIMITS, "too_small", "at least 16x16"),
         (make_png(40, 8, seed=5), TEXT_CROP_LIMITS, "too_small", "at least 50x10"),
-        (bomb_png(3841, 2160), SCREENSHOT_LIMITS, "too_many_pixels", "3841x2160"),
-        (bomb_png(30000, 30000), SCREENSHOT_LIMITS, "too_many_pixels", "the limit is 8294400 pixels"),
+        (bomb_png(7681, 4320), SCREENSHOT_LIMITS, "too_many_pixels", "7681x4320"),
+        (bomb_png(30000, 30000), SCREENSHOT_LIMITS, "too_many_pixels", "the limit is 33177600 pixels"),
         (make_png(64, 64, seed=6), ImageLimits(max_bytes=1000), "too_many_bytes", "the limit is 1000"),
     ],
 )
