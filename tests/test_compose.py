@@ -136,3 +136,14 @@ def test_passwords_and_secrets_have_no_defaults():
         uses = re.findall(r"\$\{" + variable + r"([^}]*)\}", text)
         assert uses, variable
         assert all(use.startswith(":?") for use in uses), (variable, uses)
+
+
+def test_the_proxy_streams_bodies_to_ingest_limits_each_client_and_answers_503_when_ingest_is_down():
+    public = _server_blocks(PROXY_CONF.read_text())["8080"]
+    conf = PROXY_CONF.read_text()
+    assert (
+        "proxy_request_buffering off;" in conf
+    )  # ingest's bytes-in-flight and read-timeout bounds see bodies
+    assert "limit_conn connections_per_client" in public and "limit_req zone=requests_per_client" in public
+    assert "error_page 502 504 =503 @ingest_unavailable;" in public
+    assert re.search(r"location @ingest_unavailable \{[^}]*return 503", public)
