@@ -94,7 +94,12 @@ class _BodyGate:
     def __init__(self, runtime: Runtime, declared: int | None) -> None:
         self._in_flight: BytesInFlight = runtime.in_flight
         self._monotonic = runtime.monotonic
-        self._timeout = runtime.settings.body_read_timeout_seconds
+        settings = runtime.settings
+        # A long body on a slow uplink is honest: it is given time for its declared length at the slowest rate
+        # allowed; a slow body holds only what it sent meanwhile, and the proxy bounds connections per client.
+        self._timeout = settings.body_read_timeout_seconds + round(
+            (declared or 0) / settings.body_min_bytes_per_second, 1
+        )
         self._deadline = self._monotonic() + self._timeout
         self._held = 0
         self._complete = False

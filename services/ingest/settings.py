@@ -106,7 +106,17 @@ class IngestSettings(CommonSettings):
         "with Retry-After. Keep it above the largest route's body limit (100 MiB)",
     )
     body_read_timeout_seconds: float = Field(
-        30.0, gt=0, le=600, description="a request body not fully received this long after its start: 408"
+        30.0,
+        gt=0,
+        le=600,
+        description="a request body not fully received this long after its start (plus its declared length at "
+        "WARP_BODY_MIN_BYTES_PER_SECOND): 408",
+    )
+    body_min_bytes_per_second: int = Field(
+        131_072,
+        ge=1024,
+        description="the slowest upload a declared body length is given time for (128 KiB/s: twenty "
+        "screenshots over a 1 Mbit/s uplink), on top of WARP_BODY_READ_TIMEOUT_SECONDS",
     )
 
     @field_validator("admin_key", "origin_secret")

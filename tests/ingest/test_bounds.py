@@ -342,20 +342,30 @@ async def test_a_chunked_body_is_held_as_it_grows_and_refused_past_the_bytes_in_
 
 
 async def test_a_body_that_trickles_past_the_read_timeout_is_408():
-    async with memory_ingest(body_read_timeout_seconds=30) as memory:
+    # 10 MB declared at 10 MB/s: one second more than the read timeout
+    async with memory_ingest(body_read_timeout_seconds=30, body_min_bytes_per_second=10_000_000) as memory:
         body = json.dumps(bulk_body([icon_item()])).encode()
         held_midway = []
 
         def later():
             held_midway.append(memory.runtime.in_flight.held)
-            memory.clock.advance(seconds=31)
+            memory.clock.advance(seconds=32)
 
         late = chunks(body[:100], body[100:], before_last=later)
         promised = [JSON, (b"content-length", b"10000000")]
         status, _, answer = await call(memory.app, "/contribute/bulk-crops", late, promised)
-        assert status == 408 and "not received within 30 seconds" in answer["detail"]
+        assert status == 408 and "not received within 31 seconds" in answer["detail"]
         assert held_midway == [100]  # what it sent, not the 10 MB it declared
         assert memory.publisher.published == [] and memory.runtime.in_flight.held == 0
+
+
+async def test_a_long_body_on_a_slow_uplink_is_given_time_for_its_declared_length():
+    async with memory_ingest(body_read_timeout_seconds=30, body_min_bytes_per_second=131_072) as memory:
+        body = json.dumps(bulk_body([icon_item()])).encode()
+        slow = chunks(body[:100], body[100:], before_last=lambda: memory.clock.advance(seconds=60))
+        promised = [JSON, (b"content-length", b"10000000")]  # 30 s + 76 s at 128 KiB/s
+        status, _, answer = await call(memory.app, "/contribute/bulk-crops", slow, promised)
+        assert status == 200, answer
 
 
 async def test_a_body_that_stops_arriving_is_408_after_the_read_timeout():
