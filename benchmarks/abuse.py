@@ -50,6 +50,7 @@ from benchmarks.common import (  # noqa: E402
     service_env,
     start_ingest,
     wait_ready,
+    window_p99,
 )
 from shared.topology import Topology, delete_topology  # noqa: E402
 
@@ -175,13 +176,6 @@ async def sample_rss(server: psutil.Process, stop_at: float, every: float, sampl
     while time.monotonic() < stop_at:
         samples.append((time.monotonic() - begin, rss_mib(server)))
         await asyncio.sleep(every)
-
-
-def window_p99(timeline: list[tuple[float, float]], start: float, width: float) -> list[str]:
-    windows: dict[int, list[float]] = {}
-    for sent, latency in timeline:
-        windows.setdefault(int((sent - start) // width), []).append(latency)
-    return [f"{percentile(sorted(v), 0.99):.0f}" for _, v in sorted(windows.items())]
 
 
 def percentile(values: list[float], share: float) -> float:

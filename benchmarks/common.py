@@ -122,6 +122,16 @@ def namespace() -> str:
     return f"bench{uuid.uuid4().hex[:8]}"
 
 
+def window_p99(timeline: list[tuple[float, float]], start: float, width: float) -> list[str]:
+    """p99 latency in ms of each ``width``-second window of (sent at, latency in s) pairs from ``start``."""
+    windows: dict[int, list[float]] = {}
+    for sent, latency in timeline:
+        windows.setdefault(int((sent - start) // width), []).append(latency)
+    return [
+        f"{1000 * sorted(v)[min(int(len(v) * 0.99), len(v) - 1)]:.0f}" for _, v in sorted(windows.items())
+    ]
+
+
 async def histogram_summary(host: str, port: int, names: tuple[str, ...]) -> dict[str, str]:
     """Read /metrics and give, per histogram, the share of observations within a few bucket bounds."""
     reader, writer = await asyncio.open_connection(host, port)

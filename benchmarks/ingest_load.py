@@ -40,6 +40,7 @@ from benchmarks.common import (  # noqa: E402
     service_env,
     start_ingest,
     wait_ready,
+    window_p99,
 )
 from shared.topology import Topology, delete_topology  # noqa: E402
 
@@ -132,7 +133,7 @@ async def run(args: argparse.Namespace) -> int:
                 f"load generator timer lateness ms (part of the latencies): p50 {1000 * lags[len(lags) // 2]:.1f}"
                 f"   p99 {1000 * lags[int(len(lags) * 0.99)]:.1f}   max {1000 * lags[-1]:.1f}"
             )
-        print("p99 ms per 10 s:", " ".join(_window_p99(timeline, warm_until, 10)))
+        print("p99 ms per 10 s:", " ".join(window_p99(timeline, warm_until, 10)))
         for name, shares in (
             await histogram_summary(host, port, ("warp_ingest_quota_seconds", "warp_ingest_publish_seconds"))
         ).items():
@@ -156,13 +157,6 @@ async def run(args: argparse.Namespace) -> int:
         if server is not None:
             server.terminate()
             server.wait(timeout=30)
-
-
-def _window_p99(timeline: list[tuple[float, float]], start: float, width: float) -> list[str]:
-    windows: dict[int, list[float]] = {}
-    for sent, latency in timeline:
-        windows.setdefault(int((sent - start) // width), []).append(latency)
-    return [f"{1000 * sorted(v)[int(len(v) * 0.99)]:.0f}" for _, v in sorted(windows.items())]
 
 
 def main() -> int:
