@@ -30,6 +30,21 @@ async def test_model_version_says_unavailable_only_when_nothing_was_published(me
     }
 
 
+# What /model/version answers for release v2 with a screen model, whichever read store it comes from.
+V2_WITH_A_SCREEN_MODEL = {
+    "available": True,
+    "version": "v2",
+    "trained_at": "2026-05-01T08:00:00.000000+00:00Z",
+    "n_classes": 12,
+    "val_acc": 0.91,
+    "n_samples": 340,
+    "n_users": 17,
+    "screen_trained_at": "2026-05-01T08:00:00.000000+00:00Z",
+    "screen_val_acc": 0.88,
+    "screen_n_samples": 70,
+}
+
+
 async def test_model_version_adds_the_screen_model_when_there_is_one(memory):
     memory.reads.release = FakeRelease(
         "v2",
@@ -43,18 +58,7 @@ async def test_model_version_adds_the_screen_model_when_there_is_one(memory):
         },
     )
     answer = (await memory.client.get("/model/version")).json()
-    assert answer == {
-        "available": True,
-        "version": "v2",
-        "trained_at": "2026-05-01T08:00:00.000000+00:00Z",
-        "n_classes": 12,
-        "val_acc": 0.91,
-        "n_samples": 340,
-        "n_users": 17,
-        "screen_trained_at": "2026-05-01T08:00:00.000000+00:00Z",
-        "screen_val_acc": 0.88,
-        "screen_n_samples": 70,
-    }
+    assert answer == V2_WITH_A_SCREEN_MODEL
 
 
 @pytest.mark.parametrize("path", ["/model/version", "/knowledge", "/config/labels"])

@@ -11,6 +11,7 @@ from services.trainer.tables import training_runs
 from services.voting.tables import consensus, training_snapshots
 from shared.events import decode_event
 from tests.ingest.conftest import ADMIN_KEY, UNREACHABLE_DB, running_ingest
+from tests.ingest.test_reads_and_admin import V2_WITH_A_SCREEN_MODEL
 from tests.utils.broker import queue_depth, wait_for_messages
 
 
@@ -79,18 +80,7 @@ async def test_model_version_says_unavailable_only_when_nothing_was_published(in
     )
     await add_release(engine, "v3", "2026-06-01T08:00:00.000000+00:00Z", status="rejected")
     answer = (await ingest.client.get("/model/version")).json()
-    assert answer == {
-        "available": True,
-        "version": "v2",
-        "trained_at": "2026-05-01T08:00:00.000000+00:00Z",
-        "n_classes": 12,
-        "val_acc": 0.91,
-        "n_samples": 340,
-        "n_users": 17,
-        "screen_trained_at": "2026-05-01T08:00:00.000000+00:00Z",
-        "screen_val_acc": 0.88,
-        "screen_n_samples": 70,
-    }
+    assert answer == V2_WITH_A_SCREEN_MODEL
 
 
 async def test_knowledge_and_labels_come_from_accepted_consensus(ingest, engine):
