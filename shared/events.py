@@ -56,8 +56,17 @@ class Event(BaseModel):
 # --- contributions (ingest -> voting) -------------------------------------------------------------------------
 
 
+OriginKey = Annotated[str, Field(pattern=r"^[0-9a-f]{16,64}$")]
+ItemKind = Literal["icon", "knowledge", "screen", "ocr", "anchor"]
+
+
 class Contribution(Event):
     install_id: InstallId
+    origin: OriginKey | None = Field(
+        None,
+        description="keyed hash of the client's network prefix (/24 IPv4, /64 IPv6), never the address; "
+        "installs behind one origin share one voice per item",
+    )
 
 
 class IconCropContributed(Contribution):
@@ -69,6 +78,11 @@ class IconCropContributed(Contribution):
     slot: str = Field(min_length=1, max_length=80)
     label: str = Field(min_length=1, max_length=120)
     model_guess: str = Field("", max_length=120, description="the client's own model prediction (ml_name)")
+    pixels_sha256: Sha256Hex | None = Field(
+        None,
+        description="sha256 of the crop as clients feed the model (decoded, 64x64 BGR): the item's identity",
+    )
+    phash: str | None = Field(None, pattern=r"^[0-9a-f]{16}$", description="64-bit DCT pHash of the crop")
 
 
 class OcrCorrectionContributed(Contribution):
@@ -151,6 +165,46 @@ class RollbackRequested(Event):
     requested_by: str = Field("admin", max_length=64)
 
 
+# --- moderation (the console in ingest -> voting, publisher) ----------------------------------------------------
+
+
+class ItemModerated(Event):
+    """A moderator settled an item (gold): ``label`` is the label it carries, ``None`` rejects the item."""
+
+    event_type: ClassVar[str] = "moderation.item_decided"
+    item_kind: ItemKind
+    item_key: str = Field(min_length=1, max_length=2000)
+    label: str | None = Field(None, min_length=1, max_length=300)
+    moderator: str = Field(min_length=1, max_length=64, description="the console session that decided")
+    note: str = Field("", max_length=500)
+
+
+class InstallModerated(Event):
+    """A moderator shadow-banned an install (its votes stop counting; its client notices nothing) or lifted it."""
+
+    event_type: ClassVar[str] = "moderation.install"
+    install_id: InstallId
+    shadow_banned: bool
+    moderator: str = Field(min_length=1, max_length=64)
+    note: str = Field("", max_length=500)
+
+
+class ReleaseModeRequested(Event):
+    """Releases that passed the gate go out automatically, or are held until a moderator approves each."""
+
+    event_type: ClassVar[str] = "release.mode_requested"
+    mode: Literal["automatic", "held"]
+    requested_by: str = Field("admin", max_length=64)
+
+
+class ReleaseApprovalRequested(Event):
+    """A moderator approves a held release (a trained run that passed its gate)."""
+
+    event_type: ClassVar[str] = "release.approval_requested"
+    run_id: uuid.UUID
+    requested_by: str = Field("admin", max_length=64)
+
+
 # --- training and publishing -----------------------------------------------------------------------------------
 
 
@@ -216,6 +270,10 @@ for _event_class in (
     TrainingForceRequested,
     KnowledgePublishRequested,
     RollbackRequested,
+    ItemModerated,
+    InstallModerated,
+    ReleaseModeRequested,
+    ReleaseApprovalRequested,
     TrainingRequested,
     TrainingProgress,
     ModelTrained,

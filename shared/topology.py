@@ -45,12 +45,18 @@ class FeedQueue:
 
 
 CONSUMER_QUEUES = (
-    ConsumerQueue("voting", ("contribution.*", "training.force_requested")),
+    ConsumerQueue("voting", ("contribution.*", "training.force_requested", "moderation.*")),
     ConsumerQueue("trainer", ("training.requested",), single_active_consumer=True),
     # one active publisher (others stand by): releases are committed to the Hub one at a time, in queue order
     ConsumerQueue(
         "publisher",
-        ("model.trained", "knowledge.publish_requested", "model.rollback_requested"),
+        (
+            "model.trained",
+            "knowledge.publish_requested",
+            "model.rollback_requested",
+            "release.mode_requested",
+            "release.approval_requested",
+        ),
         single_active_consumer=True,
     ),
 )
