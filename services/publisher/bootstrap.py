@@ -19,7 +19,14 @@ from shared.broker import EventPublisher
 from shared.clock import Clock, utc_now
 from shared.consumer import subscribe_events
 from shared.db import create_engine
-from shared.events import Event, KnowledgePublishRequested, ModelTrained, RollbackRequested
+from shared.events import (
+    Event,
+    KnowledgePublishRequested,
+    ModelTrained,
+    ReleaseApprovalRequested,
+    ReleaseModeRequested,
+    RollbackRequested,
+)
 from shared.outbox import OutboxRelay
 from shared.worker_main import run_service
 
@@ -82,6 +89,8 @@ def bootstrap(
         ModelTrained: service.on_model_trained,
         RollbackRequested: service.on_rollback,
         KnowledgePublishRequested: service.on_knowledge_requested,
+        ReleaseModeRequested: service.on_release_mode,
+        ReleaseApprovalRequested: service.on_release_approval,
     }
     subscribe_events(
         broker,

@@ -15,7 +15,10 @@ from huggingface_hub import EvalResult, ModelCardData
 
 from shared.events import KnowledgePublished, ModelPublished, ModelTrained, format_trained_at
 
-SETTLED = ("published", "rejected", "superseded")  # a release in these states is never attempted again
+# A release in these states is never attempted again by a redelivery of what asked for it (a held release
+# waits for its approval, a message of its own).
+SETTLED = ("published", "rejected", "superseded", "held")
+RELEASE_MODES = ("automatic", "held")  # held: a release that passed the gate waits for a moderator's approval
 # Every file a training run may hand on (WIRE_CONTRACT §3, less the publisher's own model_version.json, plus
 # what the model card shows): anything else, a path with ``..`` or an absolute one included, is refused.
 RUN_ARTIFACTS = frozenset(
@@ -124,6 +127,23 @@ def trained_release(event: ModelTrained, recorded: Release | None) -> Release:
         n_users=event.n_users,
         status="pending" if event.quality_gate_passed else "rejected",
     )
+
+
+def held_for_approval(mode: str) -> bool:
+    """Whether a release that passed every check waits for an approval instead of going out."""
+    if mode not in RELEASE_MODES:
+        raise ValueError(f"release mode {mode!r} is not one of {RELEASE_MODES}")
+    return mode == "held"
+
+
+def approval_refusal(run_id: uuid.UUID, release: Release | None) -> str | None:
+    """Why an approval of ``run_id``'s release cannot be acted on (None: it can, or it already was: a
+    published release has nothing left to do); only a held release is approved."""
+    if release is None:
+        return f"run_id: no release of training run {run_id}"
+    if release.status not in ("held", "published"):
+        return f"run_id: the release {release.version} of training run {run_id} is {release.status}, not held"
+    return None
 
 
 def rollback_refusal(target_version: str, target: Release | None) -> str | None:

@@ -16,7 +16,14 @@ from services.publisher.hub import Hub, PermanentPublishError
 from services.publisher.store import ReleaseStore
 from shared.clock import Clock, utc_now
 from shared.consumer import Unprocessable
-from shared.events import KnowledgePublishRequested, ModelTrained, RollbackRequested, format_trained_at
+from shared.events import (
+    KnowledgePublishRequested,
+    ModelTrained,
+    ReleaseApprovalRequested,
+    ReleaseModeRequested,
+    RollbackRequested,
+    format_trained_at,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +54,28 @@ class ReleaseService:
             await self._store.record_superseded(release, reason)
             log.info("release %s superseded: %s", release.version, reason, extra={"version": release.version})
             return
+        if domain.held_for_approval(await self._store.release_mode()):
+            await self._store.record_held(release)
+            log.info("release %s held for approval", release.version, extra={"version": release.version})
+            return
         await self._release(release, await self._store.read_blobs(event.artifacts))
+
+    async def on_release_mode(self, event: ReleaseModeRequested) -> None:
+        await self._store.set_release_mode(event.mode, event.requested_by, event.message_id)
+        log.info("release mode %s, asked by %s", event.mode, event.requested_by)
+
+    async def on_release_approval(self, event: ReleaseApprovalRequested) -> None:
+        release = await self._store.release_of_run(event.run_id)
+        if refusal := domain.approval_refusal(event.run_id, release):
+            raise Unprocessable(refusal)
+        if release.status == "published":
+            return
+        if reason := domain.superseded_by(release, await self._store.current()):
+            await self._store.record_superseded(release, reason)
+            log.info("held release %s superseded: %s", release.version, reason)
+            return
+        artifacts = await self._store.run_artifacts(release.run_id)
+        await self._release(release, await self._store.read_blobs(artifacts))
 
     async def on_rollback(self, event: RollbackRequested) -> None:
         target = await self._store.release(event.target_version)

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import fields
+from dataclasses import fields, replace
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.publisher.domain import Published, Release, TrainedRun
-from services.publisher.tables import model_versions, publication_log
+from services.publisher.tables import model_versions, publication_log, release_mode
 from shared.blobstore import PostgresBlobStore
 from shared.db import claim_message, processed_messages
 from shared.events import KnowledgePublished, ModelPublished
@@ -78,6 +78,18 @@ class ReleaseStore(Protocol):
         """The pHash -> item name map, as voting's accepted consensus holds it now."""
 
     async def knowledge_published(self, message_id: str) -> bool: ...
+
+    async def release_mode(self) -> str:
+        """``automatic`` or ``held`` (automatic until a mode was asked for)."""
+
+    async def set_release_mode(self, mode: str, requested_by: str, message_id: str) -> bool:
+        """Claim the request, store the mode and log it; False (and nothing written) when claimed before."""
+
+    async def record_held(self, release: Release) -> None:
+        """A release that passed every check, recorded ``held`` until approved, and its log entry."""
+
+    async def release_of_run(self, run_id: uuid.UUID) -> Release | None:
+        """The release a training run's model.trained recorded (not a rollback to its weights)."""
 
     async def record_knowledge(
         self, message_id: str, landed: Published, entries: int, event: KnowledgePublished
@@ -194,6 +206,32 @@ class PostgresReleaseStore:
             )
             await enqueue(connection, event)
         return True
+
+    async def release_mode(self) -> str:
+        async with self._engine.connect() as connection:
+            mode = await connection.scalar(select(release_mode.c.mode).where(release_mode.c.id == 1))
+        return mode or "automatic"
+
+    async def set_release_mode(self, mode: str, requested_by: str, message_id: str) -> bool:
+        async with self._engine.begin() as connection:
+            if not await claim_message(connection, CONSUMER, message_id):
+                return False
+            values = {"mode": mode, "requested_by": requested_by, "updated_at": func.now()}
+            await connection.execute(
+                insert(release_mode)
+                .values(id=1, **values)
+                .on_conflict_do_update(index_elements=["id"], set_=values)
+            )
+            await _log(connection, None, "mode", None, {"mode": mode, "requested_by": requested_by})
+        return True
+
+    async def record_held(self, release: Release) -> None:
+        async with self._engine.begin() as connection:
+            await _insert(connection, replace(release, status="held"))
+            await _log(connection, release.version, "held", None, {})
+
+    async def release_of_run(self, run_id: uuid.UUID) -> Release | None:
+        return await self._one((model_versions.c.run_id == run_id) & model_versions.c.rollback_of.is_(None))
 
     async def _one(self, where: Any) -> Release | None:
         async with self._engine.connect() as connection:

@@ -41,7 +41,7 @@ model_versions = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("published_at", DateTime(timezone=True)),
     CheckConstraint(
-        "status IN ('pending', 'published', 'failed', 'rejected', 'superseded')", name="known_status"
+        "status IN ('pending', 'published', 'failed', 'rejected', 'superseded', 'held')", name="known_status"
     ),
     CheckConstraint(f"trained_at ~ '{TRAINED_AT_FORMAT}'", name="trained_at_fixed_width"),
     Index("ix_model_versions_published", "trained_at", postgresql_where=text("status = 'published'")),
@@ -58,4 +58,17 @@ publication_log = Table(
     Column("detail", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     CheckConstraint("kind IN ('model', 'knowledge')", name="known_kind"),
+)
+
+# One row (id 1) once a mode was ever asked for; none: automatic. Held: a release that passed the quality gate
+# waits (status 'held') for a release.approval_requested.
+release_mode = Table(
+    "release_mode",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("mode", String(16), nullable=False),
+    Column("requested_by", String(64), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("id = 1", name="one_row"),
+    CheckConstraint("mode IN ('automatic', 'held')", name="known_mode"),
 )

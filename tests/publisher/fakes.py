@@ -28,6 +28,7 @@ class FakeReleaseStore:
     blobs: dict[str, bytes] = field(default_factory=dict)
     consensus: dict[str, str | None] = field(default_factory=dict)  # accepted knowledge: pHash -> label
     runs: dict[uuid.UUID, TrainedRun] = field(default_factory=dict)  # the trainer's records
+    mode: str = "automatic"
 
     def finished_run(
         self, files: Mapping[str, bytes], *, trained_at: str, gate: bool = True, status: str = "succeeded"
@@ -117,6 +118,24 @@ class FakeReleaseStore:
 
     async def knowledge_published(self, message_id: str) -> bool:
         return message_id in self.processed
+
+    async def release_mode(self) -> str:
+        return self.mode
+
+    async def set_release_mode(self, mode: str, requested_by: str, message_id: str) -> bool:
+        if message_id in self.processed:
+            return False
+        self.processed.add(message_id)
+        self.mode = mode
+        self._log(None, "mode", None, {"mode": mode, "requested_by": requested_by})
+        return True
+
+    async def record_held(self, release: Release) -> None:
+        self._insert(replace(release, status="held"))
+        self._log(release.version, "held", None, {})
+
+    async def release_of_run(self, run_id: uuid.UUID) -> Release | None:
+        return next((r for r in self.releases.values() if r.run_id == run_id and r.rollback_of is None), None)
 
     async def record_knowledge(self, message_id: str, landed: Published, entries: int, event: Event) -> bool:
         if message_id in self.processed:

@@ -1,6 +1,7 @@
 """The publisher's handlers in memory: the composition root wired with a fake store, a fake Hub and a clock."""
 
 import json
+import uuid
 from datetime import UTC, datetime
 
 import pytest
@@ -14,6 +15,8 @@ from shared.events import (
     KnowledgePublishRequested,
     ModelPublished,
     ModelTrained,
+    ReleaseApprovalRequested,
+    ReleaseModeRequested,
     RollbackRequested,
 )
 from tests.publisher.conftest import FILES
@@ -203,3 +206,46 @@ async def test_a_release_of_a_run_that_failed_or_does_not_exist_is_refused(publi
     assert [r.status for r in publisher.store.releases.values()] == ["failed"]  # a row must name its run
     assert [(e["event"], e["version"]) for e in publisher.store.log][-1] == ("refused", None)
     assert publisher.hub.attempts == 0 and publisher.store.outbox == []
+
+
+async def test_in_held_mode_a_release_waits_for_its_approval_then_goes_out_once(publisher):
+    await publisher.service.on_release_mode(ReleaseModeRequested(mode="held", requested_by="console-s1"))
+    event = trained(publisher)
+    await publisher.service.on_model_trained(event)
+    await publisher.service.on_model_trained(event)  # redelivered: still held, nothing published
+    [held] = publisher.store.releases.values()
+    assert held.status == "held" and publisher.hub.attempts == 0 and publisher.store.outbox == []
+    approval = ReleaseApprovalRequested(run_id=event.run_id, requested_by="console-s1")
+    await publisher.service.on_release_approval(approval)
+    await publisher.service.on_release_approval(approval)  # redelivered: published once
+    [release] = publisher.store.releases.values()
+    assert release.status == "published" and list(publisher.hub.tags) == [release.version]
+    assert [e["event"] for e in publisher.store.log] == ["mode", "held", "published"]
+
+
+async def test_back_in_automatic_mode_a_release_goes_out_without_approval(publisher):
+    await publisher.service.on_release_mode(ReleaseModeRequested(mode="held"))
+    await publisher.service.on_release_mode(ReleaseModeRequested(mode="automatic"))
+    await publisher.service.on_model_trained(trained(publisher))
+    assert [r.status for r in publisher.store.releases.values()] == ["published"]
+
+
+async def test_an_approval_of_a_run_without_a_held_release_is_refused(publisher):
+    with pytest.raises(Unprocessable, match="no release of training run"):
+        await publisher.service.on_release_approval(ReleaseApprovalRequested(run_id=uuid.uuid4()))
+    rejected = trained(publisher, gate=False)
+    await publisher.service.on_model_trained(rejected)
+    with pytest.raises(Unprocessable, match="is rejected, not held"):
+        await publisher.service.on_release_approval(ReleaseApprovalRequested(run_id=rejected.run_id))
+    assert publisher.hub.attempts == 0
+
+
+async def test_a_held_release_approved_after_a_newer_one_went_out_is_superseded(publisher):
+    await publisher.service.on_release_mode(ReleaseModeRequested(mode="held"))
+    older = trained(publisher, trained_at=FIRST)
+    await publisher.service.on_model_trained(older)
+    await publisher.service.on_release_mode(ReleaseModeRequested(mode="automatic"))
+    await publisher.service.on_model_trained(trained(publisher, trained_at=SECOND))
+    await publisher.service.on_release_approval(ReleaseApprovalRequested(run_id=older.run_id))
+    statuses = {r.trained_at: r.status for r in publisher.store.releases.values()}
+    assert statuses == {FIRST: "superseded", SECOND: "published"} and publisher.hub.attempts == 1

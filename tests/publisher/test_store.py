@@ -149,3 +149,20 @@ async def test_a_failed_release_becomes_superseded_and_a_refused_one_failed_with
     await case.store.record_refused(no_run, "run_id: no training run")
     assert await case.store.release("v-no-run") is None
     assert await case.announced() == []
+
+
+async def test_the_release_mode_is_automatic_until_asked_and_each_request_applies_once(case):
+    assert await case.store.release_mode() == "automatic"
+    assert await case.store.set_release_mode("held", "console-s1", "m-1") is True
+    assert await case.store.set_release_mode("automatic", "console-s1", "m-1") is False  # redelivered
+    assert await case.store.release_mode() == "held"
+    assert await case.store.set_release_mode("automatic", "console-s2", "m-2") is True
+    assert await case.store.release_mode() == "automatic"
+
+
+async def test_a_held_release_is_found_by_its_run_and_not_by_a_rollback_of_it(case):
+    event = await case.finished_run()
+    release = domain.trained_release(event, None)
+    await case.store.record_held(release)
+    assert await case.store.release_of_run(event.run_id) == replace(release, status="held")
+    assert await case.store.release_of_run(uuid.uuid4()) is None

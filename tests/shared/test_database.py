@@ -30,6 +30,8 @@ EXPECTED_TABLES = {
     "model_artifacts",
     "model_versions",
     "publication_log",
+    "release_mode",
+    "console_audit",
     "install_reliability",
     "consensus_refreshes",
 }
