@@ -66,21 +66,28 @@ class Workload:
         return {crop for crop, cls in enumerate(self.crop_class) if cls in self.attacked_classes}
 
 
-def draw_icon(class_seed: int, variant: int, size: int = 64) -> bytes:
-    design = np.random.default_rng(class_seed)
-    tweak = np.random.default_rng(class_seed * 1000 + variant + 1)
-    background = tuple(int(c) for c in design.integers(0, 120, 3))
+def icon_pixels(design: int, variant: int, nudge: int = 0, size: int = 64) -> np.ndarray:
+    """An icon's RGB pixels: shapes from its design seed, shifted and tinted per variant; ``nudge`` > 0 makes
+    the look-alike twin (one shape's colour moved a little)."""
+    shapes = np.random.default_rng(design)
+    tweak = np.random.default_rng(design * 1000 + variant + 1)
+    background = tuple(int(c) for c in shapes.integers(0, 120, 3))
     image = Image.new("RGB", (size, size), background)
     draw = ImageDraw.Draw(image)
     dx, dy = (int(v) for v in tweak.integers(-3, 4, 2))
-    for _ in range(int(design.integers(2, 5))):
-        x0, y0 = (int(v) for v in design.integers(4, size // 2, 2))
-        x1, y1 = x0 + int(design.integers(10, size // 2)), y0 + int(design.integers(10, size // 2))
-        colour = tuple(int(np.clip(c + tweak.integers(-15, 16), 0, 255)) for c in design.integers(60, 256, 3))
-        shape = draw.ellipse if design.random() < 0.5 else draw.rectangle
+    for index in range(int(shapes.integers(2, 5))):
+        x0, y0 = (int(v) for v in shapes.integers(4, size // 2, 2))
+        x1, y1 = x0 + int(shapes.integers(10, size // 2)), y0 + int(shapes.integers(10, size // 2))
+        base = shapes.integers(60, 256, 3) + (nudge if index == 0 else 0)
+        colour = tuple(int(np.clip(c + tweak.integers(-15, 16), 0, 255)) for c in base)
+        shape = draw.ellipse if shapes.random() < 0.5 else draw.rectangle
         shape((x0 + dx, y0 + dy, x1 + dx, y1 + dy), fill=colour, outline=(255, 255, 255))
+    return np.asarray(image)
+
+
+def draw_icon(class_seed: int, variant: int, size: int = 64) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    Image.fromarray(icon_pixels(class_seed, variant, size=size), "RGB").save(buffer, format="PNG")
     return buffer.getvalue()
 
 

@@ -1,0 +1,267 @@
+"""Quality of the consensus against the community workload (issue 13's targets), beside plain majority.
+
+    .venv/bin/python benchmarks/consensus_quality.py                          # 3 seeds, small scale
+    .venv/bin/python benchmarks/consensus_quality.py --scale issue --seeds 1  # 20,000 contributions
+    .venv/bin/python benchmarks/consensus_quality.py --json out.json
+
+Per seed: a fresh, migrated database; ``tools.simulator.community`` draws the workload (honest installs,
+look-alikes, single-vote and re-encoded crops, spammers, a farming group, 12 planting swarms, an OCR attack, a
+screen troll); the REAL voting service (``bootstrap``) stores it batch by batch in arrival order, with a
+``ConsensusRefresher.refresh()`` every ``--refresh-every`` contributions and at the end, as production does. The
+``consensus`` table (accepted = status 'accepted') is then scored against the truth, and plain majority is
+computed from the same stored votes (most votes per stored item; a tie goes to the label voted first).
+
+Item keys are read back, not assumed: an icon crop's row is the one keyed by its ``pixels_sha256`` if voting
+stored one, else by its ``crop_sha256``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from statistics import mean
+
+from sqlalchemy import text
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import ROOT, add_server_options, drop_database, fresh_database, namespace  # noqa: E402
+from services.voting.bootstrap import bootstrap  # noqa: E402
+from services.voting.domain.consensus import Vote, plain_majority  # noqa: E402
+from services.voting.settings import VotingSettings  # noqa: E402
+from tools.simulator.community import (  # noqa: E402
+    ICON,
+    KINDS,
+    SCALES,
+    Workload,
+    generate,
+    planted_breakdown,
+    score,
+)
+
+METHODS = ("plain majority", "warp-loop")
+# (label, how to read it from a score, target)
+ROWS = (
+    ("icon labels to training: correct %", lambda s: s["icon"]["correct"], ">= 99.5"),
+    ("icon coverage % (single votes incl.)", lambda s: s["icon"]["coverage"], ">= 95"),
+    ("icon attacked crops correct/withheld %", lambda s: s["icon"]["attacked_safe"], "100"),
+    ("planted labels accepted", lambda s: s["planted_total"], "0"),
+    ("farming: attacked correct/withheld %", lambda s: s["farming_safe"], ">= 95"),
+    ("OCR map correct %", lambda s: s["ocr"]["correct"], ">= 98"),
+    ("OCR coverage %", lambda s: s["ocr"]["coverage"], ">= 95"),
+    ("OCR attacked keys correct/withheld %", lambda s: s["ocr"]["attacked_safe"], "100"),
+    ("knowledge map correct %", lambda s: s["knowledge"]["correct"], ">= 99.5"),
+    ("knowledge coverage %", lambda s: s["knowledge"]["coverage"], ">= 95"),
+    ("screen labels correct %", lambda s: s["screen"]["correct"], ">= 98"),
+    ("screen coverage %", lambda s: s["screen"]["coverage"], "-"),
+    ("screen troll's shots correct/withheld %", lambda s: s["screen"]["attacked_safe"], "100"),
+)
+
+
+async def feed(workload: Workload, database_url: str, args: argparse.Namespace) -> dict:
+    settings = VotingSettings(
+        database_url=database_url,
+        broker_url=args.broker_url,
+        broker_namespace=namespace(),
+        training_debounce_seconds=0,
+        health_port=0,
+    )
+    with ThreadPoolExecutor(1) as executor:
+        voting = bootstrap(settings, executor=executor)
+        stored = refreshing = 0.0
+        refreshes = 0
+        since_refresh = 0
+        try:
+            for start in range(0, len(workload.events), settings.max_batch):
+                batch = workload.events[start : start + settings.max_batch]
+                began = time.perf_counter()
+                await voting.service.handle(batch)
+                stored += time.perf_counter() - began
+                since_refresh += len(batch)
+                if since_refresh >= args.refresh_every or start + len(batch) == len(workload.events):
+                    began = time.perf_counter()
+                    await voting.refresher.refresh()
+                    refreshing += time.perf_counter() - began
+                    refreshes += 1
+                    since_refresh = 0
+            async with voting.engine.connect() as db:
+                votes = (
+                    await db.execute(
+                        text("SELECT item_kind, item_key, install_id, label FROM votes ORDER BY seq")
+                    )
+                ).all()
+                rows = (
+                    await db.execute(text("SELECT item_kind, item_key, label, status FROM consensus"))
+                ).all()
+        finally:
+            await voting.engine.dispose()
+    return {
+        "votes": votes,
+        "consensus": rows,
+        "timing": {"store_s": stored, "refresh_s": refreshing, "refreshes": refreshes},
+    }
+
+
+def decided_by_unit(
+    workload: Workload, stored_keys: set[tuple[str, str]], labels: dict[tuple[str, str], str | None]
+) -> tuple[dict[str, dict[str, str | None]], int]:
+    """Each scoring unit's accepted label, through the key voting stored it under; and how many units have no
+    stored item at all (votes voting did not keep)."""
+    decided: dict[str, dict[str, str | None]] = {kind: {} for kind in KINDS}
+    missing = 0
+    for kind in KINDS:
+        for unit in workload.truth[kind]:
+            key = unit
+            if kind == ICON and (ICON, workload.icon_pixels_key[unit]) in stored_keys:
+                key = workload.icon_pixels_key[unit]
+            if (kind, key) not in stored_keys:
+                missing += 1
+            decided[kind][unit] = labels.get((kind, key))
+    return decided, missing
+
+
+def measure(workload: Workload, fed: dict) -> dict:
+    stored_keys = {(v.item_kind, v.item_key) for v in fed["votes"]}
+    accepted = {(r.item_kind, r.item_key): r.label for r in fed["consensus"] if r.status == "accepted"}
+    by_kind = defaultdict(list)
+    for seq, v in enumerate(fed["votes"]):
+        if v.label is not None:
+            by_kind[v.item_kind].append(Vote(v.item_key, v.install_id, v.label, seq))
+    majority = {
+        (kind, item): label
+        for kind, votes in by_kind.items()
+        for item, label in plain_majority(votes).items()
+    }
+    out = {}
+    for method, labels in zip(METHODS, (majority, accepted), strict=True):
+        decided, missing = decided_by_unit(workload, stored_keys, labels)
+        out[method] = score(workload, decided) | {"units_not_stored": missing}
+    return out
+
+
+def fmt(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f}" if isinstance(value, float) else str(value)
+
+
+def table(columns: list[str], scores: list[dict], targets: bool = True) -> str:
+    head = ["metric", *(["target"] if targets else []), *columns]
+    lines = [head]
+    for label, read, target in ROWS:
+        lines.append([label, *([target] if targets else []), *(fmt(read(s)) for s in scores)])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    return "\n".join(
+        "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+        )
+        for line in lines
+    )
+
+
+def mean_score(scores: list[dict]) -> dict:
+    """Field-wise mean of scores (None where no seed had a value)."""
+
+    def merge(values: list):
+        if isinstance(values[0], dict):
+            return {k: merge([v[k] for v in values]) for k in values[0]}
+        present = [v for v in values if v is not None]
+        return mean(present) if present else None
+
+    return merge(scores)
+
+
+def describe(workload: Workload) -> str:
+    events = workload.events
+    kinds = defaultdict(int)
+    for event in events:
+        kinds[workload.unit_of(event)[0]] += 1
+    icon_votes: dict[str, int] = defaultdict(int)
+    for event in events:
+        if workload.unit_of(event)[0] == ICON and workload.roles[event.install_id] == "honest":
+            icon_votes[event.crop_sha256] += 1
+    single = sum(n == 1 for n in icon_votes.values())
+    return (
+        f"{len(events)} contributions ({', '.join(f'{k} {n}' for k, n in kinds.items())}); "
+        f"{len(workload.roles)} installs behind {len(set(workload.origins.values()))} origins; "
+        f"{len(icon_votes)} crops voted by honest installs, {single} of them by one"
+    )
+
+
+async def run(args: argparse.Namespace) -> int:
+    spec = SCALES[args.scale]
+    per_seed = {}
+    for seed in args.seeds:
+        began = time.perf_counter()
+        workload = generate(replace(spec, seed=seed))
+        drawn = time.perf_counter() - began
+        print(f"seed {seed}: {describe(workload)}; drawn in {drawn:.1f}s", flush=True)
+        name = f"warp_bench_quality_{seed}_{os.getpid()}"
+        database_url = await fresh_database(args.database_url, name)
+        try:
+            env = {**os.environ, "WARP_DATABASE_URL": database_url, "WARP_LOG_LEVEL": "WARNING"}
+            subprocess.run(
+                [sys.executable, "-m", "migrations"], cwd=ROOT, env=env, check=True, capture_output=True
+            )
+            fed = await feed(workload, database_url, args)
+        finally:
+            await drop_database(args.database_url, name)
+        result = measure(workload, fed)
+        result["timing"] = fed["timing"]
+        per_seed[seed] = result
+        timing = fed["timing"]
+        print(
+            f"  stored in {timing['store_s']:.1f}s; {timing['refreshes']} refreshes took "
+            f"{timing['refresh_s']:.1f}s; units with no stored item: "
+            f"{result['warp-loop']['units_not_stored']}"
+        )
+        print(table(list(METHODS), [result[m] for m in METHODS], targets=False))
+        for method in METHODS:
+            breakdown = planted_breakdown(result[method]["planted"])
+            print(
+                f"  {method}: planted accepted {result[method]['planted_total']} of "
+                f"{result[method]['planted_crops']} planted crops: "
+                + ", ".join(f"{k} {v}" for k, v in breakdown.items())
+            )
+        print(flush=True)
+    means = {m: mean_score([per_seed[s][m] for s in args.seeds]) for m in METHODS}
+    print(f"mean over seeds {', '.join(map(str, args.seeds))} ({args.scale} scale):")
+    print(table(list(METHODS), [means[m] for m in METHODS]))
+    for method in METHODS:
+        totals = planted_breakdown(
+            {k: round(v * len(args.seeds)) for k, v in means[method]["planted"].items()}
+        )
+        print(f"  {method}: planted accepted, all seeds: " + ", ".join(f"{k} {v}" for k, v in totals.items()))
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"scale": args.scale, "seeds": per_seed, "mean": means}, indent=2, default=str)
+        )
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--scale", choices=sorted(SCALES), default="small")
+    parser.add_argument(
+        "--refresh-every", type=int, default=500, help="contributions stored between consensus refreshes"
+    )
+    parser.add_argument("--json", help="also write every figure to this file")
+    add_server_options(parser)
+    return asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
