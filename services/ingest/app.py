@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 
 from services.ingest import errors
 from services.ingest.bootstrap import bootstrap
+from services.ingest.console.routes import router as console_router
 from services.ingest.fastpath import ContributionFastPath
 from services.ingest.handlers import ServiceUnavailable
 from services.ingest.readmodels import ReadModelUnavailable
@@ -44,6 +45,7 @@ def create_app(settings: IngestSettings | None = None, **overrides: object) -> F
         lifespan=lifespan,
     )
     app.include_router(router)
+    app.include_router(console_router)
 
     app.add_middleware(ContributionFastPath)
 

@@ -18,7 +18,17 @@ class IngestSettings(CommonSettings):
     host: str = Field("127.0.0.1", description="address ingest listens on (0.0.0.0: every interface)")
     port: int = Field(8000, ge=1, le=65535, description="ingest's HTTP port: API, /health, /ready, /metrics")
     http_workers: int = Field(2, ge=1, le=64, description="HTTP worker processes; one per core is right")
-    admin_key: SecretStr | None = Field(None, description="enables /admin/* when set; at least 16 characters")
+    admin_key: SecretStr | None = Field(
+        None, description="enables /admin/* and the console (/console) when set; at least 16 characters"
+    )
+    console_session_minutes: int = Field(
+        480, ge=5, le=7 * 24 * 60, description="how long a console login lasts before the key is asked again"
+    )
+    console_secure_cookie: bool = Field(
+        False,
+        description="mark the console's session cookie Secure (sent over HTTPS only): set it when a TLS proxy "
+        "serves ingest",
+    )
     install_daily_limit: int = Field(2000, ge=1, description="contributions per install per UTC day")
     ip_daily_limit: int = Field(10000, ge=1, description="contributions per client origin per UTC day")
     install_daily_bytes: int = Field(

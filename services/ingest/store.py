@@ -6,8 +6,12 @@ change of the owner's schema has one place to follow it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from datetime import date
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from datetime import date, datetime
+from typing import Any
 
 import asyncpg
 from sqlalchemy import text
@@ -124,3 +128,310 @@ class PostgresReads:
         async with self._engine.connect() as connection:
             row = (await connection.execute(_KNOWLEDGE_MERGE_COUNTS)).one()
         return row.merged, row.total
+
+
+# --- the moderator console's reads (services/ingest/console) ----------------------------------------------------
+# Voting's richer evidence (consensus.reason/evidence, install_trust, install_bans, moderator_decisions) may or may
+# not exist yet: rows are read whole with to_jsonb, so columns added later show up without a change here, and a
+# table is read only once the catalog has it.
+
+CONTESTED_BELOW = 0.9  # an accepted label whose confidence is under this is reviewed as contested
+_TABLES = text("SELECT name FROM unnest(CAST(:names AS text[])) AS name WHERE to_regclass(name) IS NOT NULL")
+_OPTIONAL_TABLES = ("install_trust", "install_bans", "moderator_decisions")
+# Where an install's trust is read: voting's install_trust (one row per install) once it exists, else the
+# per-kind install_reliability it replaces; (table, join condition on votes v, order of the installs page).
+_TRUST_SOURCES = {
+    "install_trust": ("t.install_id = v.install_id", "bool_or(t.banned) DESC, min(t.weight) ASC"),
+    "install_reliability": ("t.item_kind = v.item_kind AND t.install_id = v.install_id", "sum(t.votes) DESC"),
+}
+_CONTRIBUTIONS_BY_HOUR = text(
+    "SELECT date_trunc('hour', received_at) AS hour, item_kind, count(*) AS n FROM contributions "
+    "WHERE received_at >= :since GROUP BY 1, 2 ORDER BY 1"
+)
+_CONSENSUS_BY_STATUS = text(
+    "SELECT item_kind, status, count(*) AS n FROM consensus GROUP BY 1, 2 ORDER BY 1, 2"
+)
+_RUNS = text(
+    "SELECT id, snapshot_id, status, attempts, created_at, started_at, finished_at, deadline_at, metrics, error "
+    "FROM training_runs ORDER BY created_at DESC LIMIT :limit"
+)
+_RELEASES = text(
+    "SELECT version, run_id, trained_at, status, hub_commit, metrics, n_classes, n_samples, n_users, "
+    "rollback_of, error, created_at, published_at FROM model_versions ORDER BY created_at DESC LIMIT :limit"
+)
+_RELEASE_MODE = text("SELECT mode, requested_by, updated_at FROM release_mode WHERE id = 1")
+_REVIEW_QUEUE = text(
+    "SELECT to_jsonb(c) AS item FROM consensus c "
+    "WHERE (c.status = 'withheld' OR c.confidence < :contested) AND (CAST(:kind AS text) IS NULL OR "
+    "c.item_kind = :kind) "
+    "ORDER BY c.status = 'withheld' DESC, c.support DESC, c.item_kind, c.item_key LIMIT :limit OFFSET :offset"
+)
+_ITEM = text("SELECT to_jsonb(c) AS item FROM consensus c WHERE item_kind = :kind AND item_key = :key")
+_ITEM_VOTES = """
+SELECT k.kind AS item_kind, k.key AS item_key, x.* FROM unnest(CAST(:kinds AS text[]), CAST(:keys AS text[])) AS k(kind, key)
+CROSS JOIN LATERAL (
+    SELECT v.install_id, v.label, v.voted_at, ct.image_sha256, ct.payload->>'origin' AS origin,
+           ct.payload->>'model_guess' AS model_guess, to_jsonb(t) AS trust
+    FROM votes v JOIN contributions ct ON ct.contribution_id = v.contribution_id
+    LEFT JOIN {trust} t ON {join}
+    WHERE v.item_kind = k.kind AND v.item_key = k.key
+    ORDER BY v.voted_at DESC LIMIT :per_item
+) x
+"""
+_LATEST_AUDIT = text(
+    "SELECT DISTINCT ON (subject) subject, session, at, after FROM console_audit "
+    "WHERE action = :action AND subject = ANY(CAST(:subjects AS text[])) ORDER BY subject, id DESC"
+)
+_INSTALLS = """
+SELECT t.install_id, jsonb_agg(to_jsonb(t)) AS trust
+FROM {trust} t WHERE (CAST(:prefix AS text) IS NULL OR t.install_id LIKE :prefix)
+GROUP BY t.install_id
+ORDER BY bool_or(t.cohort IS NOT NULL) DESC, {order}, t.install_id
+LIMIT :limit OFFSET :offset
+"""
+_INSTALL_ORIGINS = text(
+    "SELECT install_id, count(DISTINCT payload->>'origin') AS origins, count(*) AS contributions "
+    "FROM contributions WHERE install_id = ANY(CAST(:ids AS text[])) GROUP BY install_id"
+)
+_INSTALL_BANS = text(
+    "SELECT b.install_id, to_jsonb(b) AS ban FROM install_bans b WHERE b.install_id = ANY(CAST(:ids AS text[]))"
+)
+_INSTALL_VOTES = text(
+    "SELECT v.item_kind, v.item_key, v.label, v.voted_at, c.label AS consensus_label, c.status "
+    "FROM votes v LEFT JOIN consensus c USING (item_kind, item_key) "
+    "WHERE v.install_id = :install ORDER BY v.voted_at DESC LIMIT :limit"
+)
+_INSTALL_ORIGIN_LIST = text(
+    "SELECT payload->>'origin' AS origin, count(*) AS n, max(received_at) AS last FROM contributions "
+    "WHERE install_id = :install GROUP BY 1 ORDER BY n DESC LIMIT 20"
+)
+_AUDIT = text(
+    "SELECT id, at, session, action, subject, before, after, message_id FROM console_audit "
+    "WHERE (CAST(:subject AS text) IS NULL OR subject = :subject) ORDER BY id DESC LIMIT :limit"
+)
+_RECORD_AUDIT = text(
+    "INSERT INTO console_audit (session, action, subject, before, after, message_id) "
+    "VALUES (:session, :action, :subject, CAST(:before AS jsonb), CAST(:after AS jsonb), :message_id) "
+    "RETURNING id"
+)
+_GOLD_FROM_DECISIONS = text(
+    "SELECT DISTINCT ON (item_kind, item_key) to_jsonb(d) - 'before' AS decision FROM moderator_decisions d "
+    "ORDER BY item_kind, item_key, decided_at DESC, id DESC"
+)
+_GOLD_FROM_AUDIT = text(
+    "SELECT DISTINCT ON (subject) after || jsonb_build_object('message_id', message_id, 'moderator', session, "
+    "'decided_at', at) AS decision FROM console_audit WHERE action = 'item_decided' ORDER BY subject, id DESC"
+)
+_ITEM_CROPS = text(
+    "SELECT DISTINCT ON (ct.image_sha256) k.kind AS item_kind, k.key AS item_key, ct.image_sha256 "
+    "FROM unnest(CAST(:kinds AS text[]), CAST(:keys AS text[])) AS k(kind, key) "
+    "CROSS JOIN LATERAL (SELECT v.contribution_id FROM votes v WHERE v.item_kind = k.kind "
+    "  AND v.item_key = k.key LIMIT 1) v JOIN contributions ct ON ct.contribution_id = v.contribution_id "
+    "WHERE ct.image_sha256 IS NOT NULL"
+)
+_BLOB = text("SELECT data FROM blobs WHERE sha256 = :sha")
+_BLOB_OF_RUN = text(
+    "SELECT b.data FROM model_artifacts a JOIN blobs b ON b.sha256 = a.blob_sha256 "
+    "WHERE a.run_id = :run AND a.path = :path"
+)
+
+
+def _trust_table(optional: set[str]) -> str:
+    return "install_trust" if "install_trust" in optional else "install_reliability"
+
+
+def _audit_subject(kind: str, key: str) -> str:
+    return f"{kind}:{key}"
+
+
+class PostgresConsoleReads:
+    """What the console shows, read from every service's tables; its own audit log is the one thing it writes."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def optional_tables(self, connection) -> set[str]:
+        rows = await connection.execute(_TABLES, {"names": list(_OPTIONAL_TABLES)})
+        return {row.name for row in rows}
+
+    async def _trust_table(self, connection) -> str:
+        return (
+            "install_trust"
+            if "install_trust" in await self.optional_tables(connection)
+            else "install_reliability"
+        )
+
+    async def overview(self, since: datetime) -> dict[str, Any]:
+        async with self._engine.connect() as connection:
+            hourly = (await connection.execute(_CONTRIBUTIONS_BY_HOUR, {"since": since})).all()
+            consensus = (await connection.execute(_CONSENSUS_BY_STATUS)).all()
+            release = await latest_published_version(connection)
+            runs = (await connection.execute(_RUNS, {"limit": 1})).all()
+        return {
+            "hourly": hourly,
+            "consensus": consensus,
+            "release": release,
+            "run": runs[0] if runs else None,
+        }
+
+    async def review_queue(self, kind: str | None, limit: int, offset: int) -> list[dict[str, Any]]:
+        """Withheld items, then contested ones (accepted under ``CONTESTED_BELOW``), most evidence first, each
+        with its latest votes (install, label, origin, the client model's guess, the install's trust row), its
+        crops and the console's last decision on it."""
+        async with self._engine.connect() as connection:
+            rows = await connection.execute(
+                _REVIEW_QUEUE,
+                {"contested": CONTESTED_BELOW, "kind": kind, "limit": limit, "offset": offset},
+            )
+            items = [row.item for row in rows]
+            return await self._with_evidence(connection, items)
+
+    async def item(self, kind: str, key: str) -> dict[str, Any] | None:
+        async with self._engine.connect() as connection:
+            row = (await connection.execute(_ITEM, {"kind": kind, "key": key})).first()
+            if row is None:
+                return None
+            [item] = await self._with_evidence(connection, [row.item])
+        return item
+
+    async def _with_evidence(self, connection, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if not items:
+            return []
+        trust = _trust_table(await self.optional_tables(connection))
+        keys = {"kinds": [i["item_kind"] for i in items], "keys": [i["item_key"] for i in items]}
+        sql = text(_ITEM_VOTES.format(trust=trust, join=_TRUST_SOURCES[trust][0]))
+        votes = await connection.execute(sql, keys | {"per_item": 50})
+        crops = await connection.execute(_ITEM_CROPS, keys)
+        subjects = [_audit_subject(i["item_kind"], i["item_key"]) for i in items]
+        decided = await connection.execute(_LATEST_AUDIT, {"action": "item_decided", "subjects": subjects})
+        by_item: dict[tuple[str, str], dict[str, Any]] = {
+            (i["item_kind"], i["item_key"]): {"item": i, "votes": [], "crops": [], "decision": None}
+            for i in items
+        }
+        for vote in votes:
+            by_item[vote.item_kind, vote.item_key]["votes"].append(vote._asdict())
+        for crop in crops:
+            by_item[crop.item_kind, crop.item_key]["crops"].append(crop.image_sha256)
+        for row in decided:
+            kind, _, key = row.subject.partition(":")
+            by_item[kind, key]["decision"] = row._asdict()
+        return list(by_item.values())
+
+    async def installs(self, prefix: str | None, limit: int, offset: int) -> list[dict[str, Any]]:
+        """Installs, those in a suspected cohort first, each with its trust rows per item kind, distinct
+        origins, ban state (voting's, once it keeps one) and the console's last ban request."""
+        async with self._engine.connect() as connection:
+            optional = await self.optional_tables(connection)
+            trust = _trust_table(optional)
+            sql = text(_INSTALLS.format(trust=trust, order=_TRUST_SOURCES[trust][1]))
+            pattern = prefix.replace("_", "\\_") + "%" if prefix else None
+            rows = (
+                await connection.execute(sql, {"prefix": pattern, "limit": limit, "offset": offset})
+            ).all()
+            return await self._install_details(connection, optional, [(r.install_id, r.trust) for r in rows])
+
+    async def install(self, install_id: str) -> dict[str, Any]:
+        async with self._engine.connect() as connection:
+            optional = await self.optional_tables(connection)
+            trust = _trust_table(optional)
+            rows = await connection.execute(
+                text(f"SELECT to_jsonb(t) AS row FROM {trust} t WHERE install_id = :id"),
+                {"id": install_id},
+            )
+            [detail] = await self._install_details(
+                connection, optional, [(install_id, [r.row for r in rows])]
+            )
+            detail["votes"] = (
+                await connection.execute(_INSTALL_VOTES, {"install": install_id, "limit": 100})
+            ).all()
+            detail["origin_list"] = (
+                await connection.execute(_INSTALL_ORIGIN_LIST, {"install": install_id})
+            ).all()
+        return detail
+
+    async def _install_details(
+        self, connection, optional: set[str], installs: list[tuple[str, list[dict[str, Any]]]]
+    ) -> list[dict[str, Any]]:
+        ids = [install_id for install_id, _ in installs]
+        origins = {r.install_id: r for r in await connection.execute(_INSTALL_ORIGINS, {"ids": ids})}
+        bans = {}
+        if "install_bans" in optional:
+            bans = {r.install_id: r.ban for r in await connection.execute(_INSTALL_BANS, {"ids": ids})}
+        requested = {
+            r.subject: r._asdict()
+            for r in await connection.execute(_LATEST_AUDIT, {"action": "install_moderated", "subjects": ids})
+        }
+        return [
+            {
+                "install_id": install_id,
+                "trust": trust,
+                "origins": origins[install_id].origins if install_id in origins else 0,
+                "contributions": origins[install_id].contributions if install_id in origins else 0,
+                "ban": bans.get(install_id),
+                "requested": requested.get(install_id),
+            }
+            for install_id, trust in installs
+        ]
+
+    async def releases(self) -> dict[str, Any]:
+        async with self._engine.connect() as connection:
+            mode = (await connection.execute(_RELEASE_MODE)).first()
+            releases = (await connection.execute(_RELEASES, {"limit": 30})).all()
+            runs = (await connection.execute(_RUNS, {"limit": 20})).all()
+            current = await latest_published_version(connection)
+        return {"mode": mode, "releases": releases, "runs": runs, "current": current}
+
+    async def run_file(self, run_id: uuid.UUID, path: str) -> bytes | None:
+        """One artifact of a training run (its curve, its per-class accuracy), or None."""
+        async with self._engine.connect() as connection:
+            data = await connection.scalar(_BLOB_OF_RUN, {"run": run_id, "path": path})
+        return None if data is None else bytes(data)
+
+    async def blob(self, sha256: str) -> bytes | None:
+        async with self._engine.connect() as connection:
+            data = await connection.scalar(_BLOB, {"sha": sha256})
+        return None if data is None else bytes(data)
+
+    async def gold(self) -> list[dict[str, Any]]:
+        """Moderator-decided items, the latest decision per item: voting's record of those it applied
+        (``state`` applied), and the console's decisions voting has not recorded yet (``state`` sent)."""
+        async with self._engine.connect() as connection:
+            applied = []
+            if "moderator_decisions" in await self.optional_tables(connection):
+                applied = [
+                    row.decision | {"state": "applied"}
+                    for row in await connection.execute(_GOLD_FROM_DECISIONS)
+                ]
+            sent = [row.decision | {"state": "sent"} for row in await connection.execute(_GOLD_FROM_AUDIT)]
+        known = {d["message_id"] for d in applied} | {(d["item_kind"], d["item_key"]) for d in applied}
+        return applied + [
+            d for d in sent if d["message_id"] not in known and (d["item_kind"], d["item_key"]) not in known
+        ]
+
+    async def audit(self, subject: str | None = None, limit: int = 100) -> list[Any]:
+        async with self._engine.connect() as connection:
+            return (await connection.execute(_AUDIT, {"subject": subject, "limit": limit})).all()
+
+    @contextlib.asynccontextmanager
+    async def audited(
+        self,
+        session: str,
+        action: str,
+        subject: str,
+        before: dict[str, Any],
+        after: dict[str, Any],
+        message_id: str,
+    ) -> AsyncIterator[int]:
+        """Log an action; the row commits when the block (which sends the action's event) leaves without error."""
+        async with self._engine.begin() as connection:
+            yield await connection.scalar(
+                _RECORD_AUDIT,
+                {
+                    "session": session,
+                    "action": action,
+                    "subject": subject,
+                    "before": json.dumps(before, default=str),
+                    "after": json.dumps(after, default=str),
+                    "message_id": message_id,
+                },
+            )

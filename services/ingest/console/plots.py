@@ -1,0 +1,57 @@
+"""Server-rendered SVG charts for the console: plain values in, markup out (no script, no inline style)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from html import escape
+
+# One colour per series, distinguishable in grey scale too (the legend names each one as well).
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+
+
+def stacked_bars(
+    title: str,
+    labels: Sequence[str],
+    series: Mapping[str, Sequence[int]],
+    *,
+    width: int = 720,
+    height: int = 200,
+) -> str:
+    """Stacked bars, one column per label; ``series`` maps a name to one value per label."""
+    left, bottom, top = 44, 28, 22
+    plot_w, plot_h = width - left - 8, height - bottom - top
+    totals = [sum(values[i] for values in series.values()) for i in range(len(labels))]
+    peak = max(totals, default=0) or 1
+    step = plot_w / max(len(labels), 1)
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
+        f'height="{height}" role="img" aria-label="{escape(title)}">',
+        f"<title>{escape(title)}</title>",
+        f'<text x="{left}" y="14" font-size="12">{escape(title)}</text>',
+        f'<line x1="{left}" y1="{top + plot_h}" x2="{width - 8}" y2="{top + plot_h}" stroke="#888"/>',
+        f'<text x="{left - 4}" y="{top + 4}" font-size="10" text-anchor="end">{peak}</text>',
+        f'<text x="{left - 4}" y="{top + plot_h}" font-size="10" text-anchor="end">0</text>',
+    ]
+    for index, label in enumerate(labels):
+        base = top + plot_h
+        for number, (name, values) in enumerate(series.items()):
+            bar = values[index] / peak * plot_h
+            if bar > 0:
+                parts.append(
+                    f'<rect x="{left + index * step + 1:.1f}" y="{base - bar:.1f}" width="{max(step - 2, 1):.1f}" '
+                    f'height="{bar:.1f}" fill="{PALETTE[number % len(PALETTE)]}">'
+                    f"<title>{escape(label)} {escape(name)}: {values[index]}</title></rect>"
+                )
+                base -= bar
+        if index % max(len(labels) // 8, 1) == 0:
+            parts.append(
+                f'<text x="{left + index * step:.1f}" y="{height - 10}" font-size="10">{escape(label)}</text>'
+            )
+    x = left
+    for number, name in enumerate(series):
+        colour = PALETTE[number % len(PALETTE)]
+        parts.append(f'<rect x="{x + 160}" y="5" width="10" height="10" fill="{colour}"/>')
+        parts.append(f'<text x="{x + 174}" y="14" font-size="11">{escape(name)}</text>')
+        x += 24 + 7 * len(name)
+    parts.append("</svg>")
+    return "".join(parts)
