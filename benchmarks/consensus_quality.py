@@ -25,7 +25,6 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from statistics import mean
@@ -43,6 +42,7 @@ from tools.simulator.community import (  # noqa: E402
     KINDS,
     SCALES,
     Workload,
+    describe,
     generate,
     planted_breakdown,
     score,
@@ -52,6 +52,7 @@ METHODS = ("plain majority", "warp-loop")
 # (label, how to read it from a score, target)
 ROWS = (
     ("icon labels to training: correct %", lambda s: s["icon"]["correct"], ">= 99.5"),
+    ("icon wrong labels accepted", lambda s: s["icon"]["wrong"], "-"),
     ("icon coverage % (single votes incl.)", lambda s: s["icon"]["coverage"], ">= 95"),
     ("icon attacked crops correct/withheld %", lambda s: s["icon"]["attacked_safe"], "100"),
     ("planted labels accepted", lambda s: s["planted_total"], "0"),
@@ -75,35 +76,34 @@ async def feed(workload: Workload, database_url: str, args: argparse.Namespace) 
         training_debounce_seconds=0,
         health_port=0,
     )
-    with ThreadPoolExecutor(1) as executor:
-        voting = bootstrap(settings, executor=executor)
-        stored = refreshing = 0.0
-        refreshes = 0
-        since_refresh = 0
-        try:
-            for start in range(0, len(workload.events), settings.max_batch):
-                batch = workload.events[start : start + settings.max_batch]
+    now = [workload.events[0].occurred_at]  # the service's clock: the time of the latest contribution
+    voting = bootstrap(settings, clock=lambda: now[0])
+    stored = refreshing = 0.0
+    refreshes = since_refresh = 0
+    try:
+        step = min(settings.max_batch, args.refresh_every)
+        for start in range(0, len(workload.events), step):
+            batch = workload.events[start : start + step]
+            now[0] = batch[-1].occurred_at
+            began = time.perf_counter()
+            await voting.service.handle(batch)
+            stored += time.perf_counter() - began
+            since_refresh += len(batch)
+            if since_refresh >= args.refresh_every or start + len(batch) == len(workload.events):
                 began = time.perf_counter()
-                await voting.service.handle(batch)
-                stored += time.perf_counter() - began
-                since_refresh += len(batch)
-                if since_refresh >= args.refresh_every or start + len(batch) == len(workload.events):
-                    began = time.perf_counter()
-                    await voting.refresher.refresh()
-                    refreshing += time.perf_counter() - began
-                    refreshes += 1
-                    since_refresh = 0
-            async with voting.engine.connect() as db:
-                votes = (
-                    await db.execute(
-                        text("SELECT item_kind, item_key, install_id, label FROM votes ORDER BY seq")
-                    )
-                ).all()
-                rows = (
-                    await db.execute(text("SELECT item_kind, item_key, label, status FROM consensus"))
-                ).all()
-        finally:
-            await voting.engine.dispose()
+                await voting.refresher.refresh()
+                refreshing += time.perf_counter() - began
+                refreshes += 1
+                since_refresh = 0
+        async with voting.engine.connect() as db:
+            votes = (
+                await db.execute(
+                    text("SELECT item_kind, item_key, install_id, label FROM votes ORDER BY seq")
+                )
+            ).all()
+            rows = (await db.execute(text("SELECT item_kind, item_key, label, status FROM consensus"))).all()
+    finally:
+        await voting.engine.dispose()
     return {
         "votes": votes,
         "consensus": rows,
@@ -179,23 +179,6 @@ def mean_score(scores: list[dict]) -> dict:
         return mean(present) if present else None
 
     return merge(scores)
-
-
-def describe(workload: Workload) -> str:
-    events = workload.events
-    kinds = defaultdict(int)
-    for event in events:
-        kinds[workload.unit_of(event)[0]] += 1
-    icon_votes: dict[str, int] = defaultdict(int)
-    for event in events:
-        if workload.unit_of(event)[0] == ICON and workload.roles[event.install_id] == "honest":
-            icon_votes[event.crop_sha256] += 1
-    single = sum(n == 1 for n in icon_votes.values())
-    return (
-        f"{len(events)} contributions ({', '.join(f'{k} {n}' for k, n in kinds.items())}); "
-        f"{len(workload.roles)} installs behind {len(set(workload.origins.values()))} origins; "
-        f"{len(icon_votes)} crops voted by honest installs, {single} of them by one"
-    )
 
 
 async def run(args: argparse.Namespace) -> int:

@@ -4,6 +4,11 @@
     .venv/bin/python -m tools.simulator feed --via http --url http://127.0.0.1:8000
     .venv/bin/python -m tools.simulator feed --via queue              # straight into <ns>.voting
     .venv/bin/python -m tools.simulator check                         # score what the running system decided
+    .venv/bin/python -m tools.simulator community --scale small --seed 1   # issue 13's workload, plain majority
+
+``community`` draws the community workload of ``tools/simulator/community.py`` (every contribution kind,
+origins, model guesses, attacks) and scores plain majority on it offline; ``benchmarks/consensus_quality.py``
+feeds it through the voting service.
 
 ``feed`` sends every vote of the workload (in arrival order) through the ingest HTTP API or straight into the
 voting queue; ``check`` reads the consensus table and scores it against the same workload's truth.
@@ -17,7 +22,7 @@ import os
 import sys
 import time
 
-from services.voting.domain.consensus import ConsensusParams, Vote, plain_majority, robust_consensus
+from services.voting.domain.consensus import Vote, plain_majority
 from tools.simulator.workload import (
     WorkloadSpec,
     accepted_labels,
@@ -41,6 +46,8 @@ def spec_from(args: argparse.Namespace) -> WorkloadSpec:
 
 
 def offline_score(args: argparse.Namespace) -> int:
+    from services.voting.domain.consensus import ConsensusParams, robust_consensus
+
     workload = generate(spec_from(args))
     votes = [Vote(v.crop, v.install, v.label, v.seq) for v in workload.votes]
     spec = workload.spec
@@ -117,11 +124,38 @@ async def check(args: argparse.Namespace) -> int:
     return 0
 
 
+def community(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from tools.simulator import community as sim
+
+    workload = sim.generate(replace(sim.SCALES[args.scale], seed=args.seed))
+    print(sim.describe(workload))
+    votes: dict[str, list[Vote]] = {kind: [] for kind in sim.KINDS}
+    for seq, event in enumerate(workload.events):
+        kind, unit = workload.unit_of(event)
+        label = {
+            sim.ICON: getattr(event, "label", None),
+            sim.KNOWLEDGE: getattr(event, "item_name", None),
+            sim.OCR: getattr(event, "corrected_text", None),
+            sim.SCREEN: getattr(event, "screen_type", None),
+        }[kind]
+        votes[kind].append(Vote(unit, event.install_id, label, seq))
+    result = sim.score(workload, {kind: plain_majority(kind_votes) for kind, kind_votes in votes.items()})
+    for kind in sim.KINDS:
+        print(f"plain majority, {kind}: {result[kind]}")
+    print(f"plain majority: planted labels accepted {result['planted_total']} of {result['planted_crops']}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=["score", "feed", "check"])
+    parser.add_argument("command", choices=["score", "feed", "check", "community"])
+    parser.add_argument(
+        "--scale", choices=["small", "issue"], default="small", help="community workload size"
+    )
     parser.add_argument("--via", choices=["http", "queue"], default="http")
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--classes", type=int, default=500)
@@ -134,6 +168,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.command == "score":
         return offline_score(args)
+    if args.command == "community":
+        return community(args)
     return asyncio.run(feed(args) if args.command == "feed" else check(args))
 
 

@@ -647,6 +647,23 @@ def generate(spec: CommunitySpec = CommunitySpec()) -> Workload:
     return _Builder(spec).build()
 
 
+def describe(workload: Workload) -> str:
+    events = workload.events
+    kinds: dict[str, int] = defaultdict(int)
+    for event in events:
+        kinds[workload.unit_of(event)[0]] += 1
+    icon_votes: dict[str, int] = defaultdict(int)
+    for event in events:
+        if workload.unit_of(event)[0] == ICON and workload.roles[event.install_id] == "honest":
+            icon_votes[event.crop_sha256] += 1
+    single = sum(n == 1 for n in icon_votes.values())
+    return (
+        f"{len(events)} contributions ({', '.join(f'{k} {n}' for k, n in kinds.items())}); "
+        f"{len(workload.roles)} installs behind {len(set(workload.origins.values()))} origins; "
+        f"{len(icon_votes)} crops voted by honest installs, {single} of them by one"
+    )
+
+
 # --- scoring -------------------------------------------------------------------------------------------------
 
 
