@@ -14,7 +14,7 @@ from sqlalchemy import insert, text
 
 from services.voting.tables import consensus, contributions, votes
 from shared.blobstore import PostgresBlobStore
-from tests.ingest.conftest import ADMIN_KEY, Ingest, running_ingest
+from tests.ingest.conftest import ADMIN_KEY, Ingest, ingest_settings, running_ingest  # noqa: F401
 from tests.utils.images import make_png
 
 ORIGINS = ["a1" * 8, "b2" * 8, "c3" * 8]
@@ -122,20 +122,8 @@ async def log_in(client: httpx.AsyncClient, key: str = ADMIN_KEY) -> str:
 
 
 @pytest_asyncio.fixture
-async def console_settings(broker_url, database_url, topology) -> dict:
-    """Ingest's settings on this test's database and broker namespace, with an admin key."""
-    return dict(
-        broker_url=broker_url,
-        database_url=database_url,
-        broker_namespace=topology.namespace,
-        delivery_limit=topology.delivery_limit,
-        admin_key=ADMIN_KEY,
-    )
-
-
-@pytest_asyncio.fixture
-async def console(console_settings) -> AsyncIterator[Ingest]:
-    async with running_ingest(**console_settings) as running:
+async def console(ingest_settings) -> AsyncIterator[Ingest]:  # noqa: F811
+    async with running_ingest(**ingest_settings) as running:
         yield running
 
 

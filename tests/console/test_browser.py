@@ -36,8 +36,8 @@ async def browser() -> AsyncIterator[Browser]:
 
 
 @pytest_asyncio.fixture
-async def base_url(console_settings) -> AsyncIterator[str]:
-    async with served(create_app(IngestSettings(**console_settings))) as url:
+async def base_url(ingest_settings) -> AsyncIterator[str]:
+    async with served(create_app(IngestSettings(**ingest_settings))) as url:
         yield url
 
 
@@ -51,11 +51,11 @@ async def page(browser: Browser, base_url: str) -> AsyncIterator[Page]:
 
 
 @pytest_asyncio.fixture
-async def publisher_worker(console_settings, tmp_path) -> AsyncIterator[None]:
+async def publisher_worker(ingest_settings, tmp_path) -> AsyncIterator[None]:
     """The publisher consuming this test's queue, releasing to a local Hub directory."""
     settings = PublisherSettings(
         **{
-            k: console_settings[k]
+            k: ingest_settings[k]
             for k in ("broker_url", "database_url", "broker_namespace", "delivery_limit")
         },
         local_hub_dir=tmp_path / "hub",

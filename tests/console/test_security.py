@@ -80,11 +80,11 @@ async def test_the_cookie_is_secure_when_configured(secure):
         assert ("; secure" in answer.headers["set-cookie"].lower()) is secure
 
 
-async def test_a_cookie_issued_under_a_rotated_admin_key_is_refused(console_settings):
-    async with running_ingest(**console_settings) as before:
+async def test_a_cookie_issued_under_a_rotated_admin_key_is_refused(ingest_settings):
+    async with running_ingest(**ingest_settings) as before:
         await log_in(before.client)
         cookie = before.client.cookies[COOKIE]
-    async with running_ingest(**console_settings | {"admin_key": ADMIN_KEY + "-rotated"}) as after:
+    async with running_ingest(**ingest_settings | {"admin_key": ADMIN_KEY + "-rotated"}) as after:
         after.client.cookies.set(COOKIE, cookie, path="/console")
         assert (await after.client.get("/console/review")).status_code == 303
         assert (await after.client.post("/console/releases/mode", data={"mode": "held"})).status_code == 401
