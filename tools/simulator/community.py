@@ -20,9 +20,10 @@ What it draws (all seeded; times are a fraction ``t`` of a 30-day window):
 - **Attacks**: spammers (random labels on every kind); a **farming group** that votes correctly on settled
   items, then flips every base crop of a few settled, less popular items; **fresh-install swarms** of 2, 5 and
   10 installs, from one origin and from as many, each planting its own ``Sybil Planted Label <k>`` on
-  re-encodings of settled items' crops or on near-copies nobody labelled (their clients' model guess is honest,
-  except a share forged to the planted label); an **OCR raw-text attack** (a few installs map raw texts that
-  one or two honest users corrected to a wrong name); a **screen troll** (two installs of one origin mislabelling their own screenshots).
+  re-encodings of settled crops, or on crops nobody labelled (near-copies of settled crops, and base crops no
+  one had voted on yet); their clients' model guess is honest, except a share forged to the planted label; an
+  **OCR raw-text attack** (a few installs map raw texts that one or two honest users corrected to a wrong name);
+  a **screen troll** (two installs of one origin mislabelling their own screenshots).
 
 Icon events carry ``pixels_sha256`` and ``phash`` from ``shared.imagekeys.keys_of_png`` (what ingest computes).
 Truth is kept per scoring unit: an icon crop by its ``crop_sha256`` (every distinct PNG sent), an OCR item by
@@ -300,6 +301,7 @@ class _Builder:
         readers = Counter(r for readings in self.ocr_readings.values() for r in readings)
         self.ocr_readings = {k: [r for r in v if readers[r] == 1] for k, v in self.ocr_readings.items()}
         self.serial = 0
+        self.farmed: set[int] = set()
 
     # crops and their PNGs
 
@@ -505,8 +507,9 @@ class _Builder:
                 )
                 drawn += 1
 
-    def settled_items(self, before: float, min_votes: int) -> list[int]:
-        """Items whose base crops (plain encoding) had ``min_votes`` right honest votes on one crop by ``before``."""
+    def settled_crops(self, before: float, min_votes: int) -> dict[int, int]:
+        """item -> its base crop (plain encoding) that had the most right honest votes by ``before``, for the
+        items where that is at least ``min_votes``."""
         base = {self.png(crop, 0)[1]: (item, crop) for item, ids in enumerate(self.variants) for crop in ids}
         right: Counter = Counter()
         for t, event in self.events:
@@ -518,21 +521,32 @@ class _Builder:
                 and event.label == self.truth[ICON][event.crop_sha256]
             ):
                 right[base[event.crop_sha256]] += 1
-        return sorted({item for (item, _), n in right.items() if n >= min_votes})
+        settled: dict[int, int] = {}
+        for (item, crop), votes in right.most_common():
+            if votes >= min_votes:
+                settled.setdefault(item, crop)
+        return dict(sorted(settled.items()))
+
+    def unvoted_crops(self, before: float) -> list[int]:
+        """Base crops whose pixels nobody had voted on (in any encoding) by ``before``."""
+        voted = {e.pixels_sha256 for t, e in self.events if t < before and isinstance(e, IconCropContributed)}
+        return [crop for ids in self.variants for crop in ids if self.png(crop, 0)[2] not in voted]
 
     def farming_group(self) -> None:
         spec, rng = self.spec, self.rng
-        early = sorted(self.settled_items(0.35, 3), key=lambda i: -self.popularity[i])
+        settled_early = self.settled_crops(0.35, 3)
+        early = sorted(settled_early, key=lambda i: -self.popularity[i])
         popular = early[: max(spec.group_clean_votes, len(early) // 2)]
-        by_popularity = sorted(self.settled_items(0.85, 3), key=lambda i: -self.popularity[i])
+        by_popularity = sorted(self.settled_crops(0.85, 3), key=lambda i: -self.popularity[i])
         quieter = [i for i in by_popularity[len(by_popularity) // 3 :] if i not in popular]
         targets = [int(i) for i in rng.choice(quieter, min(spec.farmed_items, len(quieter)), replace=False)]
+        self.farmed = set(targets)
         group = [f"farm{spec.seed}-{n}" for n in range(spec.group_size)]
         for n, install in enumerate(group):
             self.roles[install] = "farming"
             self.origins[install] = origin_key(spec.seed, f"farm-{n}")
             for item in rng.choice(popular, min(spec.group_clean_votes, len(popular)), replace=False):
-                crop = self.variants[int(item)][0]
+                crop = settled_early[int(item)]
                 self.icon_vote(float(rng.uniform(0.35, 0.85)), install, crop, 0, self.names[int(item)])
         for item in targets:
             wrong = self.names[self.twin.get(item, self._other(item, rng))]
@@ -544,7 +558,9 @@ class _Builder:
 
     def swarms(self) -> None:
         spec, rng = self.spec, self.rng
-        known = self.settled_items(0.5, 2)
+        known = self.settled_crops(0.5, 2)
+        used_items = set(self.farmed)  # each swarm its own targets, none the farming group's
+        used_crops: set[int] = set()
         number = 0
         for size in SWARM_SIZES:
             for mode in SWARM_MODES:
@@ -561,12 +577,20 @@ class _Builder:
                         network = f"{name}-0" if mode == "one-origin" else f"{name}-{n}"
                         self.origins[install] = origin_key(spec.seed, network)
                     start = float(rng.uniform(0.55, 0.9))
-                    for item in rng.choice(known, spec.swarm_crops, replace=False):
+                    unvoted = [c for c in self.unvoted_crops(start + 0.005) if c not in used_crops]
+                    unvoted = [int(c) for c in rng.permutation(unvoted)]
+                    fresh = [i for i in known if i not in used_items]
+                    pool = fresh if len(fresh) >= spec.swarm_crops else list(known)
+                    for n, item in enumerate(rng.choice(pool, spec.swarm_crops, replace=False)):
                         item = int(item)
+                        used_items.add(item)
                         if target == "re-encoded":
-                            crop, encoding = self.variants[item][0], 1000 + number
-                        else:
+                            crop, encoding = known[item], 1000 + number
+                        elif n % 2 and unvoted:  # a crop of an item nobody labelled yet
+                            crop, encoding = unvoted.pop(), 0
+                        else:  # a near-copy of a known item's crop
                             crop, encoding = self.near_copy_of(item), 0
+                        used_crops.add(crop)
                         for install in members:
                             forged = label if rng.random() < spec.forged_guess_share else None
                             t = start + float(rng.uniform(0, 0.005))
