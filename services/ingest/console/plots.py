@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from html import escape
+from typing import Any
 
 # One colour per series, distinguishable in grey scale too (the legend names each one as well).
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
@@ -53,5 +54,39 @@ def stacked_bars(
         parts.append(f'<rect x="{x + 160}" y="5" width="10" height="10" fill="{colour}"/>')
         parts.append(f'<text x="{x + 174}" y="14" font-size="11">{escape(name)}</text>')
         x += 24 + 7 * len(name)
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def epoch_lines(
+    title: str, series: Mapping[str, Sequence[Any]], *, width: int = 720, height: int = 180
+) -> str:
+    """One line per model of held-out accuracy (0 to 1) by epoch, from training.progress reports."""
+    left, bottom, top = 44, 24, 22
+    plot_w, plot_h = width - left - 8, height - bottom - top
+    last_epoch = max((report.epoch for reports in series.values() for report in reports), default=1) or 1
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
+        f'height="{height}" role="img" aria-label="{escape(title)}">',
+        f"<title>{escape(title)}</title>",
+        f'<text x="{left}" y="14" font-size="12">{escape(title)}</text>',
+        f'<line x1="{left}" y1="{top + plot_h}" x2="{width - 8}" y2="{top + plot_h}" stroke="#888"/>',
+        f'<text x="{left - 4}" y="{top + 4}" font-size="10" text-anchor="end">1.0</text>',
+        f'<text x="{left - 4}" y="{top + plot_h}" font-size="10" text-anchor="end">0</text>',
+        f'<text x="{width - 8}" y="{height - 8}" font-size="10" text-anchor="end">epoch {last_epoch}</text>',
+    ]
+    for number, (name, reports) in enumerate(series.items()):
+        points = [
+            (left + r.epoch / last_epoch * plot_w, top + plot_h - r.val_accuracy * plot_h)
+            for r in reports
+            if r.val_accuracy is not None
+        ]
+        colour = PALETTE[number % len(PALETTE)]
+        if points:
+            path = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
+            parts.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        parts.append(
+            f'<text x="{left + 200 + 80 * number}" y="14" font-size="11" fill="{colour}">{escape(name)}</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)

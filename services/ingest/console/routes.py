@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Path, Query, Reques
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
-from services.ingest.console import plots, views
+from services.ingest.console import plots, progress, views
 from services.ingest.console.session import COOKIE, Session, SessionKeys
 from services.ingest.dependencies import Runtime, RuntimeDep
 from services.ingest.routes import _admin_connection, _publish_command
@@ -51,7 +51,7 @@ SECURITY_HEADERS = {
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 templates = Jinja2Templates(directory=HERE / "templates")
-router = APIRouter(prefix="/console", include_in_schema=False)
+router = APIRouter(prefix="/console", include_in_schema=False, lifespan=progress.following)
 
 
 async def console_keys(runtime: RuntimeDep) -> SessionKeys:
@@ -190,6 +190,7 @@ async def overview(request: Request, console: ConsoleDep) -> HTMLResponse:
     data = await console.reads.overview(now - timedelta(days=views.DAYS_SHOWN))
     (hour_labels, hourly), (day_labels, daily) = views.contribution_series(data["hourly"], now)
     run = data["run"]
+    live = request.app.state.console_progress.latest()
     return page(
         request,
         console,
@@ -200,6 +201,8 @@ async def overview(request: Request, console: ConsoleDep) -> HTMLResponse:
         release=data["release"],
         run=run,
         training=run is not None and run.status in UNFINISHED_RUN_STATUSES,
+        live=live,
+        live_plot=plots.epoch_lines("Held-out accuracy by epoch (live)", live[1]) if live else None,
         queues=await queue_depths(console.runtime),
     )
 
