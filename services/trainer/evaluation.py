@@ -80,3 +80,16 @@ def score(
         predicted_labels = [published_classes[p] for p in client_predictions(kind, model, images, validation)]
         current = accuracy(predicted_labels, [labels[i] for i in validation])
     return Scores(accuracy(predicted, truth), current, per_class_accuracy(predicted, truth, classes))
+
+
+def label_counts(
+    kind: str, model: nn.Module, classes: Sequence[str], images: torch.Tensor, labels: Sequence[str]
+) -> dict[str, tuple[int, int]]:
+    """{label: (correct, examples)} of ``model`` (over ``classes``) on ``images`` through the client path, judged
+    by label, so models over different class lists are comparable on the same crops."""
+    predicted = client_predictions(kind, model, images, range(len(labels)))
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for index, label in zip(predicted, labels, strict=True):
+        counts[label][0] += int(classes[index] == label)
+        counts[label][1] += 1
+    return {label: (right, n) for label, (right, n) in sorted(counts.items())}

@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -22,13 +22,25 @@ from prometheus_client import Counter, Gauge
 from services.trainer import release
 from services.trainer.checkpoints import Checkpoints
 from services.trainer.domain import runs
-from services.trainer.domain.budget import Deadline, quality_gate
+from services.trainer.domain.budget import Deadline, GateDecision, quality_gate
 from services.trainer.domain.data import (
     ScreenSelection,
     SnapshotItem,
     of_kind,
     select_screens,
     trained_labels,
+)
+from services.trainer.domain.gold import (
+    Candidate,
+    GoldDecision,
+    GoldItem,
+    GoldRule,
+    GoldRules,
+    GoldSet,
+    evidence,
+    extend_gold,
+    gold_gate,
+    judged,
 )
 from services.trainer.settings import TrainerSettings
 from services.trainer.store import RunTakenOver, TrainerStore
@@ -42,6 +54,7 @@ from services.trainer.training import (
     PublishedModel,
     TrainConfig,
     dataset,
+    gold_counts,
     train_model,
 )
 from shared.blobstore import BlobStore
@@ -61,6 +74,10 @@ TrainModel = Callable[[ModelJob], ModelOutcome]
 ReleaseFiles = Callable[
     [Sequence[SnapshotItem], Dataset, ModelOutcome, ModelOutcome | None, str], dict[str, bytes]
 ]
+Counts = dict[str, tuple[int, int]]
+GoldCounts = Callable[[str, ModelOutcome, PublishedModel | None, Dataset], tuple[Counts, Counts | None]]
+# a screen type keeps as many screenshots for training as a screen classifier needs of it
+GOLD_RULES = {"icon": GoldRules(), "screen": GoldRules(min_training=5)}
 
 
 async def _no_progress(event: TrainingProgress) -> None:
@@ -86,6 +103,7 @@ class ModelWork:
 
     train: TrainModel = train_model
     release_files: ReleaseFiles = release.release_files
+    gold_counts: GoldCounts = gold_counts
     icon_config: TrainConfig = ICON_CONFIG
     screen_config: TrainConfig = SCREEN_CONFIG
 
@@ -176,21 +194,38 @@ class TrainingRunner:
         # deadline_at is a recorded wall time, so what is left of it is read on the wall clock once; the training
         # then counts down on the monotonic clock, which a step of the wall clock (NTP) does not move
         deadline = Deadline(runs.seconds_left(run.deadline_at, self._clock()), self._monotonic)
-        icon_data = await self._dataset("icon", icons)
+        icon_gold = await self._gold_set("icon", icons)
+        icon_data = await self._dataset("icon", [i for i in icons if i.key not in icon_gold.keys])
         icon = await self._train(run, "icon", icon_data, deadline.share(runs.icon_share(screens.trainable)))
-        screen = None
+        icon_gold_gate = await self._gold_gate("icon", icon, icon_gold)
+        gold = {"icon": icon_gold_gate.as_metrics()}
+        added = list(icon_gold.added)
+        screen, kept_files = None, {}
         if screens.trainable:
             chosen = [i for i in of_kind(items, "screen") if i.key in screens.items]
-            screen = await self._train(run, "screen", await self._dataset("screen", chosen), deadline)
-        gate = quality_gate(
-            icon.accuracy,
-            icon.current_accuracy,
-            margin=self._settings.quality_margin,
-            trained_epochs=icon.epochs,
-            classes=len(icon.classes),
+            screen_gold = await self._gold_set("screen", chosen)
+            training = [i for i in chosen if i.key not in screen_gold.keys]
+            screen = await self._train(run, "screen", await self._dataset("screen", training), deadline)
+            screen_gold_gate = await self._gold_gate("screen", screen, screen_gold)
+            gold["screen"] = screen_gold_gate.as_metrics()
+            if screen_gold_gate.publish:
+                added += screen_gold.added
+            else:  # the icon model may still be released: with the published screen model, as it is
+                screen, kept_files = None, await self._published_files("screen")
+                screens = replace(screens, reason=f"screen model kept: {screen_gold_gate.reason}")
+        gate = _both(
+            quality_gate(
+                icon.accuracy,
+                icon.current_accuracy,
+                margin=self._settings.quality_margin,
+                trained_epochs=icon.epochs,
+                classes=len(icon.classes),
+            ),
+            icon_gold_gate,
         )
         trained_at = format_trained_at(self._clock())
         files = await asyncio.to_thread(self._work.release_files, items, icon_data, icon, screen, trained_at)
+        files |= kept_files
         metrics = release.run_metrics(
             icon,
             screen,
@@ -199,6 +234,7 @@ class TrainingRunner:
             started_at=run.started_at,
             now=self._clock(),
             trained_at=trained_at,
+            gold=gold,
         )
         event = release.model_trained(
             run,
@@ -209,7 +245,7 @@ class TrainingRunner:
             n_users=await self._store.n_users(run.snapshot_id),
             trained_at=trained_at,
         )
-        await self._store.finish(run, release.Release(files, metrics, event), self._clock())
+        await self._store.finish(run, release.Release(files, metrics, event, added), self._clock())
         RUNS.labels("succeeded").inc()
         log.info(
             "run %s finished: held-out %.3f, gate: %s",
@@ -219,16 +255,41 @@ class TrainingRunner:
             extra={"run_id": str(run.id)},
         )
 
-    async def _dataset(self, kind: str, items: list[SnapshotItem]) -> Dataset:
+    async def _dataset(self, kind: str, items: Sequence[SnapshotItem | GoldItem]) -> Dataset:
         examples = [(i.key, i.label, await self._blobs.get(i.image_sha256)) for i in items]
         return await asyncio.to_thread(dataset, kind, examples)
 
+    async def _published_files(self, kind: str) -> dict[str, bytes]:
+        """The published release's files of the ``kind`` model (weights, label map, meta), as they are."""
+        shas = await self._store.published_artifacts(release.MODEL_FILES[kind])
+        return {path: await self._blobs.get(sha) for path, sha in shas.items()}
+
     async def _published_model(self, kind: str) -> PublishedModel | None:
         """The published model of ``kind`` (weights and class list), to fine-tune from and gate against."""
-        weights, labels, _ = release.MODEL_FILES[kind]
-        shas = await self._store.published_artifacts((weights, labels))
-        files = {path: await self._blobs.get(sha) for path, sha in shas.items()}
-        return release.read_model(kind, files)
+        return release.read_model(kind, await self._published_files(kind))
+
+    async def _gold_set(self, kind: str, items: Sequence[SnapshotItem]) -> GoldSet:
+        """The stored gold set of ``kind`` and what this snapshot adds to it (``domain/gold.py``)."""
+        candidates = [
+            Candidate(i.key, i.label, i.image_sha256, evidence(i.value))
+            for i in items
+            if i.label is not None and i.image_sha256 is not None
+        ]
+        return extend_gold(kind, await self._store.gold(kind), candidates, GOLD_RULES[kind])
+
+    async def _gold_gate(self, kind: str, candidate: ModelOutcome, gold: GoldSet) -> GoldDecision:
+        """Candidate and published model on the same gold crops, through the client path."""
+        published = await self._published_model(kind)
+        data = await self._dataset(
+            kind, judged(gold.items, candidate.classes, published.classes if published else ())
+        )
+        mine, theirs = await asyncio.to_thread(self._work.gold_counts, kind, candidate, published, data)
+        rule = GoldRule(
+            margin=self._settings.quality_margin,
+            class_margin=self._settings.gold_class_margin,
+            min_class_examples=self._settings.gold_min_class_examples,
+        )
+        return gold_gate(mine, theirs, rule)
 
     async def _train(self, run: runs.Run, kind: str, data: Dataset, deadline: Deadline) -> ModelOutcome:
         """One model of the run in a worker thread, unless a checkpoint says it was trained already."""
@@ -302,6 +363,11 @@ class TrainingRunner:
             deadline_seconds=deadline.remaining,
         )
         asyncio.run_coroutine_threadsafe(self._progress(event), loop).add_done_callback(_log_unsent)
+
+
+def _both(gate: GateDecision, gold: GoldDecision) -> GateDecision:
+    """Published only if the held-out gate and the gold gate both pass; both reasons are kept."""
+    return replace(gate, publish=gate.publish and gold.publish, reason=f"{gate.reason}; {gold.reason}")
 
 
 def _log_unsent(sent: concurrent.futures.Future[None]) -> None:

@@ -28,6 +28,7 @@ from services.trainer.domain.client_path import (  # noqa: E402
     icon_input,
 )
 from services.trainer.domain.data import SnapshotItem  # noqa: E402
+from services.trainer.domain.gold import GoldItem  # noqa: E402
 from services.trainer.domain.runs import Run  # noqa: E402
 from services.trainer.models import ICON_HEAD, SCREEN_HEAD  # noqa: E402
 from services.trainer.training import (  # noqa: E402
@@ -74,6 +75,7 @@ class Release:
     files: dict[str, bytes]
     metrics: dict[str, Any]
     event: ModelTrained
+    gold: Sequence[GoldItem] = ()  # added to the gold set once the release passed its gate
 
 
 def _json(value: Any) -> bytes:
@@ -244,6 +246,7 @@ def run_metrics(
     started_at: datetime,
     now: datetime,
     trained_at: str,
+    gold: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The run's metrics, recorded on the run and sent with ``model.trained`` (the publisher's model card)."""
     metrics: dict[str, Any] = {
@@ -255,6 +258,7 @@ def run_metrics(
         "icon_images_per_second": icon.images_per_second,
         "icon_carried_over": icon.carried,
         "screen": screen_note,
+        "gold": dict(gold or {}),
     }
     if screen is not None:
         metrics |= {

@@ -14,6 +14,15 @@ class TrainerSettings(CommonSettings):
         le=1,
         description="held-out accuracy a new model may lose against the published one and still be published",
     )
+    gold_class_margin: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="gold-set accuracy one class may lose against the published model and still be published",
+    )
+    gold_min_class_examples: int = Field(
+        3, ge=1, description="gold crops a class needs before the per-class rule judges it"
+    )
     checkpoint_seconds: float = Field(60.0, gt=0, description="how often a running training is checkpointed")
     health_port: int = Field(
         8082, ge=0, le=65535, description="port of GET /health and /metrics; 0 disables both"

@@ -17,8 +17,9 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.trainer.domain.data import SnapshotItem
+from services.trainer.domain.gold import GoldItem
 from services.trainer.domain.runs import Attempt, Labels, Run
-from services.trainer.tables import checkpoints, model_artifacts, training_runs
+from services.trainer.tables import checkpoints, gold_items, model_artifacts, training_runs
 from shared.blobstore import PostgresBlobStore, delete_unreferenced
 from shared.outbox import enqueue
 from shared.reads import UNFINISHED_RUN_STATUSES, latest_published_version, run_artifacts, snapshot_labels
@@ -66,6 +67,8 @@ class TrainerStore(Protocol):
     async def save_checkpoint(self, run_id: uuid.UUID, kind: str, epoch: int, data: bytes) -> None: ...
 
     async def n_users(self, snapshot_id: uuid.UUID) -> int: ...
+
+    async def gold(self, kind: str) -> list[GoldItem]: ...
 
     async def finish(self, run: Run, release: Release, now: datetime) -> None: ...
 
@@ -155,7 +158,20 @@ class PostgresTrainerStore:
             )
             if finished.rowcount != 1:
                 raise RunTakenOver(f"run {run.id} was taken over by another trainer")
+            if release.event.quality_gate_passed and release.gold:
+                await _store_gold(connection, run.id, release.gold)
             await enqueue(connection, release.event)
+
+    # --- the gold set ----------------------------------------------------------------------------------------------
+
+    async def gold(self, kind: str) -> list[GoldItem]:
+        columns = [gold_items.c.model_kind, gold_items.c.item_key, gold_items.c.label]
+        columns += [gold_items.c.image_sha256, gold_items.c.source]
+        async with self._engine.connect() as connection:
+            rows = await connection.execute(
+                select(*columns).where(gold_items.c.model_kind == kind).order_by(gold_items.c.item_key)
+            )
+            return [GoldItem(*row) for row in rows]
 
     # --- checkpoints -----------------------------------------------------------------------------------------------
 
@@ -223,6 +239,29 @@ class PostgresTrainerStore:
                 await connection.commit()
 
             yield still_held
+
+
+async def _store_gold(connection: AsyncConnection, run_id: uuid.UUID, items: Collection[GoldItem]) -> None:
+    """Added gold items; a moderator's label replaces a stored one, an evidence item never does."""
+    rows = [
+        {
+            "model_kind": item.kind,
+            "item_key": item.key,
+            "label": item.label,
+            "image_sha256": item.image_sha256,
+            "source": item.source,
+            "run_id": run_id,
+        }
+        for item in items
+    ]
+    statement = insert(gold_items).values(rows)
+    await connection.execute(
+        statement.on_conflict_do_update(
+            index_elements=["model_kind", "item_key"],
+            set_={"label": statement.excluded.label, "source": statement.excluded.source, "run_id": run_id},
+            where=statement.excluded.source == "moderator",
+        )
+    )
 
 
 def _latest_attempt(run: Run) -> tuple[Any, ...]:

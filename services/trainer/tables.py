@@ -64,3 +64,19 @@ model_artifacts = Table(
     Column("path", String(255), primary_key=True),
     Column("blob_sha256", String(64), ForeignKey("blobs.sha256"), nullable=False),
 )
+
+# The gold set (domain/gold.py): evaluation crops kept out of training, stored when a release that added them
+# passed its gate, so a later snapshot cannot relabel them. A moderator's label replaces an evidence label.
+gold_items = Table(
+    "gold_items",
+    metadata,
+    Column("model_kind", String(16), primary_key=True),
+    Column("item_key", Text, primary_key=True),
+    Column("label", Text, nullable=False),
+    Column("image_sha256", String(64), ForeignKey("blobs.sha256"), nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("run_id", Uuid, ForeignKey("training_runs.id"), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("model_kind IN ('icon', 'screen')", name="known_model_kind"),
+    CheckConstraint("source IN ('moderator', 'evidence')", name="known_source"),
+)

@@ -42,9 +42,27 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Phase:
-    size: int
+    size: int  # validated at this size; trained at it too unless ``mixed`` names the sizes
     share: float  # of the time left when the phase starts
     batch_size: int
+    # sizes a batch is trained at, one drawn per batch so each gets an equal share of the compute (the chance of
+    # a size is inversely proportional to its cost)
+    mixed: tuple[int, ...] = ()
+    learning_rate_scale: float = 1.0  # of the run's learning rate
+
+    @property
+    def train_sizes(self) -> tuple[int, ...]:
+        return self.mixed or (self.size,)
+
+    def size_weights(self) -> torch.Tensor:
+        return torch.tensor([1.0 / size**2 for size in self.train_sizes])
+
+    @property
+    def cost(self) -> float:
+        """Compute per image relative to 64 px, averaged over the batches of the phase."""
+        weights = self.size_weights()
+        sizes = torch.tensor([float(size) for size in self.train_sizes])
+        return float((weights * (sizes / 64) ** 2).sum() / weights.sum())
 
 
 @dataclass(frozen=True)
@@ -237,10 +255,12 @@ def fit(
     for phase_index in range(state["phase"], len(config.phases)):
         phase = config.phases[phase_index]
         phase_deadline = deadline.share(phase.share)
-        min_images = config.min_epoch_images * (64 / phase.size) ** 2  # as costly at any input size
+        min_images = config.min_epoch_images / phase.cost  # as costly at any input size
         passes = max(1, math.ceil(min_images / max(len(train_idx), 1)))
         steps_per_epoch = max(1, math.ceil(passes * len(train_idx) / phase.batch_size))
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay)
+        phase_lr = lr * phase.learning_rate_scale
+        optimizer = torch.optim.AdamW(model.parameters(), lr=phase_lr, weight_decay=config.weight_decay)
+        size_weights = phase.size_weights()
         start_epoch = 0
         if resume and phase_index == state["phase"] and "optimizer" in state:
             model.load_state_dict(state["model"])
@@ -273,11 +293,12 @@ def fit(
                 progress = min(1.0, (time.monotonic() - phase_started) / phase_length)
                 warm = min(1.0, (epoch * steps_per_epoch + step + 1) / config.warmup_steps)
                 for group in optimizer.param_groups:
-                    group["lr"] = lr * warm * 0.5 * (1 + math.cos(math.pi * progress))
+                    group["lr"] = phase_lr * warm * 0.5 * (1 + math.cos(math.pi * progress))
                 batch = order[step * phase.batch_size : (step + 1) * phase.batch_size]
                 if len(batch) < 2:
                     continue  # BatchNorm needs two samples
-                x = augment(to_input(images[batch], phase.size, None), generator)
+                size = phase.train_sizes[int(torch.multinomial(size_weights, 1, generator=generator))]
+                x = augment(to_input(images[batch], size, None), generator)
                 if config.normalise is not None:
                     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in config.normalise)
                     x = (x - mean) / std
@@ -300,7 +321,7 @@ def fit(
                 score, loss_now = val, val_loss
             else:  # nothing held out: the training loss is all there is to go by
                 val, score, loss_now = None, -1.0, float(np.mean(losses or [0.0]))
-            images_since_best += seen
+            images_since_best += seen * phase.cost  # in 64 px images' worth of compute
             if (score, -loss_now) > (best_accuracy, -best_loss):
                 best_accuracy, best_loss, best_state = score, loss_now, copy.deepcopy(model.state_dict())
                 stale, images_since_best = 0, 0
@@ -420,6 +441,19 @@ def network(kind: str, classes: Sequence[str], state: dict[str, torch.Tensor] | 
         model.load_state_dict(state)
         model.eval()
     return model
+
+
+def gold_counts(
+    kind: str, candidate: ModelOutcome | PublishedModel, published: PublishedModel | None, gold: Dataset
+) -> tuple[dict[str, tuple[int, int]], dict[str, tuple[int, int]] | None]:
+    """{label: (correct, examples)} of the candidate and of the published model on the gold crops, through the
+    client path. Blocking: run it in a thread."""
+
+    def counts(model: ModelOutcome | PublishedModel) -> dict[str, tuple[int, int]]:
+        built = network(kind, model.classes, model.state)
+        return evaluation.label_counts(kind, built, model.classes, gold.images, gold.labels)
+
+    return counts(candidate), None if published is None else counts(published)
 
 
 def train_model(job: ModelJob) -> ModelOutcome:

@@ -34,6 +34,7 @@ EXPECTED_TABLES = {
     "console_audit",
     "install_reliability",
     "consensus_refreshes",
+    "gold_items",
 }
 
 

@@ -4,7 +4,9 @@ blob store, and model work that trains nothing (moving the hand-moved ``FakeCloc
 from __future__ import annotations
 
 import contextlib
+import json
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -13,9 +15,10 @@ from typing import Any
 import torch
 
 from services.trainer.domain.data import SnapshotItem
+from services.trainer.domain.gold import MODERATOR, GoldItem
 from services.trainer.domain.runs import Attempt, Labels, Run, with_attempt
 from services.trainer.handlers import ModelWork
-from services.trainer.release import Release
+from services.trainer.release import MODEL_FILES, Release, state_dict_bytes
 from services.trainer.store import RunTakenOver
 from services.trainer.training import ModelJob, ModelOutcome
 from shared.blobstore import BlobNotFound, sha256_hex
@@ -54,6 +57,7 @@ class FakeTrainerStore:
     artifacts: dict[uuid.UUID, dict[str, str]] = field(default_factory=dict)
     outbox: list[ModelTrained] = field(default_factory=list)
     users: int = 0
+    gold_items: dict[tuple[str, str], GoldItem] = field(default_factory=dict)
 
     def add_run(self, snapshot_id: uuid.UUID, **values: Any) -> uuid.UUID:
         run_id = uuid.uuid4()
@@ -123,6 +127,14 @@ class FakeTrainerStore:
         self._end(run.id, "succeeded", now)
         self.metrics[run.id] = release.metrics
         self.outbox.append(release.event)
+        if release.event.quality_gate_passed:
+            for item in release.gold:
+                known = self.gold_items.get((item.kind, item.key))
+                if known is None or item.source == MODERATOR:
+                    self.gold_items[(item.kind, item.key)] = item
+
+    async def gold(self, kind: str) -> list[GoldItem]:
+        return sorted((i for (k, _), i in self.gold_items.items() if k == kind), key=lambda i: i.key)
 
     @contextlib.asynccontextmanager
     async def active_lock(self) -> AsyncIterator[Any]:
@@ -145,6 +157,11 @@ class FakeModelWork:
     jobs: list[ModelJob] = field(default_factory=list)
     remaining_at_start: list[float] = field(default_factory=list)
     releases: int = 0
+    # {label: accuracy} on gold crops of the candidate and of the published model; any other label: all correct
+    # if the model knows it, else none
+    gold_accuracy: dict[str, float] = field(default_factory=dict)
+    published_gold_accuracy: dict[str, float] = field(default_factory=dict)
+    gold_judged: list[tuple[str, list[str]]] = field(default_factory=list)
 
     def train(self, job: ModelJob) -> ModelOutcome:
         from services.trainer.training import EpochReport
@@ -170,11 +187,26 @@ class FakeModelWork:
         )
 
     def release_files(self, items, icon_data, icon, screen, trained_at) -> dict[str, bytes]:
+        """The weights and label maps, which a later run reads back as the published model."""
         self.releases += 1
-        files = {"models/label_map.json": repr(icon.classes).encode()}
-        if screen is not None:
-            files["models/screen_classifier_labels.json"] = repr(screen.classes).encode()
+        files = {}
+        for kind, model in (("icon", icon), ("screen", screen)):
+            if model is not None:
+                weights, labels, _ = MODEL_FILES[kind]
+                files[weights] = state_dict_bytes(model.state)
+                files[labels] = json.dumps(dict(enumerate(model.classes))).encode()
         return files
 
+    def gold_counts(self, kind, candidate, published, gold):
+        self.gold_judged.append((kind, list(gold.labels)))
+
+        def counts(model, accuracy: dict[str, float]) -> dict[str, tuple[int, int]]:
+            n = Counter(gold.labels)
+            known = set(model.classes)
+            return {label: (round(accuracy.get(label, label in known) * k), k) for label, k in n.items()}
+
+        mine = counts(candidate, self.gold_accuracy)
+        return mine, None if published is None else counts(published, self.published_gold_accuracy)
+
     def as_work(self) -> ModelWork:
-        return ModelWork(train=self.train, release_files=self.release_files)
+        return ModelWork(train=self.train, release_files=self.release_files, gold_counts=self.gold_counts)

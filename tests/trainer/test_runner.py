@@ -70,6 +70,12 @@ class World:
             if i.kind in ("icon", "screen")
         }
 
+    def publish(self, run_id: uuid.UUID) -> None:
+        """The run's release becomes the published one."""
+        snapshot_id = self.store.runs[run_id].snapshot_id
+        self.store.published = (snapshot_id, self.labels(snapshot_id))
+        self.store.published_files = self.store.artifacts[run_id]
+
 
 ICONS = {"Mine": 3, "Phaser": 3}
 
@@ -89,13 +95,16 @@ async def test_a_run_trains_the_icon_model_and_hands_the_release_on():
         run_id,
         run.snapshot_id,
         2,
-        6,
+        4,  # one crop of each class is gold, kept out of training
         4,
     )
     assert event.message_id == f"model-trained-{run_id}"
     assert event.artifacts == world.store.artifacts[run_id]
     assert event.quality_gate_passed and event.metrics == world.store.metrics[run_id]
-    assert event.metrics["quality_gate"] == {"publish": True, "reason": "first model"}
+    assert event.metrics["quality_gate"] == {
+        "publish": True,
+        "reason": "first model; gold set: no published model to compare with",
+    }
     assert event.metrics["icon_epochs"] == 2 and "screen_val_acc" not in event.metrics
     assert world.store.checkpoints == {}  # dropped with the run's end
 
