@@ -4,9 +4,6 @@ pass in-memory fakes instead."""
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -19,15 +16,14 @@ from shared.batch_consumer import BatchConsumer
 from shared.broker import EventPublisher
 from shared.clock import Clock, utc_now
 from shared.db import create_engine
-from shared.events import EVENT_TYPES, TrainingForceRequested
+from shared.events import EVENT_TYPES, InstallModerated, ItemModerated, TrainingForceRequested
 from shared.outbox import OutboxRelay
-from shared.processes import exit_with_parent
 from shared.worker_main import run_service
 
 ACCEPTED_EVENTS = frozenset(
-    {t for t in EVENT_TYPES if t.startswith("contribution.")} | {TrainingForceRequested.event_type}
+    {t for t in EVENT_TYPES if t.startswith("contribution.")}
+    | {TrainingForceRequested.event_type, ItemModerated.event_type, InstallModerated.event_type}
 )
-_CONSENSUS_POOL: ProcessPoolExecutor | None = None
 
 
 class Relay(Protocol):
@@ -36,28 +32,6 @@ class Relay(Protocol):
     def wake(self) -> None: ...
 
     async def run(self) -> None: ...
-
-
-def consensus_pool() -> ProcessPoolExecutor:
-    """One worker process per voting process for the consensus computation: it is CPU-bound over every vote
-    (seconds at a few hundred thousand), and run on the event loop it stalled the storing of new votes for as
-    long (benchmarks/pipeline_load.py: p99 accept-to-vote grew from 0.1 to 2.7 s over 5 minutes)."""
-    global _CONSENSUS_POOL
-    if _CONSENSUS_POOL is None:
-        _CONSENSUS_POOL = ProcessPoolExecutor(
-            1,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_lower_priority,
-            initargs=(os.getpid(),),
-        )
-    return _CONSENSUS_POOL
-
-
-def _lower_priority(parent: int) -> None:
-    """Storing votes and answering clients come first; consensus can wait for a spare core. The worker also
-    stops when its voting process was killed, instead of lingering."""
-    os.nice(10)
-    exit_with_parent(parent)
 
 
 @dataclass
@@ -92,19 +66,15 @@ def bootstrap(
     store: VotingStore | None = None,
     publisher: EventPublisher | None = None,
     relay: Relay | None = None,
-    executor: Executor | None = None,
     clock: Clock = utc_now,
 ) -> Voting:
-    """Nothing connects until ``run``: a test with a fake ``store`` and an inline ``executor`` runs the
-    handlers in memory."""
+    """Nothing connects until ``run``: a test with a fake ``store`` runs the handlers in memory."""
     topology = settings.topology()
     engine = engine or create_engine(settings.database_url, pool_size=settings.database_pool_size)
     publisher = publisher or EventPublisher(settings.broker_url, topology)
     relay = relay or OutboxRelay(engine, publisher, topology.events_exchange)
-    store = store or PostgresVotingStore(engine)
-    refresher = ConsensusRefresher(
-        store, settings, executor=executor or consensus_pool(), clock=clock, on_snapshot=relay.wake
-    )
+    store = store or PostgresVotingStore(engine, fresh_weight=settings.fresh_weight)
+    refresher = ConsensusRefresher(store, settings, clock=clock, on_snapshot=relay.wake)
     service = VotingService(store, refresher)
     consumer = BatchConsumer(
         settings.broker_url,

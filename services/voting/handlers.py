@@ -8,40 +8,45 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from services.voting.domain.consensus import ConsensusParams
+from services.voting.domain.consensus import cohort_names, find_cohorts
 from services.voting.domain.derived import cap_screen_types
+from services.voting.domain.evidence import ItemDecision
 from services.voting.domain.items import batch_of
-from services.voting.domain.snapshots import (
-    compose_snapshot,
-    count_changes,
-    decide_snapshot,
-    refresh_due,
-    refresh_pause,
-)
+from services.voting.domain.snapshots import compose_snapshot, decide_snapshot, refresh_pause
 from services.voting.domain.tally import (
     ESTIMATED_KINDS,
-    StoredVote,
-    Tally,
-    consensus_jobs,
-    decide_all,
-    tally_votes,
+    DecisionInputs,
+    ItemRef,
+    consensus_rows,
+    decide,
+    group_votes,
+    judgements,
+    trust_weights,
 )
 from services.voting.settings import VotingSettings
 from services.voting.store import RefreshUnit, VotingStore
 from shared.clock import Clock, utc_now
-from shared.events import Contribution, Event, TrainingForceRequested, TrainingRequested
+from shared.events import (
+    Contribution,
+    Event,
+    InstallModerated,
+    ItemModerated,
+    TrainingForceRequested,
+    TrainingRequested,
+)
 
 log = logging.getLogger(__name__)
 STORED = Counter(
     "warp_voting_contributions_stored_total", "Contribution events stored (redeliveries included)"
 )
 REFRESH_SECONDS = Histogram("warp_voting_refresh_seconds", "Duration of a consensus refresh")
-ACCEPTED_ITEMS = Gauge("warp_voting_accepted_items", "Items with accepted consensus", ["kind"])
+DECIDED = Counter("warp_voting_items_decided_total", "Items a refresh decided again", ["kind"])
+CHANGED = Counter("warp_voting_decisions_changed_total", "Consensus rows a refresh changed", ["kind"])
+DIRTY_LEFT = Gauge("warp_voting_items_waiting", "Items queued for the next refresh beyond this one's limit")
 
 
 @dataclass
@@ -52,36 +57,34 @@ class RefreshOutcome:
 
 
 class ConsensusRefresher:
-    """Recomputes consensus when votes changed and snapshots when ``domain.snapshots`` says so.
+    """Decides the items whose votes (or other inputs) changed, re-estimates trust on its slower cadence, and
+    snapshots when ``domain.snapshots`` says so. Each refresh is one transaction under the store's lock.
 
-    ``executor`` runs the CPU-bound estimator (the bootstrap's worker process; tests may run it inline);
-    ``on_snapshot`` is called after a snapshot committed (the outbox relay's wake-up)."""
+    ``monotonic`` paces trust re-estimation; ``on_snapshot`` is called after a snapshot committed (the outbox
+    relay's wake-up)."""
 
     def __init__(
         self,
         store: VotingStore,
         settings: VotingSettings,
         *,
-        executor: Executor | None,
         clock: Clock = utc_now,
+        monotonic: Callable[[], float] = time.monotonic,
         on_snapshot: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
-        self._executor = executor
         self._clock = clock
+        self._monotonic = monotonic
         self._on_snapshot = on_snapshot
-        self._anchor_min_contributors = settings.anchor_min_contributors
+        self._settings = settings
         self.rules = settings.snapshot_rules()
-        self.icon_params = ConsensusParams(
-            min_posterior=settings.min_posterior, min_support=settings.min_support
-        )
-        # Screenshots are unique per install and knowledge/OCR keys are often seen by one install: one
-        # reliable voter is enough there; contested keys are still withheld.
-        self.single_voter_params = ConsensusParams(min_posterior=0.5, min_support=1)
+        self.trust_params = settings.trust_params()
+        self.evidence_params = settings.evidence_params()
+        self._trust_estimated_at: float | None = None
 
     async def refresh(self, force: TrainingForceRequested | None = None) -> RefreshOutcome:
-        """Recompute consensus if votes changed; snapshot and request training when the rules say so.
-        Returns without doing anything when another process holds the refresh lock (an admin request waits)."""
+        """Decide what changed; snapshot and request training when the rules say so. Returns without doing
+        anything when another process holds the refresh lock (an admin request waits)."""
         async with self._store.refresh_lock(wait=force is not None) as held:
             if not held:
                 return RefreshOutcome(False)
@@ -91,51 +94,121 @@ class ConsensusRefresher:
             self._on_snapshot()
         return outcome
 
-    async def run_forever(
-        self, interval_seconds: float, monotonic: Callable[[], float] = time.monotonic
-    ) -> None:
+    async def recompute(self) -> RefreshOutcome:
+        """A full recompute: every item queued and decided again against the current trust (admin). Runs
+        refreshes until the queue is empty; the result must equal the incremental state."""
+        async with self._store.refresh_lock(wait=True):
+            async with self._store.refresh() as unit:
+                queued = await unit.mark_all_dirty()
+            decided = 0
+            while True:
+                outcome = await self._refresh_locked(None, estimate_trust=False)
+                decided += outcome.stats.get("decided", 0)
+                if not outcome.stats.get("waiting"):
+                    break
+        return RefreshOutcome(True, None, {"queued": queued, "decided": decided})
+
+    async def run_forever(self, interval_seconds: float) -> None:
         pause = interval_seconds
         while True:
             await asyncio.sleep(pause)
-            started = monotonic()
+            started = self._monotonic()
             try:
                 await self.refresh()
             except Exception:
                 log.exception("consensus refresh failed; retrying at the next interval")
-            pause = refresh_pause(interval_seconds, monotonic() - started)
+            pause = refresh_pause(interval_seconds, self._monotonic() - started)
 
-    async def _refresh_locked(self, force: TrainingForceRequested | None) -> RefreshOutcome:
+    def _trust_due(self) -> bool:
+        at = self._trust_estimated_at
+        return at is None or self._monotonic() - at >= self._settings.trust_seconds
+
+    async def _refresh_locked(
+        self, force: TrainingForceRequested | None, *, estimate_trust: bool = True
+    ) -> RefreshOutcome:
         async with self._store.refresh() as unit:
-            fingerprint, last_seq = await unit.vote_fingerprint()
-            if not refresh_due(fingerprint, await unit.last_refresh_stats(), forced=force is not None):
+            stats: dict = {}
+            if estimate_trust and (self._trust_due() or force is not None):
+                stats["trust"] = await self._estimate_trust(unit)
+                self._trust_estimated_at = self._monotonic()
+            work = await unit.take_dirty(self._settings.refresh_max_items)
+            pending = bool((await unit.last_refresh_stats() or {}).get("snapshot_pending"))
+            if not work and "trust" not in stats and force is None and not pending:
                 return RefreshOutcome(False)
-            decided = await self._tally(await unit.votes())
-            await unit.write_consensus(decided.consensus)
-            for kind, installs in decided.reliability.items():
-                await unit.write_reliability(kind, installs)
-            snapshot_id, pending = await self._maybe_snapshot(unit, decided.accepted, force)
-            stats = decided.stats | {"fingerprint": fingerprint, "snapshot_pending": pending}
-            await unit.log_refresh(last_seq, stats)
+            stats |= await self._decide(unit, work)
+            snapshot_id, stats["snapshot_pending"] = await self._maybe_snapshot(
+                unit, force, changed=stats["changed"] > 0 or pending
+            )
+            await unit.log_refresh(stats)
         return RefreshOutcome(True, snapshot_id, stats)
 
-    async def _tally(self, votes: list[StoredVote]) -> Tally:
-        jobs = consensus_jobs(votes, self.icon_params, self.single_voter_params)
-        results = await asyncio.get_running_loop().run_in_executor(self._executor, decide_all, jobs)
-        decided = tally_votes(jobs, results, votes, self._anchor_min_contributors)
+    async def _decide(self, unit: RefreshUnit, work: list[ItemRef]) -> dict:
+        """Judge the new votes against the items' settled labels, then decide the items (and the icons whose
+        family they are in) and write the rows that changed."""
+        refs = set(work)
+        distance = self._settings.family_max_distance
+        families = await unit.families([key for kind, key in refs if kind == "icon"], distance)
+        refs |= {("icon", member) for members in families.values() for member in members}
+        missing = [key for kind, key in refs if kind == "icon" and key not in families]
+        families |= await unit.families(missing, distance)
+        members = {("icon", m) for key, ms in families.items() if ("icon", key) in refs for m in ms}
+        votes = group_votes(await unit.votes_of(refs | members))
+        current = await unit.consensus_of(refs)
+        gold = await unit.gold_of(refs)
+        installs = {vote.install_id for item_votes in votes.values() for vote in item_votes}
+        trust = await unit.trust_of(installs)
+        known = await unit.known_labels()
+        own_votes = [vote for ref in refs for vote in votes.get(ref, ())]
+        await unit.write_judgements(judgements(own_votes, current, gold))
+        inputs = DecisionInputs(votes, families, trust, gold, known, self._settings.anchor_min_contributors)
+        decisions = decide(refs, inputs, self.evidence_params, self.trust_params)
+        rows = consensus_rows(decisions, current, votes)
+        changed = await unit.write_consensus(rows)
+        establishing: dict[str, set[str]] = {}
+        for (kind, _), decision in decisions.items():
+            if isinstance(decision, ItemDecision) and decision.establishes and decision.label is not None:
+                if decision.label not in known.get(kind, set()):
+                    establishing.setdefault(kind, set()).add(decision.label)
+        for kind, labels in establishing.items():
+            added = await unit.add_known_labels(kind, labels, "accepted")
+            if added:
+                log.info("labels now known for %s: %s", kind, ", ".join(sorted(added)))
+        for row in rows:
+            DECIDED.labels(row.kind).inc()
+        waiting = len(work) >= self._settings.refresh_max_items
+        DIRTY_LEFT.set(1 if waiting else 0)
+        return {"decided": len(rows), "changed": changed, "waiting": waiting}
+
+    async def _estimate_trust(self, unit: RefreshUnit) -> dict:
+        """Weights of the installs with new judgements, cohorts from every contradiction of a settled label,
+        and the labels of the published model; queues the items of every install whose voice changed."""
+        counts, banned = await unit.stale_trust()
+        weights = trust_weights(counts, banned, self.trust_params)
+        flips = await unit.flips()
+        named = cohort_names(
+            find_cohorts(flips, self._settings.cohort_min_shared_flips, self._settings.cohort_min_size)
+        )
+        before = await unit.cohorts()
+        moved = {i: named.get(i) for i in set(before) | set(named) if before.get(i) != named.get(i)}
+        held = await unit.trust_of(weights)
+        changed = {i for i, w in weights.items() if i not in held or held[i].weight != w} | set(moved)
+        await unit.write_trust(counts, weights, moved, changed)
+        published = await unit.published_labels()
         for kind in ESTIMATED_KINDS:
-            ACCEPTED_ITEMS.labels(kind).set(len(decided.accepted[kind]))
-        return decided
+            if published.get(kind):
+                await unit.add_known_labels(kind, published[kind], "published")
+        return {"estimated": len(weights), "reweighed": len(changed), "cohorts": len(set(named.values()))}
 
     async def _maybe_snapshot(
-        self, unit: RefreshUnit, accepted: dict[str, dict], force: TrainingForceRequested | None
+        self, unit: RefreshUnit, force: TrainingForceRequested | None, *, changed: bool
     ) -> tuple[uuid.UUID | None, bool]:
         """(the snapshot made, if any; whether a snapshot is due but deferred)."""
         if force is not None and not await unit.claim_message(force.message_id):
             return None, False  # this admin request was already served
+        if force is None and not changed:
+            return None, False
         previous = await unit.latest_snapshot()
-        before = {} if previous is None else await unit.snapshot_labels(previous.id)
-        screens = cap_screen_types(accepted["screen"])
-        changes = count_changes(accepted["icon"], screens, before)
+        changes = await unit.label_changes(previous)
         decision = decide_snapshot(
             changes,
             self.rules,
@@ -148,11 +221,12 @@ class ConsensusRefresher:
             if decision.still_due:
                 log.debug("snapshot deferred: %s", decision.reason)
             return None, decision.still_due
+        accepted = await unit.accepted()
         snapshot = compose_snapshot(
             uuid.uuid4(),
             None if previous is None else previous.id,
             accepted,
-            screens,
+            cap_screen_types(accepted.of("screen")),
             changes,
             decision.trigger,
             self.rules,
@@ -181,5 +255,9 @@ class VotingService:
             await self._store.record(batch_of(contributions))
             STORED.inc(len(contributions))
         for event in events:
-            if isinstance(event, TrainingForceRequested):
+            if isinstance(event, ItemModerated):
+                await self._store.moderate_item(event)
+            elif isinstance(event, InstallModerated):
+                await self._store.moderate_install(event)
+            elif isinstance(event, TrainingForceRequested):
                 await self._refresher.refresh(force=event)

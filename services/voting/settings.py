@@ -2,6 +2,7 @@ from datetime import timedelta
 
 from pydantic import Field
 
+from services.voting.domain.evidence import EvidenceParams, TrustParams
 from services.voting.domain.snapshots import SnapshotRules
 from shared.settings import CommonSettings
 
@@ -27,11 +28,63 @@ class VotingSettings(CommonSettings):
     refresh_seconds: float = Field(
         2.0, gt=0, description="how often consensus is recomputed when votes changed"
     )
-    min_posterior: float = Field(
-        0.95, gt=0, le=1, description="icon label acceptance: posterior of the winner"
+    icon_accept_score: float = Field(
+        1.0,
+        gt=0,
+        description="icon labels: evidence by which the best label must lead the next to be accepted",
     )
-    min_support: int = Field(
-        2, ge=1, description="icon label acceptance: independent voters behind the winner"
+    single_voter_accept_score: float = Field(
+        0.6,
+        gt=0,
+        description="knowledge, OCR and screen labels (items few installs see): the lead the best label needs",
+    )
+    fresh_weight: float = Field(
+        0.35, ge=0, le=1, description="weight of an install's vote before it has any judged history"
+    )
+    trust_ramp_votes: float = Field(
+        4.0,
+        gt=0,
+        description="judged votes after which an install's history weighs as much as the fresh weight",
+    )
+    trust_accuracy_floor: float = Field(
+        0.6, ge=0, lt=1, description="accuracy on settled items at or below which an install weighs nothing"
+    )
+    trust_accuracy_good: float = Field(
+        0.95, gt=0, le=1, description="accuracy on settled items at which an install reaches full weight (1)"
+    )
+    gold_factor: float = Field(
+        3.0, ge=1, description="a vote judged against a moderator's decision counts this many times"
+    )
+    model_confirm: float = Field(
+        0.5, ge=0, description="a vote that confirms the client model's guess weighs 1 + this"
+    )
+    model_dissent: float = Field(
+        0.15,
+        ge=0,
+        description="a vote against the client model's guess adds this times its weight to the guess",
+    )
+    family_factor: float = Field(
+        0.5, ge=0, description="share of a near-copy family's voice scores an icon item gets"
+    )
+    family_cap: float = Field(0.6, ge=0, description="most evidence a family adds to one label of an item")
+    family_max_distance: int = Field(
+        4, ge=-1, le=16, description="pHash bits within which icon crops are one visual family (-1: off)"
+    )
+    new_label_origins: int = Field(
+        3, ge=1, description="trusted installs of distinct origins a label nobody has yet needs"
+    )
+    trusted_weight: float = Field(
+        0.5, gt=0, le=1, description="weight from which an install counts as trusted for a new label"
+    )
+    cohort_min_shared_flips: int = Field(
+        3, ge=1, description="settled items two installs contradicted with the same label to be linked"
+    )
+    cohort_min_size: int = Field(3, ge=2, description="linked installs that make a cohort (one voice)")
+    trust_seconds: float = Field(
+        30.0, gt=0, description="how often install weights and cohorts are re-estimated from judgements"
+    )
+    refresh_max_items: int = Field(
+        5_000, ge=100, description="items one refresh decides at most (the rest wait for the next)"
     )
     anchor_min_contributors: int = Field(
         3, ge=1, description="layout anchor grids a (build type, aspect) group needs before it is published"
@@ -48,3 +101,26 @@ class VotingSettings(CommonSettings):
             debounce=timedelta(seconds=self.training_debounce_seconds),
             training_wait=timedelta(hours=self.training_wait_hours),
         )
+
+    def trust_params(self) -> TrustParams:
+        return TrustParams(
+            fresh_weight=self.fresh_weight,
+            ramp_votes=self.trust_ramp_votes,
+            accuracy_floor=self.trust_accuracy_floor,
+            accuracy_good=self.trust_accuracy_good,
+            gold_factor=self.gold_factor,
+        )
+
+    def evidence_params(self) -> dict[str, EvidenceParams]:
+        """Per item kind (icons; the kinds few installs see)."""
+        common = dict(
+            model_confirm=self.model_confirm,
+            model_dissent=self.model_dissent,
+            family_factor=self.family_factor,
+            family_cap=self.family_cap,
+            new_label_origins=self.new_label_origins,
+            trusted_weight=self.trusted_weight,
+        )
+        icon = EvidenceParams(accept_score=self.icon_accept_score, **common)
+        single = EvidenceParams(accept_score=self.single_voter_accept_score, **common)
+        return {"icon": icon, "knowledge": single, "ocr": single, "screen": single}

@@ -9,19 +9,29 @@ from __future__ import annotations
 import contextlib
 import json
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
-from datetime import datetime
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from services.voting.domain.consensus import Flip
+from services.voting.domain.evidence import Gold, TrustCounts
 from services.voting.domain.items import BallotBatch
-from services.voting.domain.snapshots import NewSnapshot, PreviousSnapshot
-from services.voting.domain.tally import InstallReliability, ItemConsensus, StoredVote
+from services.voting.domain.snapshots import Accepted, LabelChanges, NewSnapshot, PreviousSnapshot
+from services.voting.domain.tally import (
+    KNOWN_FROM,
+    CurrentConsensus,
+    InstallTrust,
+    ItemConsensus,
+    ItemRef,
+    Judgement,
+    StoredVote,
+)
 from services.voting.tables import consensus_refreshes, training_snapshots
 from shared import db, reads
-from shared.events import Contribution, TrainingRequested
+from shared.events import Contribution, InstallModerated, ItemModerated, TrainingRequested
 from shared.outbox import enqueue
 
 REFRESH_LOCK = 0x57A7_0001  # pg advisory lock key: one consensus refresher at a time across processes
@@ -31,24 +41,68 @@ CONSUMER = "voting"
 class RefreshUnit(Protocol):
     """One consensus refresh's reads and writes, in one transaction."""
 
-    async def vote_fingerprint(self) -> tuple[str, int]:
-        """(a fingerprint that changes with any vote insert or change, the highest vote seq)."""
+    async def take_dirty(self, limit: int) -> list[ItemRef]:
+        """Up to ``limit`` items whose votes (or inputs) changed, taken off the queue."""
 
-    async def last_refresh_stats(self) -> dict[str, Any] | None: ...
+    async def mark_dirty(self, refs: Sequence[ItemRef]) -> None: ...
 
-    async def votes(self) -> list[StoredVote]:
-        """Every vote, in arrival order."""
+    async def mark_all_dirty(self) -> int:
+        """Queue every item (a full recompute); returns how many."""
 
-    async def write_consensus(self, items: Sequence[ItemConsensus]) -> None: ...
+    async def families(self, icon_keys: Collection[str], max_distance: int) -> dict[str, set[str]]:
+        """{icon key: other icon keys within ``max_distance`` bits of its pHash}."""
 
-    async def write_reliability(self, kind: str, installs: Sequence[InstallReliability]) -> None: ...
+    async def votes_of(self, refs: Collection[ItemRef]) -> list[StoredVote]: ...
+
+    async def consensus_of(self, refs: Collection[ItemRef]) -> dict[ItemRef, CurrentConsensus]: ...
+
+    async def trust_of(self, installs: Collection[str]) -> dict[str, InstallTrust]: ...
+
+    async def gold_of(self, refs: Collection[ItemRef]) -> dict[ItemRef, Gold]: ...
+
+    async def known_labels(self) -> dict[str, set[str]]: ...
+
+    async def add_known_labels(self, kind: str, labels: Collection[str], source: str) -> list[str]:
+        """Adds those not known yet and queues the items voted for them; returns the ones added."""
+
+    async def write_judgements(self, judgements: Sequence[Judgement]) -> None:
+        """Upsert; the installs whose judgements changed are marked stale for the next trust estimate."""
+
+    async def write_consensus(self, items: Sequence[ItemConsensus]) -> int:
+        """Writes the rows whose decision changed; returns how many."""
+
+    async def stale_trust(self) -> tuple[dict[str, TrustCounts], set[str]]:
+        """({stale install: its judgement counts}, banned installs among them)."""
+
+    async def flips(self) -> list[Flip]:
+        """Every vote judged against a settled label it contradicted (cohort evidence)."""
+
+    async def cohorts(self) -> dict[str, str]:
+        """{install: cohort} as stored."""
+
+    async def write_trust(
+        self,
+        counts: Mapping[str, TrustCounts],
+        weights: Mapping[str, float],
+        cohorts: Mapping[str, str | None],
+        changed: Collection[str],
+    ) -> None:
+        """Counts and weights of the estimated installs (no longer stale), the cohorts of ``cohorts``'
+        installs; queues the items of the ``changed`` installs."""
+
+    async def published_labels(self) -> dict[str, set[str]]:
+        """{kind: labels} of the published model's snapshot (empty before the first release)."""
+
+    async def label_changes(self, previous: PreviousSnapshot | None) -> LabelChanges:
+        """Accepted icon and screen labels new or changed since that snapshot."""
+
+    async def accepted(self) -> Accepted:
+        """Every accepted item, for a snapshot."""
 
     async def claim_message(self, message_id: str) -> bool:
         """False when this message was served before."""
 
     async def latest_snapshot(self) -> PreviousSnapshot | None: ...
-
-    async def snapshot_labels(self, snapshot_id: Any) -> dict[tuple[str, str], str | None]: ...
 
     async def last_arrival(self) -> datetime | None:
         """When the latest contribution was received."""
@@ -56,12 +110,20 @@ class RefreshUnit(Protocol):
     async def write_snapshot(self, snapshot: NewSnapshot, request: TrainingRequested) -> None:
         """The snapshot, its items, and its training request in the outbox."""
 
-    async def log_refresh(self, last_vote_seq: int, stats: dict[str, Any]) -> None: ...
+    async def last_refresh_stats(self) -> dict[str, Any] | None: ...
+
+    async def log_refresh(self, stats: dict[str, Any]) -> None: ...
 
 
 class VotingStore(Protocol):
     async def record(self, batch: BallotBatch) -> None:
-        """Store a batch's images, contributions and votes in one transaction."""
+        """Store a batch's images, contributions and votes in one transaction, queueing their items."""
+
+    async def moderate_item(self, decision: ItemModerated) -> bool:
+        """Record a moderator's decision (once per message) and queue the item; False for a redelivery."""
+
+    async def moderate_install(self, decision: InstallModerated) -> bool:
+        """Shadow-ban or unban an install (once per message) and queue its items; False for a redelivery."""
 
     def refresh_lock(self, *, wait: bool) -> contextlib.AbstractAsyncContextManager[bool]:
         """Yields whether this process holds the refresh lock (``wait``: until it does)."""
@@ -80,35 +142,176 @@ INSERT INTO contributions (contribution_id, event_type, install_id, item_kind, i
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::jsonb[], $8::timestamptz[])
 ON CONFLICT (contribution_id) DO NOTHING
 """
-# Last writer wins by the contribution's time; a redelivery or resend of the same vote changes nothing.
+# Last writer wins by the contribution's time; a redelivery or resend of the same vote changes nothing. The
+# items of the votes written are queued for the next refresh in the same statement.
 _STORE_VOTES = """
-INSERT INTO votes AS v (item_kind, item_key, install_id, label, value, contribution_id, voted_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7::timestamptz[])
-ON CONFLICT (item_kind, item_key, install_id) DO UPDATE
-SET label = excluded.label, value = excluded.value, contribution_id = excluded.contribution_id,
-    voted_at = excluded.voted_at, seq = nextval('vote_seq')
-WHERE v.voted_at < excluded.voted_at
-  AND (v.label IS DISTINCT FROM excluded.label OR v.value IS DISTINCT FROM excluded.value)
+WITH written AS (
+    INSERT INTO votes AS v (item_kind, item_key, install_id, label, value, contribution_id, voted_at, origin, model_guess)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7::timestamptz[], $8::text[], $9::text[])
+    ON CONFLICT (item_kind, item_key, install_id) DO UPDATE
+    SET label = excluded.label, value = excluded.value, contribution_id = excluded.contribution_id,
+        voted_at = excluded.voted_at, origin = excluded.origin, model_guess = excluded.model_guess,
+        seq = nextval('vote_seq')
+    WHERE v.voted_at < excluded.voted_at
+      AND (v.label IS DISTINCT FROM excluded.label OR v.value IS DISTINCT FROM excluded.value)
+    RETURNING item_kind, item_key
+)
+INSERT INTO dirty_items (item_kind, item_key)
+SELECT DISTINCT item_kind, item_key FROM written ORDER BY 1, 2
+ON CONFLICT DO NOTHING
 """
-# Every insert or change of a vote takes a new seq, so (count, sum of seq) changes with any of them, even when
-# processes commit their seqs out of order (max(seq) alone would miss those).
-_FINGERPRINT = text("SELECT count(*), coalesce(sum(seq), 0), coalesce(max(seq), 0) FROM votes")
-# Arrival order for consensus is the contribution's acceptance time (seq only says "changed since").
-_VOTES = text("SELECT item_kind, item_key, install_id, label, value FROM votes ORDER BY voted_at, seq")
+_STORE_PHASHES = """
+INSERT INTO icon_phashes (item_key, phash, band0, band1, band2, band3)
+SELECT * FROM unnest($1::text[], $2::int8[], $3::int4[], $4::int4[], $5::int4[], $6::int4[])
+ON CONFLICT (item_key) DO NOTHING
+"""
+_TAKE_DIRTY = """
+DELETE FROM dirty_items d USING (
+    SELECT item_kind, item_key FROM dirty_items ORDER BY item_kind, item_key LIMIT $1 FOR UPDATE SKIP LOCKED
+) t WHERE d.item_kind = t.item_kind AND d.item_key = t.item_key
+RETURNING d.item_kind, d.item_key
+"""
+_MARK_DIRTY = """
+INSERT INTO dirty_items (item_kind, item_key)
+SELECT DISTINCT * FROM unnest($1::text[], $2::text[]) ORDER BY 1, 2 ON CONFLICT DO NOTHING
+"""
+_MARK_ALL_DIRTY = """
+INSERT INTO dirty_items (item_kind, item_key)
+SELECT DISTINCT item_kind, item_key FROM votes ORDER BY 1, 2 ON CONFLICT DO NOTHING
+"""
+_MARK_DIRTY_BY_LABELS = """
+INSERT INTO dirty_items (item_kind, item_key)
+SELECT DISTINCT item_kind, item_key FROM votes WHERE item_kind = ANY($1::text[]) AND label = ANY($2::text[])
+ORDER BY 1, 2 ON CONFLICT DO NOTHING
+"""
+_MARK_DIRTY_BY_INSTALLS = """
+INSERT INTO dirty_items (item_kind, item_key)
+SELECT DISTINCT item_kind, item_key FROM votes WHERE install_id = ANY($1::text[])
+ORDER BY 1, 2 ON CONFLICT DO NOTHING
+"""
+# Near-copies share at least one 16-bit band of their pHash (any two within 3 bits do, by pigeonhole).
+_FAMILIES = """
+WITH q AS (SELECT * FROM icon_phashes WHERE item_key = ANY($1::text[])),
+candidates AS (
+    SELECT q.item_key AS item, o.item_key AS other, q.phash # o.phash AS x FROM q JOIN icon_phashes o ON o.band0 = q.band0
+    UNION SELECT q.item_key, o.item_key, q.phash # o.phash FROM q JOIN icon_phashes o ON o.band1 = q.band1
+    UNION SELECT q.item_key, o.item_key, q.phash # o.phash FROM q JOIN icon_phashes o ON o.band2 = q.band2
+    UNION SELECT q.item_key, o.item_key, q.phash # o.phash FROM q JOIN icon_phashes o ON o.band3 = q.band3
+)
+SELECT item, other FROM candidates WHERE item <> other AND bit_count(x::bit(64)) <= $2
+"""
+_VOTES_OF = """
+SELECT v.item_kind, v.item_key, v.install_id, v.label, v.value, v.origin, v.model_guess, v.seq
+FROM votes v JOIN unnest($1::text[], $2::text[]) AS r(kind, key) ON v.item_kind = r.kind AND v.item_key = r.key
+ORDER BY v.item_kind, v.item_key, v.seq
+"""
+_CONSENSUS_OF = """
+SELECT c.item_kind, c.item_key, c.label, c.status, c.settled_seq
+FROM consensus c JOIN unnest($1::text[], $2::text[]) AS r(kind, key) ON c.item_kind = r.kind AND c.item_key = r.key
+"""
+_TRUST_OF = "SELECT install_id, weight, cohort, banned FROM install_trust WHERE install_id = ANY($1::text[])"
+_GOLD_OF = """
+SELECT DISTINCT ON (m.item_kind, m.item_key) m.item_kind, m.item_key, m.label, m.moderator
+FROM moderator_decisions m JOIN unnest($1::text[], $2::text[]) AS r(kind, key)
+  ON m.item_kind = r.kind AND m.item_key = r.key
+ORDER BY m.item_kind, m.item_key, m.decided_at DESC, m.id DESC
+"""
+_KNOWN = "SELECT item_kind, label FROM known_labels"
+_ADD_KNOWN = """
+INSERT INTO known_labels (item_kind, label, source) SELECT $1, l, $3 FROM unnest($2::text[]) AS l ORDER BY 2
+ON CONFLICT DO NOTHING RETURNING label
+"""
+_WRITE_JUDGEMENTS = """
+WITH written AS (
+    INSERT INTO trust_judgements AS j (item_kind, item_key, install_id, label, settled_label, agree, gold)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[], $7::bool[])
+    ORDER BY 1, 2, 3
+    ON CONFLICT (item_kind, item_key, install_id) DO UPDATE
+    SET label = excluded.label, settled_label = excluded.settled_label, agree = excluded.agree,
+        gold = excluded.gold, at = now()
+    WHERE (j.label, j.settled_label, j.gold) IS DISTINCT FROM (excluded.label, excluded.settled_label, excluded.gold)
+    RETURNING install_id
+)
+INSERT INTO install_trust AS t (install_id, weight, stale)
+SELECT DISTINCT install_id, $8::float8, true FROM written ORDER BY 1
+ON CONFLICT (install_id) DO UPDATE SET stale = true
+"""
 _UPSERT_CONSENSUS = """
-INSERT INTO consensus AS c (item_kind, item_key, label, value, status, support, confidence)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::int[], $7::float8[])
-ON CONFLICT (item_kind, item_key) DO UPDATE
-SET label = excluded.label, value = excluded.value, status = excluded.status,
-    support = excluded.support, confidence = excluded.confidence, updated_at = now()
-WHERE (c.label, c.value, c.status, c.support) IS DISTINCT FROM
-      (excluded.label, excluded.value, excluded.status, excluded.support)
+WITH written AS (
+    INSERT INTO consensus AS c (item_kind, item_key, label, value, status, support, confidence, reason, evidence, settled_seq)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::int[], $7::float8[], $8::text[], $9::jsonb[], $10::int8[])
+    ON CONFLICT (item_kind, item_key) DO UPDATE
+    SET label = excluded.label, value = excluded.value, status = excluded.status, support = excluded.support,
+        confidence = excluded.confidence, reason = excluded.reason, evidence = excluded.evidence,
+        settled_seq = excluded.settled_seq, updated_at = now()
+    WHERE (c.label, c.value, c.status, c.support, c.reason, c.settled_seq) IS DISTINCT FROM
+          (excluded.label, excluded.value, excluded.status, excluded.support, excluded.reason, excluded.settled_seq)
+    RETURNING 1
+)
+SELECT count(*) FROM written
 """
-_UPSERT_RELIABILITY = """
-INSERT INTO install_reliability AS r (item_kind, install_id, reliability, votes, cohort)
-SELECT $1, * FROM unnest($2::text[], $3::float8[], $4::int[], $5::int[])
-ON CONFLICT (item_kind, install_id) DO UPDATE
-SET reliability = excluded.reliability, votes = excluded.votes, cohort = excluded.cohort, updated_at = now()
+_STALE_TRUST = """
+SELECT t.install_id, t.banned,
+       count(j.install_id) FILTER (WHERE j.agree AND NOT j.gold) AS agree,
+       count(j.install_id) FILTER (WHERE NOT j.agree AND NOT j.gold) AS disagree,
+       count(j.install_id) FILTER (WHERE j.agree AND j.gold) AS gold_agree,
+       count(j.install_id) FILTER (WHERE NOT j.agree AND j.gold) AS gold_disagree
+FROM install_trust t LEFT JOIN trust_judgements j ON j.install_id = t.install_id
+WHERE t.stale GROUP BY t.install_id, t.banned
+"""
+_FLIPS = "SELECT item_kind, item_key, label, install_id FROM trust_judgements WHERE NOT agree AND NOT gold"
+_COHORTS = "SELECT install_id, cohort FROM install_trust WHERE cohort IS NOT NULL"
+_WRITE_WEIGHTS = """
+UPDATE install_trust t SET weight = w.weight, agree = w.agree, disagree = w.disagree,
+    gold_agree = w.gold_agree, gold_disagree = w.gold_disagree, stale = false, updated_at = now()
+FROM unnest($1::text[], $2::float8[], $3::int[], $4::int[], $5::int[], $6::int[])
+  AS w(install_id, weight, agree, disagree, gold_agree, gold_disagree)
+WHERE t.install_id = w.install_id
+"""
+_WRITE_COHORTS = """
+UPDATE install_trust t SET cohort = c.cohort FROM unnest($1::text[], $2::text[]) AS c(install_id, cohort)
+WHERE t.install_id = c.install_id
+"""
+# Changes since a snapshot: rows written after it (updated_at only moves when a decision changes) whose label
+# differs from the snapshot's.
+_LABEL_CHANGES = """
+SELECT c.item_kind, count(*) FROM consensus c
+LEFT JOIN snapshot_items s ON s.snapshot_id = $1 AND s.item_kind = c.item_kind AND s.item_key = c.item_key
+WHERE c.status = 'accepted' AND c.item_kind IN ('icon', 'screen') AND c.updated_at > $2
+  AND s.label IS DISTINCT FROM c.label
+GROUP BY c.item_kind
+"""
+_ACCEPTED = """
+SELECT item_kind, item_key, label, value, confidence, reason FROM consensus WHERE status = 'accepted'
+ORDER BY item_kind, item_key
+"""
+# An icon item is its pixels; the image a snapshot gives training is the first crop stored for it.
+_ICON_IMAGES = """
+SELECT DISTINCT ON (v.item_key) v.item_key, c.image_sha256 FROM votes v
+JOIN contributions c ON c.contribution_id = v.contribution_id
+WHERE v.item_kind = 'icon' AND v.item_key = ANY($1::text[]) AND c.image_sha256 IS NOT NULL
+ORDER BY v.item_key, v.seq
+"""
+_STORE_MODERATION = """
+INSERT INTO moderator_decisions (message_id, item_kind, item_key, label, moderator, note, decided_at, before)
+SELECT $1, $2, $3, $4, $5, $6, $7, (
+    SELECT to_jsonb(c) - 'evidence' FROM consensus c WHERE c.item_kind = $2 AND c.item_key = $3
+)
+ON CONFLICT (message_id) DO NOTHING RETURNING id
+"""
+_STORE_BAN = """
+INSERT INTO install_bans AS b (install_id, shadow_banned, moderator, note, updated_at)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (install_id) DO UPDATE
+SET shadow_banned = excluded.shadow_banned, moderator = excluded.moderator, note = excluded.note,
+    updated_at = excluded.updated_at
+WHERE b.updated_at <= excluded.updated_at
+RETURNING shadow_banned
+"""
+_BAN_TRUST = """
+INSERT INTO install_trust AS t (install_id, weight, banned, stale) VALUES ($1, $2, $3, true)
+ON CONFLICT (install_id) DO UPDATE SET banned = excluded.banned, stale = true,
+    weight = CASE WHEN excluded.banned THEN 0 ELSE t.weight END
 """
 # The trainer's runs of a snapshot (its ``training_runs``): voting lets one snapshot at a time wait for them.
 _LATEST_SNAPSHOT = text(
@@ -128,8 +331,28 @@ def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
 
 
+def _from_json(value: Any) -> Any:
+    """A JSONB column as the raw connection returns it (decoded where a codec is set, text otherwise)."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
 def _payload(event: Contribution) -> dict:
     return event.model_dump(mode="json", exclude={"png"}) | {"event_type": event.event_type}
+
+
+def _signed(phash: str) -> int:
+    value = int(phash, 16)
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _bands(phash: str) -> tuple[int, int, int, int]:
+    value = int(phash, 16)
+    return tuple((value >> (16 * i)) & 0xFFFF for i in range(4))  # type: ignore[return-value]
+
+
+def _unzip(refs: Collection[ItemRef]) -> tuple[list[str], list[str]]:
+    ordered = sorted(refs)
+    return [kind for kind, _ in ordered], [key for _, key in ordered]
 
 
 async def _asyncpg(connection: AsyncConnection):
@@ -142,10 +365,11 @@ class PostgresVotingStore:
     """Safe with several processes: every statement locks its rows in sorted key order, so concurrent batches
     cannot deadlock."""
 
-    def __init__(self, engine: AsyncEngine, known_images: int = 100_000) -> None:
+    def __init__(self, engine: AsyncEngine, known_images: int = 100_000, fresh_weight: float = 0.35) -> None:
         self._engine = engine
         self._known: OrderedDict[str, None] = OrderedDict()  # images already stored: skip sending their bytes
         self._known_limit = known_images
+        self._fresh_weight = fresh_weight
 
     async def record(self, batch: BallotBatch) -> None:
         images = {sha: png for sha, png in batch.images.items() if sha not in self._known}
@@ -167,6 +391,16 @@ class PostgresVotingStore:
                 [json.dumps(_payload(contributions[i][0])) for i in ids],
                 [contributions[i][0].occurred_at for i in ids],
             )
+            phashes = batch.phashes
+            if phashes:
+                keys = sorted(phashes)
+                bands = [_bands(phashes[k]) for k in keys]
+                await raw.execute(
+                    _STORE_PHASHES,
+                    keys,
+                    [_signed(phashes[k]) for k in keys],
+                    *([b[i] for b in bands] for i in range(4)),
+                )
             keys = sorted(votes)
             await raw.execute(
                 _STORE_VOTES,
@@ -177,11 +411,52 @@ class PostgresVotingStore:
                 [_json(votes[k][1].value) for k in keys],
                 [votes[k][0].message_id for k in keys],
                 [votes[k][0].occurred_at for k in keys],
+                [votes[k][0].origin for k in keys],
+                [votes[k][1].model_guess for k in keys],
             )
         for sha in images:
             self._known[sha] = None
         while len(self._known) > self._known_limit:
             self._known.popitem(last=False)
+
+    async def moderate_item(self, decision: ItemModerated) -> bool:
+        async with self._engine.begin() as connection:
+            raw = await _asyncpg(connection)
+            stored = await raw.fetchval(
+                _STORE_MODERATION,
+                decision.message_id,
+                decision.item_kind,
+                decision.item_key,
+                decision.label,
+                decision.moderator,
+                decision.note,
+                decision.occurred_at,
+            )
+            if stored is None:
+                return False
+            await raw.execute(_MARK_DIRTY, [decision.item_kind], [decision.item_key])
+            if decision.label is not None:
+                await PostgresRefresh(connection).add_known_labels(
+                    decision.item_kind, [decision.label], "moderator"
+                )
+        return True
+
+    async def moderate_install(self, decision: InstallModerated) -> bool:
+        async with self._engine.begin() as connection:
+            raw = await _asyncpg(connection)
+            applied = await raw.fetchval(
+                _STORE_BAN,
+                decision.install_id,
+                decision.shadow_banned,
+                decision.moderator,
+                decision.note,
+                decision.occurred_at,
+            )
+            if applied is None:
+                return False
+            await raw.execute(_BAN_TRUST, decision.install_id, self._fresh_weight, decision.shadow_banned)
+            await raw.execute(_MARK_DIRTY_BY_INSTALLS, [decision.install_id])
+        return True
 
     @contextlib.asynccontextmanager
     async def refresh_lock(self, *, wait: bool) -> AsyncIterator[bool]:
@@ -200,29 +475,97 @@ class PostgresVotingStore:
     @contextlib.asynccontextmanager
     async def refresh(self) -> AsyncIterator[PostgresRefresh]:
         async with self._engine.begin() as connection:
-            yield PostgresRefresh(connection)
+            yield PostgresRefresh(connection, self._fresh_weight)
 
 
 class PostgresRefresh:
-    def __init__(self, connection: AsyncConnection) -> None:
+    def __init__(self, connection: AsyncConnection, fresh_weight: float = 0.35) -> None:
         self._connection = connection
+        self._fresh_weight = fresh_weight
 
-    async def vote_fingerprint(self) -> tuple[str, int]:
-        count, seq_sum, last_seq = (await self._connection.execute(_FINGERPRINT)).one()
-        return f"{count}:{seq_sum}", last_seq
+    async def _raw(self):
+        return await _asyncpg(self._connection)
 
-    async def last_refresh_stats(self) -> dict[str, Any] | None:
-        latest = select(consensus_refreshes.c.stats).order_by(consensus_refreshes.c.id.desc()).limit(1)
-        return (await self._connection.execute(latest)).scalar()
+    async def take_dirty(self, limit: int) -> list[ItemRef]:
+        rows = await (await self._raw()).fetch(_TAKE_DIRTY, limit)
+        return [(row[0], row[1]) for row in rows]
 
-    async def votes(self) -> list[StoredVote]:
-        return [StoredVote(*row) for row in await self._connection.execute(_VOTES)]
+    async def mark_dirty(self, refs: Sequence[ItemRef]) -> None:
+        if refs:
+            await (await self._raw()).execute(_MARK_DIRTY, *_unzip(refs))
 
-    async def write_consensus(self, items: Sequence[ItemConsensus]) -> None:
-        if not items:
+    async def mark_all_dirty(self) -> int:
+        status = await (await self._raw()).execute(_MARK_ALL_DIRTY)
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def families(self, icon_keys: Collection[str], max_distance: int) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        if not icon_keys or max_distance < 0:
+            return out
+        for item, other in await (await self._raw()).fetch(_FAMILIES, sorted(icon_keys), max_distance):
+            out.setdefault(item, set()).add(other)
+        return out
+
+    async def votes_of(self, refs: Collection[ItemRef]) -> list[StoredVote]:
+        if not refs:
+            return []
+        rows = await (await self._raw()).fetch(_VOTES_OF, *_unzip(refs))
+        return [StoredVote(row[0], row[1], row[2], row[3], _from_json(row[4]), *row[5:]) for row in rows]
+
+    async def consensus_of(self, refs: Collection[ItemRef]) -> dict[ItemRef, CurrentConsensus]:
+        if not refs:
+            return {}
+        rows = await (await self._raw()).fetch(_CONSENSUS_OF, *_unzip(refs))
+        return {(row[0], row[1]): CurrentConsensus(row[2], row[3], row[4]) for row in rows}
+
+    async def trust_of(self, installs: Collection[str]) -> dict[str, InstallTrust]:
+        if not installs:
+            return {}
+        rows = await (await self._raw()).fetch(_TRUST_OF, sorted(installs))
+        return {row[0]: InstallTrust(row[0], row[1], row[2], row[3]) for row in rows}
+
+    async def gold_of(self, refs: Collection[ItemRef]) -> dict[ItemRef, Gold]:
+        if not refs:
+            return {}
+        rows = await (await self._raw()).fetch(_GOLD_OF, *_unzip(refs))
+        return {(row[0], row[1]): Gold(row[2], row[3]) for row in rows}
+
+    async def known_labels(self) -> dict[str, set[str]]:
+        known: dict[str, set[str]] = {}
+        for kind, label in await (await self._raw()).fetch(_KNOWN):
+            known.setdefault(kind, set()).add(label)
+        return known
+
+    async def add_known_labels(self, kind: str, labels: Collection[str], source: str) -> list[str]:
+        if not labels:
+            return []
+        raw = await self._raw()
+        added = [row[0] for row in await raw.fetch(_ADD_KNOWN, kind, sorted(labels), source)]
+        if added:
+            kinds = [k for k, sources in KNOWN_FROM.items() if kind in sources]
+            await raw.execute(_MARK_DIRTY_BY_LABELS, kinds, added)
+        return added
+
+    async def write_judgements(self, judgements: Sequence[Judgement]) -> None:
+        if not judgements:
             return
-        raw = await _asyncpg(self._connection)
-        await raw.execute(
+        ordered = sorted(judgements, key=lambda j: (j.kind, j.key, j.install))
+        await (await self._raw()).execute(
+            _WRITE_JUDGEMENTS,
+            [j.kind for j in ordered],
+            [j.key for j in ordered],
+            [j.install for j in ordered],
+            [j.label for j in ordered],
+            [j.settled_label for j in ordered],
+            [j.agree for j in ordered],
+            [j.gold for j in ordered],
+            self._fresh_weight,
+        )
+
+    async def write_consensus(self, items: Sequence[ItemConsensus]) -> int:
+        if not items:
+            return 0
+        return await (await self._raw()).fetchval(
             _UPSERT_CONSENSUS,
             [i.kind for i in items],
             [i.key for i in items],
@@ -231,20 +574,80 @@ class PostgresRefresh:
             [i.status for i in items],
             [i.support for i in items],
             [i.confidence for i in items],
+            [i.reason for i in items],
+            [_json(i.evidence) for i in items],
+            [i.settled_seq for i in items],
         )
 
-    async def write_reliability(self, kind: str, installs: Sequence[InstallReliability]) -> None:
-        if not installs:
-            return
-        raw = await _asyncpg(self._connection)
-        await raw.execute(
-            _UPSERT_RELIABILITY,
-            kind,
-            [i.install for i in installs],
-            [i.reliability for i in installs],
-            [i.votes for i in installs],
-            [i.cohort for i in installs],
-        )
+    async def stale_trust(self) -> tuple[dict[str, TrustCounts], set[str]]:
+        counts, banned = {}, set()
+        for row in await (await self._raw()).fetch(_STALE_TRUST):
+            counts[row[0]] = TrustCounts(row[2], row[3], row[4], row[5])
+            if row[1]:
+                banned.add(row[0])
+        return counts, banned
+
+    async def flips(self) -> list[Flip]:
+        return [Flip((r[0], r[1]), r[2], r[3]) for r in await (await self._raw()).fetch(_FLIPS)]
+
+    async def cohorts(self) -> dict[str, str]:
+        return {row[0]: row[1] for row in await (await self._raw()).fetch(_COHORTS)}
+
+    async def write_trust(
+        self,
+        counts: Mapping[str, TrustCounts],
+        weights: Mapping[str, float],
+        cohorts: Mapping[str, str | None],
+        changed: Collection[str],
+    ) -> None:
+        raw = await self._raw()
+        if weights:
+            installs = sorted(weights)
+            await raw.execute(
+                _WRITE_WEIGHTS,
+                installs,
+                [weights[i] for i in installs],
+                *([getattr(counts[i], f) for i in installs] for f in TrustCounts.__dataclass_fields__),
+            )
+        if cohorts:
+            installs = sorted(cohorts)
+            await raw.execute(_WRITE_COHORTS, installs, [cohorts[i] for i in installs])
+        if changed:
+            await raw.execute(_MARK_DIRTY_BY_INSTALLS, sorted(changed))
+
+    async def published_labels(self) -> dict[str, set[str]]:
+        published = await reads.latest_published_version(self._connection)
+        if published is None or published.snapshot_id is None:
+            return {}
+        labels: dict[str, set[str]] = {}
+        for (kind, _), label in (
+            await reads.snapshot_labels(self._connection, published.snapshot_id)
+        ).items():
+            if label is not None:
+                labels.setdefault(kind, set()).add(label)
+        return labels
+
+    async def label_changes(self, previous: PreviousSnapshot | None) -> LabelChanges:
+        since = datetime.min.replace(tzinfo=UTC) if previous is None else previous.created_at
+        snapshot = None if previous is None else previous.id
+        rows = await (await self._raw()).fetch(_LABEL_CHANGES, snapshot, since)
+        counts = {row[0]: row[1] for row in rows}
+        return LabelChanges(icons=counts.get("icon", 0), screens=counts.get("screen", 0))
+
+    async def accepted(self) -> Accepted:
+        out = Accepted()
+        raw = await self._raw()
+        for kind, key, label, value, confidence, reason in await raw.fetch(_ACCEPTED):
+            out.labels.setdefault(kind, {})[key] = label if kind != "anchor" else _from_json(value)
+            if kind == "icon":
+                out.icon_values[key] = {
+                    "confidence": round(confidence, 4),
+                    "gold": reason == "settled by a moderator",
+                }
+        icons = sorted(out.labels.get("icon", {}))
+        if icons:
+            out.icon_images.update({row[0]: row[1] for row in await raw.fetch(_ICON_IMAGES, icons)})
+        return out
 
     async def claim_message(self, message_id: str) -> bool:
         return await db.claim_message(self._connection, CONSUMER, message_id)
@@ -254,9 +657,6 @@ class PostgresRefresh:
             await self._connection.execute(_LATEST_SNAPSHOT, {"finished": list(reads.FINISHED_RUN_STATUSES)})
         ).first()
         return None if row is None else PreviousSnapshot(row.id, row.created_at, row.runs, row.finished_runs)
-
-    async def snapshot_labels(self, snapshot_id: Any) -> dict[tuple[str, str], str | None]:
-        return await reads.snapshot_labels(self._connection, snapshot_id)
 
     async def last_arrival(self) -> datetime | None:
         return await self._connection.scalar(_LAST_ARRIVAL)
@@ -273,7 +673,7 @@ class PostgresRefresh:
             )
         )
         items = snapshot.items
-        raw = await _asyncpg(self._connection)
+        raw = await self._raw()
         await raw.execute(
             _STORE_SNAPSHOT_ITEMS,
             snapshot.id,
@@ -285,7 +685,12 @@ class PostgresRefresh:
         )
         await enqueue(self._connection, request)
 
-    async def log_refresh(self, last_vote_seq: int, stats: dict[str, Any]) -> None:
+    async def last_refresh_stats(self) -> dict[str, Any] | None:
+        latest = select(consensus_refreshes.c.stats).order_by(consensus_refreshes.c.id.desc()).limit(1)
+        return (await self._connection.execute(latest)).scalar()
+
+    async def log_refresh(self, stats: dict[str, Any]) -> None:
+        last_seq = await self._connection.scalar(text("SELECT coalesce(max(seq), 0) FROM votes"))
         await self._connection.execute(
-            consensus_refreshes.insert().values(last_vote_seq=last_vote_seq, stats=stats)
+            consensus_refreshes.insert().values(last_vote_seq=last_seq, stats=stats)
         )

@@ -1,5 +1,6 @@
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -50,10 +51,113 @@ votes = Table(
     Column("voted_at", DateTime(timezone=True), nullable=False),
     # Arrival order of the vote's current value (taken again when an install changes its vote).
     Column("seq", BigInteger, nullable=False, server_default=text("nextval('vote_seq')")),
+    # the client's network origin (ingest's keyed hash); NULL for votes from before origins were recorded
+    Column("origin", String(64)),
+    # what the client's own model said of the item, when the contribution tells
+    Column("model_guess", Text),
     CheckConstraint(f"item_kind IN {ITEM_KINDS}", name="known_item_kind"),
     CheckConstraint("label IS NOT NULL OR value IS NOT NULL", name="label_or_value"),
     Index("ix_votes_install", "install_id"),
     Index("ix_votes_seq", "seq"),
+    Index("ix_votes_kind_label", "item_kind", "label"),
+)
+
+# Items whose votes changed since the last refresh: the refresh takes them, so it costs what changed.
+dirty_items = Table(
+    "dirty_items",
+    metadata,
+    Column("item_kind", String(16), primary_key=True),
+    Column("item_key", Text, primary_key=True),
+)
+
+# An icon crop's perceptual hash, in four 16-bit bands: near-copies share a band (the family look-up).
+icon_phashes = Table(
+    "icon_phashes",
+    metadata,
+    Column("item_key", Text, primary_key=True),
+    Column("phash", BigInteger, nullable=False),
+    Column("band0", Integer, nullable=False),
+    Column("band1", Integer, nullable=False),
+    Column("band2", Integer, nullable=False),
+    Column("band3", Integer, nullable=False),
+    Index("ix_icon_phashes_band0", "band0"),
+    Index("ix_icon_phashes_band1", "band1"),
+    Index("ix_icon_phashes_band2", "band2"),
+    Index("ix_icon_phashes_band3", "band3"),
+)
+
+# Trust's evidence: each install's vote on an item that was already settled when it voted (or that a moderator
+# decided), judged against that label once per (item, install), updated if the install changes its vote.
+trust_judgements = Table(
+    "trust_judgements",
+    metadata,
+    Column("item_kind", String(16), primary_key=True),
+    Column("item_key", Text, primary_key=True),
+    Column("install_id", String(64), primary_key=True),
+    Column("label", Text, nullable=False),
+    Column("settled_label", Text, nullable=False),
+    Column("agree", Boolean, nullable=False),
+    Column("gold", Boolean, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_trust_judgements_install", "install_id"),
+)
+
+# Each install's trust as last estimated: its judgements, its weight, its cohort and whether it is banned.
+install_trust = Table(
+    "install_trust",
+    metadata,
+    Column("install_id", String(64), primary_key=True),
+    Column("agree", Integer, nullable=False, server_default=text("0")),
+    Column("disagree", Integer, nullable=False, server_default=text("0")),
+    Column("gold_agree", Integer, nullable=False, server_default=text("0")),
+    Column("gold_disagree", Integer, nullable=False, server_default=text("0")),
+    Column("weight", Float, nullable=False),
+    Column("cohort", Integer),
+    Column("banned", Boolean, nullable=False, server_default=text("false")),
+    # judgements changed since the weight was estimated: the next estimation takes it up
+    Column("stale", Boolean, nullable=False, server_default=text("false")),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_install_trust_stale", "stale", postgresql_where=text("stale")),
+)
+
+# Labels a fresh vote may be accepted for: those the published model has, those accepted on some item with
+# enough trusted origins, and those a moderator gave. A label not here needs more (domain.evidence).
+known_labels = Table(
+    "known_labels",
+    metadata,
+    Column("item_kind", String(16), primary_key=True),
+    Column("label", Text, primary_key=True),
+    Column("source", String(16), nullable=False),
+    Column("since", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("source IN ('published', 'accepted', 'moderator')", name="known_source"),
+)
+
+# Moderators' decisions (gold), as received: the latest per item stands; the log keeps before and after.
+moderator_decisions = Table(
+    "moderator_decisions",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("message_id", String(128), nullable=False, unique=True),
+    Column("item_kind", String(16), nullable=False),
+    Column("item_key", Text, nullable=False),
+    Column("label", Text),
+    Column("moderator", String(64), nullable=False),
+    Column("note", Text, nullable=False, server_default=text("''")),
+    Column("decided_at", DateTime(timezone=True), nullable=False),
+    Column("before", JSONB),
+    CheckConstraint(f"item_kind IN {ITEM_KINDS}", name="known_item_kind"),
+    Index("ix_moderator_decisions_item", "item_kind", "item_key", "decided_at"),
+)
+
+# Shadow bans: a banned install's votes stop counting; its client is answered as before.
+install_bans = Table(
+    "install_bans",
+    metadata,
+    Column("install_id", String(64), primary_key=True),
+    Column("shadow_banned", Boolean, nullable=False),
+    Column("moderator", String(64), nullable=False),
+    Column("note", Text, nullable=False, server_default=text("''")),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
 consensus = Table(
@@ -67,9 +171,15 @@ consensus = Table(
     Column("support", Integer, nullable=False),
     Column("confidence", Float, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # why it is accepted or withheld, and the evidence behind it (voters, voices, model, family, gold)
+    Column("reason", Text),
+    Column("evidence", JSONB),
+    # the newest vote the item's accepted label was decided on: later votes are judged against it (trust)
+    Column("settled_seq", BigInteger),
     CheckConstraint(f"item_kind IN {ITEM_KINDS}", name="known_item_kind"),
     CheckConstraint("status IN ('accepted', 'withheld')", name="known_status"),
     CheckConstraint("confidence >= 0 AND confidence <= 1", name="confidence_range"),
+    Index("ix_consensus_updated_at", "updated_at"),
 )
 
 # Immutable once written (enforced by triggers in the migration): what exactly a training run learned from.
@@ -99,18 +209,6 @@ snapshot_items = Table(
 )
 
 IMMUTABLE_TABLES = ("training_snapshots", "snapshot_items")
-
-# Per-install reliability as last estimated (observability: who is trusted, who is in a suspected cohort).
-install_reliability = Table(
-    "install_reliability",
-    metadata,
-    Column("item_kind", String(16), primary_key=True),
-    Column("install_id", String(64), primary_key=True),
-    Column("reliability", Float, nullable=False),
-    Column("votes", Integer, nullable=False),
-    Column("cohort", Integer),
-    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-)
 
 # One row per consensus refresh: up to which vote it saw, and what it decided.
 consensus_refreshes = Table(

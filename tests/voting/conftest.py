@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from sqlalchemy import text
 
 from services.voting.bootstrap import ACCEPTED_EVENTS, Voting, bootstrap
 from services.voting.handlers import VotingService
@@ -31,6 +32,15 @@ def crop_vote(install: str, crop_seed: int, label: str, at: int = 0, **overrides
         message_id=f"{install}-{crop_seed}-{label}-{at}",
     )
     return IconCropContributed(**(fields | overrides))
+
+
+async def seed_known(engine, kind: str, labels) -> None:
+    """Labels known as if a published model had them: three fresh installs of distinct origins settle one."""
+    async with engine.begin() as connection:
+        await connection.execute(
+            text("INSERT INTO known_labels (item_kind, label, source) VALUES (:kind, :label, 'published')"),
+            [{"kind": kind, "label": label} for label in labels],
+        )
 
 
 @pytest_asyncio.fixture

@@ -1,20 +1,30 @@
 """In-memory stand-ins for voting's adapters: the store (same protocol as ``PostgresVotingStore``), a clock
-that moves only when told, and an executor that runs the estimator inline."""
+that moves only when told, and a relay that counts its wake-ups."""
 
 from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import Executor, Future
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from services.voting.domain.consensus import Flip
+from services.voting.domain.evidence import Gold, TrustCounts
 from services.voting.domain.items import BallotBatch, VoteKey
-from services.voting.domain.snapshots import NewSnapshot, PreviousSnapshot
-from services.voting.domain.tally import InstallReliability, ItemConsensus, StoredVote
-from shared.events import TrainingRequested
+from services.voting.domain.snapshots import Accepted, LabelChanges, NewSnapshot, PreviousSnapshot
+from services.voting.domain.tally import (
+    KNOWN_FROM,
+    CurrentConsensus,
+    InstallTrust,
+    ItemConsensus,
+    ItemRef,
+    Judgement,
+    StoredVote,
+)
+from shared.events import InstallModerated, ItemModerated, TrainingRequested
+from shared.imagekeys import hamming
 from shared.reads import FINISHED_RUN_STATUSES
 
 
@@ -30,16 +40,6 @@ class ShiftedClock:
 
     def advance(self, **delta: float) -> None:
         self.shift += timedelta(**delta)
-
-
-class InlineExecutor(Executor):
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
-        future: Future = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as error:
-            future.set_exception(error)
-        return future
 
 
 class FakeRelay:
@@ -60,19 +60,41 @@ class StoredRow:
     contribution_id: str
     voted_at: datetime
     seq: int
+    origin: str | None = None
+    model_guess: str | None = None
+    image_sha256: str | None = None
+
+
+@dataclass
+class TrustRow:
+    weight: float
+    counts: TrustCounts = TrustCounts()
+    cohort: str | None = None
+    banned: bool = False
+    stale: bool = False
 
 
 class FakeVotingStore:
     """Keeps what ``PostgresVotingStore`` would write, with the same rules: a contribution once, a vote replaced
-    only by a newer and different one (taking a new seq), snapshots with their training requests."""
+    only by a newer and different one (taking a new seq) and its item queued, judgements once per install and
+    item, moderator decisions and bans once per message, snapshots with their training requests."""
 
-    def __init__(self, clock: Callable[[], datetime]) -> None:
+    def __init__(self, clock: Callable[[], datetime], fresh_weight: float = 0.35) -> None:
         self._clock = clock
+        self.fresh_weight = fresh_weight
         self.blobs: dict[str, bytes] = {}
         self.received: dict[str, datetime] = {}  # contribution id: when it arrived
         self.votes: dict[VoteKey, StoredRow] = {}
-        self.consensus: dict[tuple[str, str], ItemConsensus] = {}
-        self.reliability: dict[tuple[str, str], InstallReliability] = {}
+        self.phashes: dict[str, str] = {}
+        self.dirty: set[ItemRef] = set()
+        self.consensus: dict[ItemRef, ItemConsensus] = {}
+        self.updated: dict[ItemRef, datetime] = {}
+        self.judged: dict[tuple[str, str, str], Judgement] = {}
+        self.trust: dict[str, TrustRow] = {}
+        self.known: dict[str, dict[str, str]] = {}
+        self.gold: dict[ItemRef, Gold] = {}
+        self.moderated: set[str] = set()
+        self.bans: dict[str, tuple[bool, datetime]] = {}
         self.claimed: set[str] = set()
         self.snapshots: list[tuple[NewSnapshot, datetime]] = []
         self.runs: dict[uuid.UUID, list[str]] = {}  # the trainer's runs of each snapshot, by status
@@ -83,6 +105,8 @@ class FakeVotingStore:
 
     async def record(self, batch: BallotBatch) -> None:
         self.blobs.update(batch.images)
+        for key, phash in batch.phashes.items():
+            self.phashes.setdefault(key, phash)
         for message_id in batch.contributions:
             self.received.setdefault(message_id, self._clock())
         for key, (event, ballot) in batch.votes.items():
@@ -93,8 +117,53 @@ class FakeVotingStore:
                 continue
             self._seq += 1
             self.votes[key] = StoredRow(
-                ballot.label, ballot.value, event.message_id, event.occurred_at, self._seq
+                ballot.label,
+                ballot.value,
+                event.message_id,
+                event.occurred_at,
+                self._seq,
+                event.origin,
+                ballot.model_guess,
+                ballot.image_sha256,
             )
+            self.dirty.add((key[0], key[1]))
+
+    def _queue_installs(self, installs: Collection[str]) -> None:
+        self.dirty |= {(kind, key) for (kind, key, install) in self.votes if install in installs}
+
+    def _queue_labels(self, kinds: Collection[str], labels: Collection[str]) -> None:
+        self.dirty |= {
+            (kind, key) for (kind, key, _), row in self.votes.items() if kind in kinds and row.label in labels
+        }
+
+    def _add_known(self, kind: str, labels: Collection[str], source: str) -> list[str]:
+        held = self.known.setdefault(kind, {})
+        added = sorted(label for label in labels if label not in held)
+        held.update(dict.fromkeys(added, source))
+        self._queue_labels([k for k, sources in KNOWN_FROM.items() if kind in sources], added)
+        return added
+
+    async def moderate_item(self, decision: ItemModerated) -> bool:
+        if decision.message_id in self.moderated:
+            return False
+        self.moderated.add(decision.message_id)
+        self.gold[(decision.item_kind, decision.item_key)] = Gold(decision.label, decision.moderator)
+        self.dirty.add((decision.item_kind, decision.item_key))
+        if decision.label is not None:
+            self._add_known(decision.item_kind, [decision.label], "moderator")
+        return True
+
+    async def moderate_install(self, decision: InstallModerated) -> bool:
+        held = self.bans.get(decision.install_id)
+        if held is not None and held[1] > decision.occurred_at:
+            return False
+        self.bans[decision.install_id] = (decision.shadow_banned, decision.occurred_at)
+        row = self.trust.setdefault(decision.install_id, TrustRow(self.fresh_weight))
+        row.banned, row.stale = decision.shadow_banned, True
+        if decision.shadow_banned:
+            row.weight = 0.0
+        self._queue_installs([decision.install_id])
+        return True
 
     @contextlib.asynccontextmanager
     async def refresh_lock(self, *, wait: bool) -> AsyncIterator[bool]:
@@ -112,26 +181,168 @@ class FakeVotingStore:
 
 
 class FakeRefresh:
+    """Reads see the store as it was; writes apply when the refresh commits (some, like the queue, at once:
+    nothing else runs between them in a test)."""
+
     def __init__(self, store: FakeVotingStore) -> None:
         self._store = store
         self.writes: list[Callable[[], None]] = []
 
-    async def vote_fingerprint(self) -> tuple[str, int]:
-        seqs = [row.seq for row in self._store.votes.values()]
-        return f"{len(seqs)}:{sum(seqs)}", max(seqs, default=0)
+    async def take_dirty(self, limit: int) -> list[ItemRef]:
+        taken = sorted(self._store.dirty)[:limit]
+        self._store.dirty -= set(taken)
+        return taken
 
-    async def last_refresh_stats(self) -> dict[str, Any] | None:
-        return self._store.refreshes[-1] if self._store.refreshes else None
+    async def mark_dirty(self, refs: Sequence[ItemRef]) -> None:
+        self._store.dirty |= set(refs)
 
-    async def votes(self) -> list[StoredVote]:
-        ordered = sorted(self._store.votes.items(), key=lambda kv: (kv[1].voted_at, kv[1].seq))
-        return [StoredVote(kind, key, install, row.label, row.value) for (kind, key, install), row in ordered]
+    async def mark_all_dirty(self) -> int:
+        refs = {(kind, key) for kind, key, _ in self._store.votes}
+        self._store.dirty |= refs
+        return len(refs)
 
-    async def write_consensus(self, items: Sequence[ItemConsensus]) -> None:
-        self.writes.append(lambda: self._store.consensus.update({(i.kind, i.key): i for i in items}))
+    async def families(self, icon_keys: Collection[str], max_distance: int) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for key in icon_keys:
+            mine = self._store.phashes.get(key)
+            if mine is None or max_distance < 0:
+                continue
+            near = {
+                other
+                for other, phash in self._store.phashes.items()
+                if other != key and hamming(mine, phash) <= max_distance and _share_band(mine, phash)
+            }
+            if near:
+                out[key] = near
+        return out
 
-    async def write_reliability(self, kind: str, installs: Sequence[InstallReliability]) -> None:
-        self.writes.append(lambda: self._store.reliability.update({(kind, i.install): i for i in installs}))
+    async def votes_of(self, refs: Collection[ItemRef]) -> list[StoredVote]:
+        wanted = set(refs)
+        rows = [
+            StoredVote(kind, key, install, row.label, row.value, row.origin, row.model_guess, row.seq)
+            for (kind, key, install), row in self._store.votes.items()
+            if (kind, key) in wanted
+        ]
+        return sorted(rows, key=lambda v: (v.item_kind, v.item_key, v.seq))
+
+    async def consensus_of(self, refs: Collection[ItemRef]) -> dict[ItemRef, CurrentConsensus]:
+        held = self._store.consensus
+        return {
+            ref: CurrentConsensus(held[ref].label, held[ref].status, held[ref].settled_seq)
+            for ref in refs
+            if ref in held
+        }
+
+    async def trust_of(self, installs: Collection[str]) -> dict[str, InstallTrust]:
+        return {
+            i: InstallTrust(i, row.weight, row.cohort, row.banned)
+            for i in installs
+            if (row := self._store.trust.get(i)) is not None
+        }
+
+    async def gold_of(self, refs: Collection[ItemRef]) -> dict[ItemRef, Gold]:
+        return {ref: self._store.gold[ref] for ref in refs if ref in self._store.gold}
+
+    async def known_labels(self) -> dict[str, set[str]]:
+        return {kind: set(labels) for kind, labels in self._store.known.items()}
+
+    async def add_known_labels(self, kind: str, labels: Collection[str], source: str) -> list[str]:
+        return self._store._add_known(kind, labels, source)
+
+    async def write_judgements(self, judgements: Sequence[Judgement]) -> None:
+        store = self._store
+        for judgement in judgements:
+            key = (judgement.kind, judgement.key, judgement.install)
+            if store.judged.get(key) == judgement:
+                continue
+            store.judged[key] = judgement
+            row = store.trust.setdefault(judgement.install, TrustRow(store.fresh_weight))
+            row.stale = True
+
+    async def write_consensus(self, items: Sequence[ItemConsensus]) -> int:
+        held = self._store.consensus
+        changed = [
+            i for i in items if (ref := (i.kind, i.key)) not in held or _decision(held[ref]) != _decision(i)
+        ]
+
+        for item in changed:  # at once, as the refresh's own later reads see its writes
+            held[(item.kind, item.key)] = item
+            self._store.updated[(item.kind, item.key)] = self._store._clock()
+        return len(changed)
+
+    async def stale_trust(self) -> tuple[dict[str, TrustCounts], set[str]]:
+        counts: dict[str, list[int]] = {i: [0, 0, 0, 0] for i, row in self._store.trust.items() if row.stale}
+        for (_, _, install), judgement in self._store.judged.items():
+            if install in counts:
+                index = (0 if judgement.agree else 1) + (2 if judgement.gold else 0)
+                counts[install][index] += 1
+        banned = {i for i in counts if self._store.trust[i].banned}
+        return {i: TrustCounts(*c) for i, c in counts.items()}, banned
+
+    async def flips(self) -> list[Flip]:
+        return [
+            Flip((j.kind, j.key), j.label, j.install)
+            for j in self._store.judged.values()
+            if not j.agree and not j.gold
+        ]
+
+    async def cohorts(self) -> dict[str, str]:
+        return {i: row.cohort for i, row in self._store.trust.items() if row.cohort is not None}
+
+    async def write_trust(
+        self,
+        counts: Mapping[str, TrustCounts],
+        weights: Mapping[str, float],
+        cohorts: Mapping[str, str | None],
+        changed: Collection[str],
+    ) -> None:
+        for install, weight in weights.items():
+            row = self._store.trust[install]
+            row.weight, row.counts, row.stale = weight, counts[install], False
+        for install, cohort in cohorts.items():
+            if install in self._store.trust:
+                self._store.trust[install].cohort = cohort
+        self._store._queue_installs(changed)
+
+    async def published_labels(self) -> dict[str, set[str]]:
+        return {}
+
+    async def label_changes(self, previous: PreviousSnapshot | None) -> LabelChanges:
+        before = {}
+        if previous is not None:
+            [snapshot] = [s for s, _ in self._store.snapshots if s.id == previous.id]
+            before = {(i.kind, i.key): i.label for i in snapshot.items}
+        counts = {"icon": 0, "screen": 0}
+        for ref, row in self._store.consensus.items():
+            changed_after = previous is None or self._store.updated[ref] > previous.created_at
+            if (
+                row.kind in counts
+                and row.status == "accepted"
+                and changed_after
+                and before.get(ref) != row.label
+            ):
+                counts[row.kind] += 1
+        return LabelChanges(icons=counts["icon"], screens=counts["screen"])
+
+    async def accepted(self) -> Accepted:
+        out = Accepted()
+        for (kind, key), row in sorted(self._store.consensus.items()):
+            if row.status != "accepted":
+                continue
+            out.labels.setdefault(kind, {})[key] = row.value if kind == "anchor" else row.label
+            if kind == "icon":
+                out.icon_values[key] = {
+                    "confidence": round(row.confidence, 4),
+                    "gold": row.reason == "settled by a moderator",
+                }
+                images = sorted(
+                    (r.seq, r.image_sha256)
+                    for (k, item, _), r in self._store.votes.items()
+                    if (k, item) == (kind, key) and r.image_sha256
+                )
+                if images:
+                    out.icon_images[key] = images[0][1]
+        return out
 
     async def claim_message(self, message_id: str) -> bool:
         if message_id in self._store.claimed:
@@ -147,10 +358,6 @@ class FakeRefresh:
         finished = sum(1 for status in runs if status in FINISHED_RUN_STATUSES)
         return PreviousSnapshot(snapshot.id, created_at, len(runs), finished)
 
-    async def snapshot_labels(self, snapshot_id: Any) -> dict[tuple[str, str], str | None]:
-        [snapshot] = [s for s, _ in self._store.snapshots if s.id == snapshot_id]
-        return {(i.kind, i.key): i.label for i in snapshot.items if i.kind in ("icon", "screen")}
-
     async def last_arrival(self) -> datetime | None:
         return max(self._store.received.values(), default=None)
 
@@ -159,5 +366,17 @@ class FakeRefresh:
         self.writes.append(lambda: self._store.snapshots.append((snapshot, created_at)))
         self.writes.append(lambda: self._store.outbox.append(request))
 
-    async def log_refresh(self, last_vote_seq: int, stats: dict[str, Any]) -> None:
+    async def last_refresh_stats(self) -> dict[str, Any] | None:
+        return self._store.refreshes[-1] if self._store.refreshes else None
+
+    async def log_refresh(self, stats: dict[str, Any]) -> None:
         self.writes.append(lambda: self._store.refreshes.append(stats))
+
+
+def _decision(row: ItemConsensus) -> tuple:
+    return (row.label, row.value, row.status, row.support, row.reason, row.settled_seq)
+
+
+def _share_band(first: str, second: str) -> bool:
+    a, b = int(first, 16), int(second, 16)
+    return any((a >> (16 * i)) & 0xFFFF == (b >> (16 * i)) & 0xFFFF for i in range(4))

@@ -1,4 +1,4 @@
-"""The voting handlers in memory: a fake store, a clock the test moves, the estimator run inline."""
+"""The voting handlers in memory: a fake store and a clock the test moves."""
 
 import pytest
 
@@ -7,7 +7,7 @@ from services.voting.settings import VotingSettings
 from shared.events import TrainingForceRequested
 from tests.utils.clock import FakeClock
 from tests.voting.conftest import crop_vote
-from tests.voting.fakes import FakeRelay, FakeVotingStore, InlineExecutor
+from tests.voting.fakes import FakeRelay, FakeVotingStore
 
 
 @pytest.fixture
@@ -17,7 +17,10 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def store(clock) -> FakeVotingStore:
-    return FakeVotingStore(clock)
+    """The labels voted here are known (as if a published model had them): three fresh installs settle one."""
+    store = FakeVotingStore(clock)
+    store.known["icon"] = {f"Item {i}": "published" for i in range(200)}
+    return store
 
 
 def voting(store, clock, relay=None, **settings) -> Voting:
@@ -27,11 +30,10 @@ def voting(store, clock, relay=None, **settings) -> Voting:
         store=store,
         relay=relay or FakeRelay(),
         clock=clock,
-        executor=InlineExecutor(),
     )
 
 
-def agreeing_votes(crops, installs=("a", "b")) -> list:
+def agreeing_votes(crops, installs=("a", "b", "c")) -> list:
     return [crop_vote(install, crop, f"Item {crop}") for crop in crops for install in installs]
 
 
@@ -41,6 +43,7 @@ async def test_a_batch_stores_each_vote_once_and_the_latest_vote_of_an_install_w
     await service.handle([first, first, crop_vote("a", 1, "Late", at=9), crop_vote("b", 1, "Early")])
     await service.handle([first])  # redelivered: older than what is held
     assert {key[2]: row.label for key, row in store.votes.items()} == {"a": "Late", "b": "Early"}
+    assert store.dirty == {(kind, key) for kind, key, _ in store.votes}  # queued for the next refresh
     assert len(store.received) == 3
     assert len(store.blobs) == 1
 
@@ -113,6 +116,7 @@ async def test_an_admin_request_snapshots_at_once_and_only_once(store, clock):
     await app.service.handle([request])  # redelivered
     [(snapshot, _)] = store.snapshots
     assert snapshot.reason == "admin" and [i.kind for i in snapshot.items] == ["icon"] * 3
+    assert all(i.image_sha256 is not None and set(i.value) == {"confidence", "gold"} for i in snapshot.items)
     assert [r.reason for r in store.outbox] == ["admin"]
 
 

@@ -5,14 +5,13 @@ from datetime import UTC, datetime, timedelta
 
 from services.voting.domain.derived import cap_screen_types
 from services.voting.domain.snapshots import (
+    Accepted,
     LabelChanges,
     PreviousSnapshot,
     SnapshotRules,
     awaits_training,
     compose_snapshot,
-    count_changes,
     decide_snapshot,
-    refresh_due,
     refresh_pause,
 )
 
@@ -97,36 +96,23 @@ def test_an_admin_request_snapshots_now_whatever_waits_or_arrives():
     assert (decision.make, decision.trigger) == (True, "admin")
 
 
-def test_changes_count_labels_new_or_changed_since_the_previous_snapshot():
-    before = {("icon", "a"): "Phaser", ("icon", "b"): "Torpedo", ("screen", "s1"): "TRAITS"}
-    icons = {"a": "Phaser", "b": "Mine", "c": "Shield"}
-    screens = {"s1": "TRAITS", "s2": "BOFFS", "a": "TRAITS"}
-    assert count_changes(icons, screens, before) == LabelChanges(icons=2, screens=2)
-    assert count_changes(icons, screens, {}) == LabelChanges(icons=3, screens=3)
-
-
-def test_a_refresh_is_due_when_votes_changed_a_snapshot_was_deferred_or_an_admin_asks():
-    assert refresh_due("3:6", None, forced=False)
-    assert not refresh_due("3:6", {"fingerprint": "3:6", "snapshot_pending": False}, forced=False)
-    assert refresh_due("3:7", {"fingerprint": "3:6", "snapshot_pending": False}, forced=False)
-    assert refresh_due("3:6", {"fingerprint": "3:6", "snapshot_pending": True}, forced=False)
-    assert refresh_due("3:6", {"fingerprint": "3:6", "snapshot_pending": False}, forced=True)
-
-
 def test_a_long_refresh_runs_at_most_a_quarter_of_the_time():
     assert refresh_pause(2.0, 0.1) == 2.0
     assert refresh_pause(2.0, 3.0) == 9.0
 
 
 def test_a_snapshot_holds_every_kind_in_its_published_form_and_says_why():
-    accepted = {
-        "icon": {"c1": "Phaser"},
+    labels = {
+        "icon": {"c1": "Phaser", "c2": "Mine"},
         "screen": {f"{i:064x}": "TRAITS" for i in range(200)},
         "knowledge": {"00ff": "Phaser"},
         "ocr": {"Ship Type\x1fCrulser": "Cruiser", "Ship Tier\x1fT6": "T6"},
         "anchor": {"SPACE\x1f1.78": {"slots": {}}},
     }
-    screens = cap_screen_types(accepted["screen"])
+    value = {"confidence": 0.9, "gold": False}
+    # an icon item is its pixels; its image is a stored crop (c2 has none: it cannot be trained on)
+    accepted = Accepted(labels, icon_images={"c1": "f" * 64}, icon_values={"c1": value})
+    screens = cap_screen_types(accepted.of("screen"))
     parent = uuid.uuid4()
     snapshot = compose_snapshot(
         uuid.uuid4(), parent, accepted, screens, LabelChanges(1, 150), "screen_threshold", RULES
@@ -139,10 +125,9 @@ def test_a_snapshot_holds_every_kind_in_its_published_form_and_says_why():
         "ocr": 1,
         "anchor": 1,
     }
-    assert [(i.key, i.label, i.image_sha256) for i in snapshot.items if i.kind in ("icon", "ocr")] == [
-        ("c1", "Phaser", "c1"),
-        ("Crulser", "Cruiser", None),
-    ]
+    assert [
+        (i.key, i.label, i.value, i.image_sha256) for i in snapshot.items if i.kind in ("icon", "ocr")
+    ] == [("c1", "Phaser", value, "f" * 64), ("Crulser", "Cruiser", None, None)]
     assert (snapshot.parent_id, snapshot.reason, snapshot.new_label_count) == (parent, "threshold", 1)
     assert snapshot.details == {
         "trigger": "screen_threshold",

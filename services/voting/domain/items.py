@@ -14,6 +14,7 @@ from shared.events import (
     OcrCorrectionContributed,
     ScreenTypeContributed,
 )
+from shared.imagekeys import keys_of_png
 
 KEY_SEPARATOR = "\x1f"
 
@@ -26,6 +27,8 @@ class Ballot:
     value: dict[str, Any] | None
     image_sha256: str | None
     image: bytes | None
+    model_guess: str | None = None  # what the client's own model said, when the contribution tells
+    phash: str | None = None  # icon crops: the perceptual hash (visual families)
 
 
 def anchor_group(build_type: str, aspect: float | None) -> str:
@@ -35,18 +38,30 @@ def anchor_group(build_type: str, aspect: float | None) -> str:
 def ballot_of(event: Contribution) -> Ballot:
     match event:
         case IconCropContributed():
+            # the item is the crop's pixels as the client's model sees them: a re-encoded PNG is the same item
+            pixels, phash = event.pixels_sha256, event.phash
+            if pixels is None or phash is None:  # an event from before ingest computed them
+                keys = keys_of_png(event.png)
+                pixels, phash = keys.pixels_sha256, keys.phash
             value = {"slot": event.slot, "model_guess": event.model_guess}
-            return Ballot("icon", event.crop_sha256, event.label, value, event.crop_sha256, event.png)
+            guess = event.model_guess or None
+            return Ballot("icon", pixels, event.label, value, event.crop_sha256, event.png, guess, phash)
         case OcrCorrectionContributed():
             key = f"{event.slot}{KEY_SEPARATOR}{event.raw_text}"
-            return Ballot("ocr", key, event.corrected_text, None, event.crop_sha256, event.png)
+            # the raw text is what the client's OCR read: a correction equal to it confirms it
+            guess = event.raw_text or None
+            return Ballot("ocr", key, event.corrected_text, None, event.crop_sha256, event.png, guess)
         case KnowledgeContributed():
             value = {
                 "wrong_name": event.wrong_name,
                 "confirmed": event.confirmed,
                 "crop_sha256": event.crop_sha256,
             }
-            return Ballot("knowledge", event.phash, event.item_name, value, event.crop_sha256, event.png)
+            # an empty wrong name: the user confirmed what the client's model said
+            guess = event.wrong_name or (event.item_name if event.confirmed else None)
+            return Ballot(
+                "knowledge", event.phash, event.item_name, value, event.crop_sha256, event.png, guess
+            )
         case ScreenTypeContributed():
             return Ballot(
                 "screen", event.image_sha256, event.screen_type, None, event.image_sha256, event.png
@@ -69,6 +84,7 @@ class BallotBatch:
     contributions: dict[str, tuple[Contribution, Ballot]]
     votes: dict[VoteKey, tuple[Contribution, Ballot]]
     images: dict[str, bytes]
+    phashes: dict[str, str]  # icon item key -> its pHash
 
 
 def batch_of(events: Sequence[Contribution]) -> BallotBatch:
@@ -83,4 +99,5 @@ def batch_of(events: Sequence[Contribution]) -> BallotBatch:
         contributions={event.message_id: (event, ballot) for event, ballot in ballots},
         votes=latest,
         images={b.image_sha256: b.image for _, b in ballots if b.image_sha256 and b.image is not None},
+        phashes={b.item_key: b.phash for _, b in ballots if b.item_kind == "icon" and b.phash},
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -58,27 +58,9 @@ class SnapshotDecision:
     reason: str
 
 
-def refresh_due(fingerprint: str, last_stats: Mapping[str, Any] | None, *, forced: bool) -> bool:
-    """Recompute consensus when votes changed since the last refresh, a snapshot was deferred, or an admin
-    asks."""
-    if forced or last_stats is None:
-        return True
-    return last_stats.get("fingerprint") != fingerprint or bool(last_stats.get("snapshot_pending"))
-
-
 def refresh_pause(interval_seconds: float, last_took_seconds: float) -> float:
     """A refresh that takes long (many votes) runs less often: at most a quarter of the time."""
     return max(interval_seconds, 3 * last_took_seconds)
-
-
-def count_changes(
-    icons: Mapping[str, str], screens: Mapping[str, str], before: Mapping[tuple[str, str], str | None]
-) -> LabelChanges:
-    """``before``: {(kind, key): label} of the previous snapshot (empty before the first)."""
-    return LabelChanges(
-        icons=sum(1 for key, label in icons.items() if before.get(("icon", key)) != label),
-        screens=sum(1 for key, label in screens.items() if before.get(("screen", key)) != label),
-    )
 
 
 def awaits_training(previous: PreviousSnapshot, now: datetime, wait: timedelta) -> bool:
@@ -130,6 +112,19 @@ class SnapshotItem:
     image_sha256: str | None
 
 
+@dataclass
+class Accepted:
+    """Every accepted item: {kind: {key: label (anchors: the merged grid)}}, and for icons the image training
+    gets and the value a snapshot item carries (its confidence, whether a moderator settled it)."""
+
+    labels: dict[str, dict[str, Any]] = field(default_factory=dict)
+    icon_images: dict[str, str] = field(default_factory=dict)
+    icon_values: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def of(self, kind: str) -> dict[str, Any]:
+        return self.labels.get(kind, {})
+
+
 @dataclass(frozen=True)
 class NewSnapshot:
     id: uuid.UUID
@@ -144,7 +139,7 @@ class NewSnapshot:
 def compose_snapshot(
     snapshot_id: uuid.UUID,
     parent_id: uuid.UUID | None,
-    accepted: Mapping[str, Mapping[str, Any]],
+    accepted: Accepted,
     screens: Mapping[str, str],
     changes: LabelChanges,
     trigger: Trigger,
@@ -152,14 +147,18 @@ def compose_snapshot(
 ) -> NewSnapshot:
     """What training gets: accepted icon labels (with their image), ``screens`` (capped per type), knowledge
     entries; derived maps in their published form (OCR: {raw text: corrected name}; anchor grids)."""
-    corrections = ocr_corrections(accepted["ocr"])
-    items = [SnapshotItem("icon", key, label, None, key) for key, label in accepted["icon"].items()]
+    corrections = ocr_corrections(accepted.of("ocr"))
+    items = [
+        SnapshotItem("icon", key, label, accepted.icon_values.get(key), accepted.icon_images[key])
+        for key, label in accepted.of("icon").items()
+        if key in accepted.icon_images
+    ]
     items += [SnapshotItem("screen", key, label, None, key) for key, label in screens.items()]
     items += [
-        SnapshotItem("knowledge", key, label, None, None) for key, label in accepted["knowledge"].items()
+        SnapshotItem("knowledge", key, label, None, None) for key, label in accepted.of("knowledge").items()
     ]
     items += [SnapshotItem("ocr", raw, fixed, None, None) for raw, fixed in corrections.items()]
-    items += [SnapshotItem("anchor", key, None, value, None) for key, value in accepted["anchor"].items()]
+    items += [SnapshotItem("anchor", key, None, value, None) for key, value in accepted.of("anchor").items()]
     items.sort(key=lambda item: (item.kind, item.key))
     return NewSnapshot(
         id=snapshot_id,
@@ -167,7 +166,7 @@ def compose_snapshot(
         reason="admin" if trigger == "admin" else "threshold",
         items=items,
         new_label_count=changes.icons,
-        total_icon_labels=len(accepted["icon"]),
+        total_icon_labels=len(accepted.of("icon")),
         details={
             "trigger": trigger,
             "new_icon_labels": changes.icons,

@@ -1,19 +1,31 @@
-"""From the stored votes to what a refresh writes: the consensus of every item, each install's reliability,
-and the accepted labels a snapshot is made of. Pure; the estimator itself is ``consensus.robust_consensus``."""
+"""From the votes of the items a refresh takes up to what it writes: trust judgements, each item's decision
+and the consensus rows that changed. Pure; the rules of evidence are ``domain.evidence``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from services.voting.domain.consensus import ConsensusParams, ConsensusResult, Vote, robust_consensus
 from services.voting.domain.derived import anchor_consensus
+from services.voting.domain.evidence import (
+    EvidenceParams,
+    Gold,
+    ItemDecision,
+    TrustCounts,
+    TrustParams,
+    WeighedVote,
+    decide_item,
+    install_weight,
+)
 
 ESTIMATED_KINDS = ("icon", "knowledge", "screen", "ocr")
 ITEM_KINDS = (*ESTIMATED_KINDS, "anchor")
+# knowledge entries name icon items: a label the icon model knows is a known knowledge label too
+KNOWN_FROM = {"icon": ("icon",), "knowledge": ("knowledge", "icon"), "screen": ("screen",), "ocr": ("ocr",)}
 
-Job = tuple[str, list[Vote], ConsensusParams]
+ItemRef = tuple[str, str]  # (item kind, item key)
 
 
 @dataclass(frozen=True)
@@ -23,6 +35,24 @@ class StoredVote:
     install_id: str
     label: str | None
     value: dict[str, Any] | None
+    origin: str | None = None
+    model_guess: str | None = None
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class InstallTrust:
+    install: str
+    weight: float
+    cohort: str | None = None
+    banned: bool = False
+
+
+@dataclass(frozen=True)
+class CurrentConsensus:
+    label: str | None
+    status: str
+    settled_seq: int | None
 
 
 @dataclass(frozen=True)
@@ -34,98 +64,186 @@ class ItemConsensus:
     status: str
     support: int
     confidence: float
+    reason: str
+    evidence: dict[str, Any] | None
+    settled_seq: int | None
 
 
 @dataclass(frozen=True)
-class InstallReliability:
+class Judgement:
+    kind: str
+    key: str
     install: str
-    reliability: float
-    votes: int
-    cohort: int | None
+    label: str
+    settled_label: str
+    gold: bool
+
+    @property
+    def agree(self) -> bool:
+        return self.label == self.settled_label
 
 
-@dataclass
-class Tally:
-    accepted: dict[str, dict[str, Any]] = field(default_factory=lambda: {kind: {} for kind in ITEM_KINDS})
-    consensus: list[ItemConsensus] = field(default_factory=list)
-    reliability: dict[str, list[InstallReliability]] = field(default_factory=dict)
-    stats: dict[str, Any] = field(default_factory=dict)
+def voice_of(vote: StoredVote, trust: InstallTrust | None) -> str:
+    """Installs of one origin (or one cohort) speak with one voice per item."""
+    if trust is not None and trust.cohort is not None:
+        return f"cohort:{trust.cohort}"
+    return f"origin:{vote.origin}" if vote.origin else f"install:{vote.install_id}"
 
 
-def consensus_jobs(
-    votes: Sequence[StoredVote], icon_params: ConsensusParams, single_voter_params: ConsensusParams
-) -> list[Job]:
-    """One estimator run per kind; ``votes`` in arrival order (a vote's position is its ``seq``)."""
-    jobs = []
-    for kind in ESTIMATED_KINDS:
-        of_kind = [
-            Vote(v.item_key, v.install_id, v.label, i)
-            for i, v in enumerate(v for v in votes if v.item_kind == kind)
-            if v.label is not None
-        ]
-        jobs.append((kind, of_kind, icon_params if kind == "icon" else single_voter_params))
-    return jobs
-
-
-def decide_all(jobs: list[Job]) -> dict[str, ConsensusResult]:
-    """CPU-bound: runs in the consensus worker process."""
-    return {kind: robust_consensus(votes, params) for kind, votes, params in jobs}
-
-
-def tally_votes(
-    jobs: list[Job],
-    results: dict[str, ConsensusResult],
-    votes: Sequence[StoredVote],
-    anchor_min_contributors: int,
-) -> Tally:
-    out = Tally()
-    for kind, kind_votes, _ in jobs:
-        result = results[kind]
-        for item, decision in result.decisions.items():
-            out.consensus.append(
-                ItemConsensus(
-                    kind,
-                    item,
-                    decision.label,
-                    None,
-                    "accepted" if decision.accepted else "withheld",
-                    decision.support,
-                    min(1.0, max(0.0, decision.confidence)),
-                )
-            )
-            if decision.accepted:
-                out.accepted[kind][item] = decision.label
-        out.reliability[kind] = reliability_rows(result, kind_votes)
-        out.stats[kind] = {
-            "items": len(result.decisions),
-            "accepted": len(out.accepted[kind]),
-            "cohorts": [sorted(c) for c in result.cohorts],
-        }
-    groups: dict[str, list[dict]] = {}
+def weigh(
+    votes: Iterable[StoredVote], trust: Mapping[str, InstallTrust], fresh_weight: float
+) -> list[WeighedVote]:
+    weighed = []
     for vote in votes:
-        if vote.item_kind == "anchor":
-            groups.setdefault(vote.item_key, []).append(vote.value)
-    for group, grids in groups.items():
-        merged = anchor_consensus(group, grids, anchor_min_contributors)
-        status = "accepted" if merged else "withheld"
-        out.consensus.append(
-            ItemConsensus("anchor", group, None, merged, status, len(grids), 1.0 if merged else 0.0)
+        if vote.label is None:
+            continue
+        held = trust.get(vote.install_id)
+        weight = fresh_weight if held is None else held.weight
+        weighed.append(
+            WeighedVote(vote.install_id, voice_of(vote, held), vote.label, weight, vote.model_guess or None)
         )
-        if merged:
-            out.accepted["anchor"][group] = merged
-    out.stats["anchor"] = {"items": len(groups), "accepted": len(out.accepted["anchor"])}
-    out.consensus.sort(key=lambda c: (c.kind, c.key))
+    return weighed
+
+
+def judgements(
+    votes: Iterable[StoredVote], current: Mapping[ItemRef, CurrentConsensus], gold: Mapping[ItemRef, Gold]
+) -> list[Judgement]:
+    """What trust learns from these votes: each vote on an item settled before it was cast (a later seq than
+    the item's settling vote) is judged against the settled label; on a moderator's item, every vote is."""
+    out = []
+    for vote in votes:
+        if vote.label is None:
+            continue
+        ref = (vote.item_kind, vote.item_key)
+        decided = gold.get(ref)
+        if decided is not None and decided.label is not None:
+            out.append(Judgement(*ref, vote.install_id, vote.label, decided.label, True))
+            continue
+        held = current.get(ref)
+        if (
+            held is not None
+            and held.status == "accepted"
+            and held.label is not None
+            and held.settled_seq is not None
+            and vote.seq > held.settled_seq
+        ):
+            out.append(Judgement(*ref, vote.install_id, vote.label, held.label, False))
     return out
 
 
-def reliability_rows(result: ConsensusResult, votes: Sequence[Vote]) -> list[InstallReliability]:
-    counts: dict[str, int] = {}
-    for vote in votes:
-        counts[vote.install] = counts.get(vote.install, 0) + 1
-    cohort_of = {install: i for i, cohort in enumerate(result.cohorts) for install in cohort}
-    return [
-        InstallReliability(
-            install, result.reliability[install], counts.get(install, 0), cohort_of.get(install)
+@dataclass(frozen=True)
+class DecisionInputs:
+    """Everything one refresh decides its items on (the incremental refresh and a full recompute alike)."""
+
+    votes: Mapping[ItemRef, Sequence[StoredVote]]
+    families: Mapping[str, Collection[str]]  # icon key -> near-copy icon keys
+    trust: Mapping[str, InstallTrust]
+    gold: Mapping[ItemRef, Gold]
+    known: Mapping[str, Collection[str]]  # kind -> known labels
+    anchor_min_contributors: int
+
+
+def known_for(kind: str, known: Mapping[str, Collection[str]]) -> set[str]:
+    return {label for source in KNOWN_FROM.get(kind, (kind,)) for label in known.get(source, ())}
+
+
+def decide(
+    refs: Iterable[ItemRef],
+    inputs: DecisionInputs,
+    params: Mapping[str, EvidenceParams],
+    trust_params: TrustParams,
+) -> dict[ItemRef, ItemDecision | dict[str, Any] | None]:
+    """Each item's decision; an anchor group's is its merged grid (None below the contributor minimum)."""
+    known = {kind: known_for(kind, inputs.known) for kind in ESTIMATED_KINDS}
+    out: dict[ItemRef, ItemDecision | dict[str, Any] | None] = {}
+    for ref in refs:
+        kind, key = ref
+        votes = inputs.votes.get(ref, ())
+        if kind == "anchor":
+            grids = [v.value for v in votes if v.value is not None and not _banned(v, inputs.trust)]
+            out[ref] = anchor_consensus(key, grids, inputs.anchor_min_contributors)
+            continue
+        weighed = weigh(votes, inputs.trust, trust_params.fresh_weight)
+        family: list[WeighedVote] = []
+        members = inputs.families.get(key, ()) if kind == "icon" else ()
+        for member in members:
+            family += weigh(inputs.votes.get(("icon", member), ()), inputs.trust, trust_params.fresh_weight)
+        out[ref] = decide_item(
+            weighed,
+            known=known[kind],
+            params=params[kind],
+            family=family,
+            family_items=len(members),
+            gold=inputs.gold.get(ref),
         )
-        for install in sorted(result.reliability)
-    ]
+    return out
+
+
+def _banned(vote: StoredVote, trust: Mapping[str, InstallTrust]) -> bool:
+    held = trust.get(vote.install_id)
+    return held is not None and held.banned
+
+
+def consensus_rows(
+    decisions: Mapping[ItemRef, ItemDecision | dict[str, Any] | None],
+    current: Mapping[ItemRef, CurrentConsensus],
+    votes: Mapping[ItemRef, Sequence[StoredVote]],
+) -> list[ItemConsensus]:
+    """The consensus row of each decided item. An accepted label keeps the vote it was settled on while it
+    stays; a newly accepted or changed label is settled on the item's newest vote."""
+    rows = []
+    for ref, decision in sorted(decisions.items()):
+        kind, key = ref
+        newest = max((v.seq for v in votes.get(ref, ())), default=None)
+        held = current.get(ref)
+        if kind == "anchor":
+            merged = decision if isinstance(decision, dict) else None
+            count = len(votes.get(ref, ()))
+            rows.append(
+                ItemConsensus(
+                    kind,
+                    key,
+                    None,
+                    merged,
+                    "accepted" if merged else "withheld",
+                    count,
+                    1.0 if merged else 0.0,
+                    "accepted" if merged else "too few contributors",
+                    None,
+                    newest if merged else None,
+                )
+            )
+            continue
+        assert isinstance(decision, ItemDecision)
+        settled = None
+        if decision.accepted:
+            unchanged = held is not None and held.status == "accepted" and held.label == decision.label
+            settled = held.settled_seq if unchanged and held.settled_seq is not None else newest
+        rows.append(
+            ItemConsensus(
+                kind,
+                key,
+                decision.label,
+                None,
+                "accepted" if decision.accepted else "withheld",
+                decision.support,
+                min(1.0, max(0.0, decision.confidence)),
+                decision.reason,
+                decision.evidence,
+                settled,
+            )
+        )
+    return rows
+
+
+def trust_weights(
+    counts: Mapping[str, TrustCounts], banned: Collection[str], params: TrustParams
+) -> dict[str, float]:
+    return {install: install_weight(c, params, banned=install in banned) for install, c in counts.items()}
+
+
+def group_votes(votes: Iterable[StoredVote]) -> dict[ItemRef, list[StoredVote]]:
+    grouped: dict[ItemRef, list[StoredVote]] = defaultdict(list)
+    for vote in votes:
+        grouped[(vote.item_kind, vote.item_key)].append(vote)
+    return grouped

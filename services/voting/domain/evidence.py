@@ -1,0 +1,220 @@
+"""Consensus by earned trust: how much each install's vote weighs, and what an item's evidence decides.
+
+Pure functions of plain values; the refresh (``handlers.ConsensusRefresher``) feeds them what changed.
+
+**Trust is earned.** Install ids cost nothing, so a fresh install weighs ``fresh_weight`` (little) and gains
+weight only from *judgements*: its votes on items that were already settled when it voted (or that a
+moderator decided, which counts ``gold_factor`` times). From ``agree`` and ``disagree`` the weight is
+
+    weight = fresh_weight * (1 - c) + c * q(accuracy)
+    c = judged / (judged + ramp_votes)          (how much history there is)
+    prior_agree, prior_disagree = params.accuracy_prior
+    accuracy = (agree + prior_agree) / (judged + prior_agree + prior_disagree)       (Beta(1, 1) posterior mean)
+    q = clip((accuracy - accuracy_floor) / (accuracy_good - accuracy_floor), 0, 1)
+
+so it never exceeds 1 (no install dominates), falls towards 0 for an install that keeps contradicting settled
+labels, and rounds down to ``step`` so that small drifts do not recompute every item the install voted on. This is
+the one-coin Dawid–Skene reliability with the settled labels as the truth; unlike an EM over every vote, an
+install cannot raise its own weight by agreeing with itself or with other fresh installs.
+
+**One voice per origin.** Installs behind one network origin (ingest's keyed hash of the client's /24 or /64)
+share one voice per item: a voice's support for a label is its strongest install's, not their sum. Members of
+a cohort (installs that pushed the same labels onto the same settled items) share one voice too.
+
+**Evidence beyond voters.**
+- The client's model guess: a vote that confirms what the client model said weighs ``1 + model_confirm``
+  times; a vote against it adds ``model_dissent`` times the voter's weight to the model's label. A guess counts
+  only if it is a label the model can know (a known label): a client model cannot guess a label nobody has.
+- The visual family (icons): votes on near-duplicate crops add ``family_factor`` of their voices' support,
+  capped at ``family_cap``, to a label the item's own voters gave: a near-copy meets the original's votes, but
+  a family never decides alone nor contests (different items can look alike: shared frames, rarity colours).
+
+**Decision.** An item is accepted when its best label's score leads the next by ``accept_score``. A label
+that is not yet known (no published model, accepted item or moderator has it) also needs
+``new_label_origins`` trusted installs (weight >= ``trusted_weight``) of distinct origins (at a cold start,
+distinct origins of any weight: see ``decide_item``). A moderator's
+decision (gold) settles the item whatever the votes say. Everything else is withheld, with its reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TrustParams:
+    fresh_weight: float = 0.35
+    ramp_votes: float = 4.0
+    accuracy_floor: float = 0.6
+    accuracy_good: float = 0.95
+    gold_factor: float = 3.0
+    step: float = 0.05
+    accuracy_prior: tuple[float, float] = (4.0, 1.0)
+
+
+@dataclass(frozen=True)
+class TrustCounts:
+    agree: int = 0
+    disagree: int = 0
+    gold_agree: int = 0
+    gold_disagree: int = 0
+
+
+def install_weight(counts: TrustCounts, params: TrustParams, *, banned: bool = False) -> float:
+    if banned:
+        return 0.0
+    agree = counts.agree + params.gold_factor * counts.gold_agree
+    disagree = counts.disagree + params.gold_factor * counts.gold_disagree
+    judged = agree + disagree
+    history = judged / (judged + params.ramp_votes)
+    prior_agree, prior_disagree = params.accuracy_prior
+    accuracy = (agree + prior_agree) / (judged + prior_agree + prior_disagree)
+    quality = (accuracy - params.accuracy_floor) / (params.accuracy_good - params.accuracy_floor)
+    weight = params.fresh_weight * (1 - history) + history * min(1.0, max(0.0, quality))
+    return round(math.floor(weight / params.step + 1e-9) * params.step, 6)
+
+
+@dataclass(frozen=True)
+class EvidenceParams:
+    accept_score: float = 1.0
+    model_confirm: float = 0.5
+    model_dissent: float = 0.15
+    family_factor: float = 0.5
+    family_cap: float = 0.6
+    new_label_origins: int = 3
+    trusted_weight: float = 0.5
+
+
+@dataclass(frozen=True)
+class WeighedVote:
+    """One install's vote on an item, as the decision sees it."""
+
+    install: str
+    voice: str  # its origin, or its cohort: installs of one voice count once per item
+    label: str
+    weight: float
+    model_guess: str | None = None
+
+
+@dataclass(frozen=True)
+class Gold:
+    """A moderator's decision on an item: its label, or ``None`` for rejected."""
+
+    label: str | None
+    moderator: str
+
+
+@dataclass(frozen=True)
+class ItemDecision:
+    label: str | None
+    accepted: bool
+    confidence: float  # the best label's share of all evidence, 0..1
+    support: int  # voices backing the label
+    reason: str
+    establishes: bool  # accepted with enough trusted origins to make its label known
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+def _voice_scores(
+    votes: Sequence[WeighedVote], known: Collection[str], params: EvidenceParams
+) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
+    """({label: voter score}, {label: model score}, model evidence) with one voice per origin or cohort."""
+    by_voice: dict[str, dict[str, float]] = defaultdict(dict)
+    model_by_voice: dict[str, dict[str, float]] = defaultdict(dict)
+    confirmed = dissented = 0
+    for vote in votes:
+        if vote.weight <= 0:
+            continue
+        guess = vote.model_guess if vote.model_guess in known else None
+        score = vote.weight
+        if guess is not None and guess == vote.label:
+            score *= 1 + params.model_confirm
+            confirmed += 1
+        elif guess is not None:
+            held = model_by_voice[vote.voice]
+            held[guess] = max(held.get(guess, 0.0), vote.weight * params.model_dissent)
+            dissented += 1
+        held = by_voice[vote.voice]
+        held[vote.label] = max(held.get(vote.label, 0.0), score)
+    scores: dict[str, float] = defaultdict(float)
+    for labels in by_voice.values():
+        for label, score in labels.items():
+            scores[label] += score
+    model: dict[str, float] = defaultdict(float)
+    for labels in model_by_voice.values():
+        for label, score in labels.items():
+            model[label] += score
+    return dict(scores), dict(model), {"confirmed": confirmed, "dissented": dissented}
+
+
+def decide_item(
+    votes: Sequence[WeighedVote],
+    *,
+    known: Collection[str],
+    params: EvidenceParams,
+    family: Sequence[WeighedVote] = (),
+    family_items: int = 0,
+    gold: Gold | None = None,
+) -> ItemDecision:
+    """The decision on one item from its votes (already weighed), its visual family's votes and gold.
+
+    While nothing of the kind is known at all (a cold start: no published model, no moderator decision,
+    nothing accepted), nobody can be trusted yet, so a new label needs ``new_label_origins`` distinct origins
+    of any weight; the first accepted labels end the cold start."""
+    voters, model, model_evidence = _voice_scores(votes, known, params)
+    family_scores: dict[str, float] = {}
+    if family:
+        raw, _, _ = _voice_scores(family, known, params)
+        family_scores = {
+            label: min(params.family_cap, params.family_factor * score) for label, score in raw.items()
+        }
+    totals: dict[str, float] = defaultdict(float)
+    for part in (voters, model):
+        for label, score in part.items():
+            totals[label] += score
+    for label, score in family_scores.items():  # a family supports what the item's own voters say, no more
+        if label in voters:
+            totals[label] += score
+    counted = [vote for vote in votes if vote.weight > 0]
+    evidence: dict[str, Any] = {
+        "scores": {label: round(score, 4) for label, score in sorted(totals.items(), key=lambda kv: -kv[1])},
+        "voters": len(votes),
+        "counted_voters": len(counted),
+        "voices": len({vote.voice for vote in counted}),
+        "model": model_evidence | {"scores": {k: round(v, 4) for k, v in model.items()}},
+        "family": {"items": family_items, "scores": {k: round(v, 4) for k, v in family_scores.items()}},
+    }
+    ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))
+    best, best_score = ranked[0] if ranked else (None, 0.0)
+    runner_up = ranked[1][1] if len(ranked) > 1 else 0.0
+    total = sum(totals.values())
+    confidence = best_score / total if total > 0 else 0.0
+    backing = [vote for vote in counted if vote.label == best]
+    support = len({vote.voice for vote in backing})
+    cold_start = not known
+    trusted_origins = len(
+        {vote.voice for vote in backing if cold_start or vote.weight >= params.trusted_weight}
+    )
+    evidence |= {"margin": round(best_score - runner_up, 4), "trusted_origins": trusted_origins}
+    establishes = trusted_origins >= params.new_label_origins
+
+    if gold is not None:
+        evidence["gold"] = {"label": gold.label, "moderator": gold.moderator}
+        if gold.label is None:
+            return ItemDecision(None, False, 1.0, support, "rejected by a moderator", False, evidence)
+        gold_support = len({vote.voice for vote in counted if vote.label == gold.label})
+        return ItemDecision(gold.label, True, 1.0, gold_support, "settled by a moderator", True, evidence)
+    if best is None or best_score <= 0:
+        reason = "no counted votes" if votes else "no votes"
+        return ItemDecision(None, False, 0.0, 0, reason, False, evidence)
+    if best_score - runner_up < params.accept_score:
+        reason = "contested" if runner_up > 0 else "not enough evidence yet"
+        return ItemDecision(best, False, confidence, support, reason, False, evidence)
+    if best not in known and not establishes:
+        reason = f"new label: needs {params.new_label_origins} trusted installs of distinct origins"
+        return ItemDecision(best, False, confidence, support, reason, False, evidence)
+    return ItemDecision(best, True, confidence, support, "accepted", establishes, evidence)

@@ -1,0 +1,131 @@
+"""The rules of trust and evidence as pure functions: milliseconds each."""
+
+from services.voting.domain.consensus import Flip, Vote, cohort_names, find_cohorts, plain_majority
+from services.voting.domain.evidence import (
+    EvidenceParams,
+    Gold,
+    TrustCounts,
+    TrustParams,
+    WeighedVote,
+    decide_item,
+    install_weight,
+)
+from services.voting.domain.tally import CurrentConsensus, StoredVote, judgements
+
+PARAMS = EvidenceParams()
+TRUST = TrustParams()
+KNOWN = {"Phaser", "Torpedo", "Mine"}
+FRESH = TRUST.fresh_weight
+
+
+def vote(install, label, weight=FRESH, voice=None, guess=None) -> WeighedVote:
+    return WeighedVote(install, voice or f"origin:{install}", label, weight, guess)
+
+
+def test_a_fresh_install_weighs_little_and_gains_only_from_judged_agreement():
+    assert install_weight(TrustCounts(), TRUST) == FRESH
+    earned = [install_weight(TrustCounts(agree=n), TRUST) for n in (1, 5, 20, 200)]
+    assert (
+        earned == sorted(earned) and earned[0] > FRESH and 0.95 <= earned[-1] <= 1.0
+    )  # capped: nobody dominates
+    assert install_weight(TrustCounts(agree=20, disagree=10), TRUST) < install_weight(
+        TrustCounts(agree=5), TRUST
+    )
+    assert install_weight(TrustCounts(disagree=10), TRUST) <= 0.1  # a spammer weighs next to nothing
+    assert install_weight(TrustCounts(disagree=40), TRUST) == 0.0
+    assert install_weight(TrustCounts(agree=200), TRUST, banned=True) == 0.0
+    # a moderator's judgement counts gold_factor times
+    assert install_weight(TrustCounts(gold_agree=2), TRUST) == install_weight(TrustCounts(agree=6), TRUST)
+
+
+def test_a_single_fresh_vote_is_withheld_and_three_independent_origins_settle_a_known_label():
+    single = decide_item([vote("a", "Phaser")], known=KNOWN, params=PARAMS)
+    assert not single.accepted and single.reason == "not enough evidence yet"
+    three = decide_item([vote(i, "Phaser") for i in "abc"], known=KNOWN, params=PARAMS)
+    assert three.accepted and three.label == "Phaser" and three.support == 3
+
+
+def test_installs_behind_one_origin_speak_with_one_voice():
+    swarm = [vote(f"sybil{i}", "Torpedo", voice="origin:one") for i in range(10)]
+    decision = decide_item(swarm, known=KNOWN, params=PARAMS)
+    assert not decision.accepted and decision.support == 1 and decision.evidence["voices"] == 1
+
+
+def test_the_client_model_guess_counts_and_only_if_it_is_a_label_a_model_can_know():
+    trusted = 0.8
+    confirmed = decide_item([vote("a", "Phaser", trusted, guess="Phaser")], known=KNOWN, params=PARAMS)
+    assert confirmed.accepted  # a trusted install that the client model agreed with
+    alone = decide_item([vote("a", "Phaser", trusted)], known=KNOWN, params=PARAMS)
+    assert not alone.accepted
+    faked = decide_item([vote("a", "Planted", trusted, guess="Planted")], known=KNOWN, params=PARAMS)
+    assert faked.evidence["model"]["confirmed"] == 0  # no model has "Planted": the guess is ignored
+    # two fresh installs contradicting the model: the model's guess weighs against them
+    against = decide_item(
+        [vote(i, "Mine", guess="Phaser") for i in "ab"] + [vote("c", "Phaser", guess="Phaser")],
+        known=KNOWN,
+        params=PARAMS,
+    )
+    assert not against.accepted and against.reason == "contested"
+
+
+def test_a_new_label_needs_trusted_installs_of_distinct_origins():
+    fresh = decide_item([vote(i, "Sybil Label") for i in "abcdefghij"], known=KNOWN, params=PARAMS)
+    assert not fresh.accepted and fresh.reason.startswith("new label")
+    one_origin = [vote(i, "New Item", 1.0, voice="origin:x") for i in "abc"]
+    assert not decide_item(one_origin, known=KNOWN, params=PARAMS).accepted
+    trusted = decide_item([vote(i, "New Item", 0.8) for i in "abc"], known=KNOWN, params=PARAMS)
+    assert trusted.accepted and trusted.establishes
+
+
+def test_at_a_cold_start_distinct_origins_establish_the_first_labels():
+    cold = decide_item([vote(i, "Phaser") for i in "abc"], known=set(), params=PARAMS)
+    assert cold.accepted and cold.establishes
+
+
+def test_a_family_supports_what_the_item_s_voters_say_but_never_contests_or_decides():
+    family = [vote(i, "Phaser", 1.0) for i in "xyz"]
+    helped = decide_item([vote("a", "Phaser", 0.6)], known=KNOWN, params=PARAMS, family=family)
+    assert helped.accepted and helped.evidence["family"]["scores"]["Phaser"] == PARAMS.family_cap
+    look_alike = [vote(i, "Torpedo", 1.0) for i in "xyz"]
+    own = [vote(i, "Phaser") for i in "abc"]
+    assert decide_item(own, known=KNOWN, params=PARAMS, family=look_alike).label == "Phaser"
+    assert not decide_item([], known=KNOWN, params=PARAMS, family=family).accepted
+
+
+def test_a_moderator_decision_settles_the_item_whatever_the_votes():
+    votes = [vote(i, "Torpedo", 1.0) for i in "abcd"]
+    gold = decide_item(votes, known=KNOWN, params=PARAMS, gold=Gold("Mine", "console:1"))
+    assert (gold.label, gold.accepted, gold.reason) == ("Mine", True, "settled by a moderator")
+    rejected = decide_item(votes, known=KNOWN, params=PARAMS, gold=Gold(None, "console:1"))
+    assert not rejected.accepted and rejected.reason == "rejected by a moderator"
+
+
+def test_votes_are_judged_only_when_cast_after_the_item_settled():
+    settled = {("icon", "k"): CurrentConsensus("Phaser", "accepted", 10)}
+    votes = [
+        StoredVote("icon", "k", "early", "Torpedo", None, seq=9),
+        StoredVote("icon", "k", "agrees", "Phaser", None, seq=11),
+        StoredVote("icon", "k", "flips", "Torpedo", None, seq=12),
+        StoredVote("icon", "open", "x", "Phaser", None, seq=13),
+    ]
+    judged = {(j.install, j.agree, j.gold) for j in judgements(votes, settled, {})}
+    assert judged == {("agrees", True, False), ("flips", False, False)}
+    gold = {("icon", "k"): Gold("Torpedo", "console:1")}
+    assert {(j.install, j.agree) for j in judgements(votes[:3], settled, gold)} == {
+        ("early", True),
+        ("agrees", False),
+        ("flips", True),
+    }
+
+
+def test_installs_that_push_one_label_onto_the_same_settled_items_form_a_cohort():
+    flips = [Flip(item, "Wrong", install) for item in range(4) for install in ("g1", "g2", "g3")]
+    flips += [Flip(item, f"Noise {item}", "honest") for item in range(4)]
+    cohorts = find_cohorts(flips, min_shared_flips=3, min_size=3)
+    assert cohorts == [frozenset({"g1", "g2", "g3"})]
+    assert cohort_names(cohorts) == {"g1": "g1", "g2": "g1", "g3": "g1"}
+
+
+def test_plain_majority_is_most_votes_and_a_tie_goes_to_the_first_label():
+    votes = [Vote("i", "a", "X", 1), Vote("i", "b", "Y", 2), Vote("j", "a", "Z", 3), Vote("j", "b", "Z", 4)]
+    assert plain_majority(votes) == {"i": "X", "j": "Z"}
