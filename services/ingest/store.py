@@ -155,6 +155,10 @@ _RUNS = text(
     "SELECT id, snapshot_id, status, attempts, created_at, started_at, finished_at, deadline_at, metrics, error "
     "FROM training_runs ORDER BY created_at DESC LIMIT :limit"
 )
+_RUN = text(
+    "SELECT id, snapshot_id, status, attempts, created_at, started_at, finished_at, deadline_at, metrics, error "
+    "FROM training_runs WHERE id = :run"
+)
 _RELEASES = text(
     "SELECT version, run_id, trained_at, status, hub_commit, metrics, n_classes, n_samples, n_users, "
     "rollback_of, error, created_at, published_at FROM model_versions ORDER BY created_at DESC LIMIT :limit"
@@ -214,14 +218,27 @@ _RECORD_AUDIT = text(
     "VALUES (:session, :action, :subject, CAST(:before AS jsonb), CAST(:after AS jsonb), :message_id) "
     "RETURNING id"
 )
-_GOLD_FROM_DECISIONS = text(
-    "SELECT DISTINCT ON (item_kind, item_key) to_jsonb(d) - 'before' AS decision FROM moderator_decisions d "
-    "ORDER BY item_kind, item_key, decided_at DESC, id DESC"
+# The gold set: the latest decision per item, voting's record of those it applied (state applied) and the
+# console's decisions it has not recorded yet (state sent).
+_GOLD_APPLIED = """
+SELECT DISTINCT ON (item_kind, item_key) item_kind, item_key, label, moderator, note, decided_at, message_id,
+       'applied' AS state
+FROM moderator_decisions ORDER BY item_kind, item_key, decided_at DESC, id DESC
+"""
+_GOLD_SENT = """
+SELECT DISTINCT ON (subject) after->>'item_kind' AS item_kind, after->>'item_key' AS item_key,
+       after->>'label' AS label, session AS moderator, coalesce(after->>'note', '') AS note, at AS decided_at,
+       message_id, 'sent' AS state
+FROM console_audit WHERE action = 'item_decided' ORDER BY subject, id DESC
+"""
+_GOLD_BOTH = f"""
+WITH applied AS ({_GOLD_APPLIED}), sent AS ({_GOLD_SENT})
+SELECT * FROM applied UNION ALL
+SELECT * FROM sent s WHERE NOT EXISTS (
+    SELECT 1 FROM applied a WHERE a.item_kind = s.item_kind AND a.item_key = s.item_key
 )
-_GOLD_FROM_AUDIT = text(
-    "SELECT DISTINCT ON (subject) after || jsonb_build_object('message_id', message_id, 'moderator', session, "
-    "'decided_at', at) AS decision FROM console_audit WHERE action = 'item_decided' ORDER BY subject, id DESC"
-)
+"""
+GOLD_COLUMNS = ("item_kind", "item_key", "label", "moderator", "note", "decided_at", "message_id", "state")
 _ITEM_CROPS = text(
     "SELECT DISTINCT ON (ct.image_sha256) k.kind AS item_kind, k.key AS item_key, ct.image_sha256 "
     "FROM unnest(CAST(:kinds AS text[]), CAST(:keys AS text[])) AS k(kind, key) "
@@ -381,6 +398,10 @@ class PostgresConsoleReads:
             current = await latest_published_version(connection)
         return {"mode": mode, "releases": releases, "runs": runs, "current": current}
 
+    async def run(self, run_id: uuid.UUID) -> Any:
+        async with self._engine.connect() as connection:
+            return (await connection.execute(_RUN, {"run": run_id})).first()
+
     async def run_file(self, run_id: uuid.UUID, path: str) -> bytes | None:
         """One artifact of a training run (its curve, its per-class accuracy), or None."""
         async with self._engine.connect() as connection:
@@ -392,21 +413,28 @@ class PostgresConsoleReads:
             data = await connection.scalar(_BLOB, {"sha": sha256})
         return None if data is None else bytes(data)
 
-    async def gold(self) -> list[dict[str, Any]]:
-        """Moderator-decided items, the latest decision per item: voting's record of those it applied
-        (``state`` applied), and the console's decisions voting has not recorded yet (``state`` sent)."""
+    async def _gold_sql(self, connection) -> str:
+        if "moderator_decisions" in await self.optional_tables(connection):
+            return _GOLD_BOTH
+        return _GOLD_SENT
+
+    async def gold(self) -> list[Any]:
+        """Moderator-decided items (``GOLD_COLUMNS``), the latest decision per item: voting's record of those it
+        applied (state ``applied``), and the console's decisions voting has not recorded yet (``sent``)."""
         async with self._engine.connect() as connection:
-            applied = []
-            if "moderator_decisions" in await self.optional_tables(connection):
-                applied = [
-                    row.decision | {"state": "applied"}
-                    for row in await connection.execute(_GOLD_FROM_DECISIONS)
-                ]
-            sent = [row.decision | {"state": "sent"} for row in await connection.execute(_GOLD_FROM_AUDIT)]
-        known = {d["message_id"] for d in applied} | {(d["item_kind"], d["item_key"]) for d in applied}
-        return applied + [
-            d for d in sent if d["message_id"] not in known and (d["item_kind"], d["item_key"]) not in known
-        ]
+            return (await connection.execute(text(await self._gold_sql(connection)))).all()
+
+    async def gold_counts(self) -> list[Any]:
+        """(item_kind, label, state, items) of the gold set; a rejection's label is None."""
+        async with self._engine.connect() as connection:
+            sql = await self._gold_sql(connection)
+            return (
+                await connection.execute(
+                    text(
+                        f"SELECT item_kind, label, state, count(*) AS n FROM ({sql}) AS gold GROUP BY 1, 2, 3 ORDER BY 1, 4 DESC, 2"
+                    )
+                )
+            ).all()
 
     async def audit(self, subject: str | None = None, limit: int = 100) -> list[Any]:
         async with self._engine.connect() as connection:

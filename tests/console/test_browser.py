@@ -19,11 +19,11 @@ from services.ingest.settings import IngestSettings
 from services.publisher.bootstrap import bootstrap as publisher_bootstrap
 from services.publisher.settings import PublisherSettings
 from shared.events import InstallModerated, ItemModerated, decode_event
-from tests.console.browser import chromium, chromium_missing, served
 from tests.console.conftest import seed_community
 from tests.ingest.conftest import ADMIN_KEY
 from tests.publisher.conftest import trained_event
 from tests.utils.broker import wait_for_messages
+from tools.console_screenshots import chromium, chromium_missing, served
 
 pytestmark = [pytest.mark.skipif(chromium_missing() is not None, reason=chromium_missing() or "")]
 FIRST, SECOND = "2026-05-01T10:00:00.000000+00:00Z", "2026-05-02T10:00:00.000000+00:00Z"

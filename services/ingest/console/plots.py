@@ -48,11 +48,11 @@ def stacked_bars(
             parts.append(
                 f'<text x="{left + index * step:.1f}" y="{height - 10}" font-size="10">{escape(label)}</text>'
             )
-    x = left
+    x = left + 7 * len(title) + 24  # the legend after the title
     for number, name in enumerate(series):
         colour = PALETTE[number % len(PALETTE)]
-        parts.append(f'<rect x="{x + 160}" y="5" width="10" height="10" fill="{colour}"/>')
-        parts.append(f'<text x="{x + 174}" y="14" font-size="11">{escape(name)}</text>')
+        parts.append(f'<rect x="{x}" y="5" width="10" height="10" fill="{colour}"/>')
+        parts.append(f'<text x="{x + 14}" y="14" font-size="11">{escape(name)}</text>')
         x += 24 + 7 * len(name)
     parts.append("</svg>")
     return "".join(parts)

@@ -78,18 +78,35 @@ def _take(board: ProgressBoard, body: bytes) -> None:
     board.add(event)
 
 
+class ProgressFollower:
+    """The board and the task feeding it, started by the first console page that shows progress (a process
+    whose console is never opened binds no queue) and stopped with ingest."""
+
+    def __init__(self, broker_url: str, exchange: str) -> None:
+        self.board = ProgressBoard()
+        self._broker_url, self._exchange = broker_url, exchange
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> ProgressBoard:
+        if self._task is None:
+            self._task = asyncio.create_task(follow(self._broker_url, self._exchange, self.board))
+        return self.board
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
 @contextlib.asynccontextmanager
 async def following(app: FastAPI) -> AsyncIterator[None]:
-    """The console's part of ingest's lifespan: follow training progress while the console is on."""
+    """The console's part of ingest's lifespan: its progress follower, stopped on the way out."""
     runtime = app.state.runtime
-    app.state.console_progress = board = ProgressBoard()
-    if runtime.settings.admin_key is None:
-        yield
-        return
-    task = asyncio.create_task(follow(runtime.settings.broker_url, runtime.topology.events_exchange, board))
+    app.state.console_progress = follower = ProgressFollower(
+        runtime.settings.broker_url, runtime.topology.events_exchange
+    )
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await follower.stop()

@@ -22,7 +22,7 @@ from services.ingest.console import plots, progress, views
 from services.ingest.console.session import COOKIE, Session, SessionKeys
 from services.ingest.dependencies import Runtime, RuntimeDep
 from services.ingest.routes import _admin_connection, _publish_command
-from services.ingest.store import PostgresConsoleReads
+from services.ingest.store import GOLD_COLUMNS, PostgresConsoleReads
 from shared.events import (
     Event,
     InstallModerated,
@@ -190,7 +190,7 @@ async def overview(request: Request, console: ConsoleDep) -> HTMLResponse:
     data = await console.reads.overview(now - timedelta(days=views.DAYS_SHOWN))
     (hour_labels, hourly), (day_labels, daily) = views.contribution_series(data["hourly"], now)
     run = data["run"]
-    live = request.app.state.console_progress.latest()
+    live = request.app.state.console_progress.start().latest()
     return page(
         request,
         console,
@@ -376,10 +376,9 @@ async def run_artifact(console: ConsoleDep, run_id: uuid.UUID, artifact: str) ->
 
 @router.get("/runs/{run_id}")
 async def run_page(request: Request, console: ConsoleDep, run_id: uuid.UUID) -> HTMLResponse:
-    data = await console.reads.releases()
-    run = next((r for r in data["runs"] if r.id == run_id), None)
+    run = await console.reads.run(run_id)
     if run is None:
-        raise HTTPException(404, f"no recent training run {run_id}")
+        raise HTTPException(404, f"no training run {run_id}")
     per_class = await console.reads.run_file(run_id, "models/per_class_accuracy.json")
     return page(request, console, "run.html", run=run, per_class=views.per_class_rows(per_class))
 
@@ -419,30 +418,24 @@ async def rollback(
 
 @router.get("/gold")
 async def gold(request: Request, console: ConsoleDep) -> HTMLResponse:
-    decisions = await console.reads.gold()
-    return page(request, console, "gold.html", counts=views.gold_counts(decisions), total=len(decisions))
+    counts = await console.reads.gold_counts()
+    return page(request, console, "gold.html", counts=counts, total=sum(row.n for row in counts))
 
 
 @router.get("/gold.{form}")
 async def gold_export(console: ConsoleDep, form: str) -> Response:
     if form not in ("csv", "json"):
         raise HTTPException(404, "the gold set exports as gold.csv or gold.json")
-    decisions = await console.reads.gold()
+    rows = await console.reads.gold()
     headers = SECURITY_HEADERS | {"Content-Disposition": f'attachment; filename="warp-gold.{form}"'}
     if form == "json":
-        return Response(
-            json.dumps(decisions, default=str, sort_keys=True), media_type="application/json", headers=headers
-        )
+        body = json.dumps([row._asdict() for row in rows], default=str)
+        return Response(body, media_type="application/json", headers=headers)
     out = io.StringIO()
-    columns = sorted({column for d in decisions for column in d}) or ["item_kind", "item_key", "label"]
-    writer = csv.DictWriter(out, columns, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows({k: _cell(v) for k, v in d.items()} for d in decisions)
+    writer = csv.writer(out)
+    writer.writerow(GOLD_COLUMNS)
+    writer.writerows(rows)
     return Response(out.getvalue(), media_type="text/csv", headers=headers)
-
-
-def _cell(value: Any) -> Any:
-    return json.dumps(value, default=str) if isinstance(value, dict | list) else value
 
 
 @router.get("/audit")

@@ -92,14 +92,6 @@ def model_guesses(votes: Sequence[Mapping[str, Any]]) -> list[tuple[str, int]]:
     return Counter(v["model_guess"] for v in votes if v["model_guess"]).most_common(5)
 
 
-def gold_counts(decisions: Iterable[Mapping[str, Any]]) -> list[tuple[str, str, int]]:
-    """(item kind, label, items) of the gold set, rejections counted under label ``(rejected)``."""
-    counts = Counter((d.get("item_kind", "?"), d.get("label") or "(rejected)") for d in decisions)
-    return sorted(
-        ((kind, label, n) for (kind, label), n in counts.items()), key=lambda c: (c[0], -c[2], c[1])
-    )
-
-
 def is_banned(ban: Mapping[str, Any] | None, requested: Mapping[str, Any] | None) -> bool | None:
     """Whether an install is shadow-banned: voting's record when it has one, else the console's last request
     (None: neither)."""
