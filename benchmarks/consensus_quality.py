@@ -54,6 +54,8 @@ ROWS = (
     ("icon labels to training: correct %", lambda s: s["icon"]["correct"], ">= 99.5"),
     ("icon wrong labels accepted", lambda s: s["icon"]["wrong"], "-"),
     ("icon coverage % (single votes incl.)", lambda s: s["icon"]["coverage"], ">= 95"),
+    ("icon crops withheld (honest votes on them)", lambda s: s["icon"]["withheld"], "-"),
+    ("  of them with a single vote", lambda s: s["icon"]["withheld_one_vote"], "-"),
     ("icon attacked crops correct/withheld %", lambda s: s["icon"]["attacked_safe"], "100"),
     ("planted labels accepted", lambda s: s["planted_total"], "0"),
     ("farming: attacked correct/withheld %", lambda s: s["farming_safe"], ">= 95"),

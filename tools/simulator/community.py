@@ -700,21 +700,25 @@ def score(workload: Workload, decided: dict[str, dict[str, str | None]]) -> dict
     unit (None or absent: withheld). Correct % is over everything accepted (attacked units included); coverage
     is over the units honest installs voted on (a crop only a swarm sent has nothing to cover)."""
     honest_units: dict[str, set[str]] = {kind: set() for kind in KINDS}
+    votes: Counter = Counter()
     for event in workload.events:
+        kind, unit = workload.unit_of(event)
+        votes[kind, unit] += 1
         if workload.roles[event.install_id] == "honest":
-            kind, unit = workload.unit_of(event)
             honest_units[kind].add(unit)
     out: dict = {}
     for kind in KINDS:
         given = {unit: decided.get(kind, {}).get(unit) for unit in workload.truth[kind]}
         labelled = [unit for unit, label in given.items() if label is not None]
         right = sum(given[unit] == workload.truth[kind][unit] for unit in labelled)
-        covered = sum(given[unit] is not None for unit in honest_units[kind])
+        withheld = [unit for unit in honest_units[kind] if given[unit] is None]
         attacked = workload.attacked[kind]
         safe = sum(given[unit] in (None, workload.truth[kind][unit]) for unit in attacked)
         out[kind] = {
             "correct": _share(right, len(labelled)),
-            "coverage": _share(covered, len(honest_units[kind])),
+            "coverage": _share(len(honest_units[kind]) - len(withheld), len(honest_units[kind])),
+            "withheld": len(withheld),
+            "withheld_one_vote": sum(votes[kind, unit] == 1 for unit in withheld),
             "labelled": len(labelled),
             "wrong": len(labelled) - right,
             "voted": len(honest_units[kind]),
