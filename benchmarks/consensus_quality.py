@@ -2,14 +2,17 @@
 
     .venv/bin/python benchmarks/consensus_quality.py                          # 3 seeds, small scale
     .venv/bin/python benchmarks/consensus_quality.py --scale issue --seeds 1  # 20,000 contributions
-    .venv/bin/python benchmarks/consensus_quality.py --json out.json
+    .venv/bin/python benchmarks/consensus_quality.py --json out.json --set min_support=1
 
 Per seed: a fresh, migrated database; ``tools.simulator.community`` draws the workload (honest installs,
 look-alikes, single-vote and re-encoded crops, spammers, a farming group, 12 planting swarms, an OCR attack, a
 screen troll); the REAL voting service (``bootstrap``) stores it batch by batch in arrival order, with a
-``ConsensusRefresher.refresh()`` every ``--refresh-every`` contributions and at the end, as production does. The
-``consensus`` table (accepted = status 'accepted') is then scored against the truth, and plain majority is
-computed from the same stored votes (most votes per stored item; a tie goes to the label voted first).
+``ConsensusRefresher.refresh()`` every ``--refresh-every`` contributions, as production does, and after the last
+one refreshes until one changes nothing (the running service keeps refreshing). Its clock is the simulated time
+(the latest contribution's); settings paced by wall-clock seconds (``trust_seconds``) are set so that they are
+due at every refresh, since one refresh here stands for hours of the simulated month. The ``consensus`` table
+(accepted = status 'accepted') is then scored against the truth, and plain majority is computed from the same
+stored votes (most votes per stored item, so under voting's item keys; a tie goes to the label voted first).
 
 Item keys are read back, not assumed: an icon crop's row is the one keyed by its ``pixels_sha256`` if voting
 stored one, else by its ``crop_sha256``.
@@ -49,6 +52,10 @@ from tools.simulator.community import (  # noqa: E402
 )
 
 METHODS = ("plain majority", "warp-loop")
+# Settings that pace work by wall-clock seconds. A refresh here stands for hours of the simulated month (which
+# runs in seconds), so what production would have done between two refreshes is due at every one.
+PACED_BY_WALL_TIME = ("trust_seconds",)
+SOON = 0.001
 # (label, how to read it from a score, target)
 ROWS = (
     ("icon labels to training: correct %", lambda s: s["icon"]["correct"], ">= 99.5"),
@@ -71,17 +78,29 @@ ROWS = (
 
 
 async def feed(workload: Workload, database_url: str, args: argparse.Namespace) -> dict:
+    overrides = {name: SOON for name in PACED_BY_WALL_TIME if name in VotingSettings.model_fields}
     settings = VotingSettings(
         database_url=database_url,
         broker_url=args.broker_url,
         broker_namespace=namespace(),
         training_debounce_seconds=0,
         health_port=0,
+        **(overrides | dict(args.set)),
     )
     now = [workload.events[0].occurred_at]  # the service's clock: the time of the latest contribution
     voting = bootstrap(settings, clock=lambda: now[0])
     stored = refreshing = 0.0
     refreshes = since_refresh = 0
+
+    async def refresh() -> bool:
+        """One refresh; whether it changed anything or left work waiting."""
+        nonlocal refreshing, refreshes
+        began = time.perf_counter()
+        outcome = await voting.refresher.refresh()
+        refreshing += time.perf_counter() - began
+        refreshes += 1
+        return outcome.refreshed and bool(outcome.stats.get("changed") or outcome.stats.get("waiting"))
+
     try:
         step = min(settings.max_batch, args.refresh_every)
         for start in range(0, len(workload.events), step):
@@ -91,12 +110,12 @@ async def feed(workload: Workload, database_url: str, args: argparse.Namespace) 
             await voting.service.handle(batch)
             stored += time.perf_counter() - began
             since_refresh += len(batch)
-            if since_refresh >= args.refresh_every or start + len(batch) == len(workload.events):
-                began = time.perf_counter()
-                await voting.refresher.refresh()
-                refreshing += time.perf_counter() - began
-                refreshes += 1
+            if since_refresh >= args.refresh_every:
+                await refresh()
                 since_refresh = 0
+        for _ in range(args.settle):  # the running service keeps refreshing after the last contribution
+            if not await refresh():
+                break
         async with voting.engine.connect() as db:
             votes = (
                 await db.execute(
@@ -234,6 +253,15 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def setting(text_value: str) -> tuple[str, str]:
+    name, sep, value = text_value.partition("=")
+    if not sep or name not in VotingSettings.model_fields:
+        raise argparse.ArgumentTypeError(
+            f"{text_value!r}: expected NAME=VALUE with a VotingSettings field name"
+        )
+    return name, value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -242,6 +270,20 @@ def main() -> int:
     parser.add_argument("--scale", choices=sorted(SCALES), default="small")
     parser.add_argument(
         "--refresh-every", type=int, default=500, help="contributions stored between consensus refreshes"
+    )
+    parser.add_argument(
+        "--settle",
+        type=int,
+        default=10,
+        help="refreshes after the last contribution, until one changes nothing (at most this many)",
+    )
+    parser.add_argument(
+        "--set",
+        type=setting,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a voting setting for the run (repeatable), e.g. --set min_support=1",
     )
     parser.add_argument("--json", help="also write every figure to this file")
     add_server_options(parser)
