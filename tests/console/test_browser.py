@@ -5,10 +5,13 @@ item, shadow-ban an install, hold a release and approve it, roll back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
+import httpx
 import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, Page, expect
@@ -18,9 +21,11 @@ from services.ingest.app import create_app
 from services.ingest.settings import IngestSettings
 from services.publisher.bootstrap import bootstrap as publisher_bootstrap
 from services.publisher.settings import PublisherSettings
+from services.voting.bootstrap import bootstrap as voting_bootstrap
+from services.voting.settings import VotingSettings
 from shared.events import InstallModerated, ItemModerated, decode_event
 from tests.console.conftest import seed_community
-from tests.ingest.conftest import ADMIN_KEY
+from tests.ingest.conftest import ADMIN_KEY, crop
 from tests.publisher.conftest import trained_event
 from tests.utils.broker import wait_for_messages
 from tools.console_screenshots import chromium, chromium_missing, served
@@ -50,22 +55,36 @@ async def page(browser: Browser, base_url: str) -> AsyncIterator[Page]:
     await context.close()
 
 
+SHARED = ("broker_url", "database_url", "broker_namespace", "delivery_limit")
+
+
+@contextlib.asynccontextmanager
+async def running(worker) -> AsyncIterator[None]:
+    task = asyncio.create_task(worker.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 @pytest_asyncio.fixture
 async def publisher_worker(ingest_settings, tmp_path) -> AsyncIterator[None]:
     """The publisher consuming this test's queue, releasing to a local Hub directory."""
-    settings = PublisherSettings(
-        **{
-            k: ingest_settings[k]
-            for k in ("broker_url", "database_url", "broker_namespace", "delivery_limit")
-        },
-        local_hub_dir=tmp_path / "hub",
-        health_port=0,
-    )
-    task = asyncio.create_task(publisher_bootstrap(settings).run())
-    yield
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    shared = {k: ingest_settings[k] for k in SHARED}
+    async with running(
+        publisher_bootstrap(PublisherSettings(**shared, local_hub_dir=tmp_path / "hub", health_port=0))
+    ):
+        yield
+
+
+@pytest_asyncio.fixture
+async def voting_worker(ingest_settings) -> AsyncIterator[None]:
+    """Voting consuming this test's queue (moderator decisions, bans, contributions), refreshing often."""
+    shared = {k: ingest_settings[k] for k in SHARED}
+    async with running(voting_bootstrap(VotingSettings(**shared, refresh_seconds=0.3, health_port=0))):
+        yield
 
 
 async def log_in(page: Page) -> None:
@@ -87,7 +106,26 @@ async def reload_until(
         await page.reload()
 
 
+async def item_status(engine, key: str) -> tuple[str, str | None]:
+    async with engine.connect() as connection:
+        row = (
+            await connection.execute(
+                text("SELECT status, label FROM consensus WHERE item_key = :k"), {"k": key}
+            )
+        ).one()
+    return row.status, row.label
+
+
+# Voting as committed for issue 13 (a5db21b) refuses every moderator decision (moderate_item: "inconsistent
+# types deduced for parameter $2") and fails every consensus refresh that writes cohorts (write_trust: text into
+# the integer install_trust.cohort); strict, so these fail once voting is fixed and the marks must go.
+VOTING_BROKEN = pytest.mark.xfail(
+    strict=True, reason="voting a5db21b: moderate_item's $2 is ambiguous; write_trust writes text cohorts"
+)
+
+
 async def test_log_in_and_review_a_withheld_item(page, engine, amqp_channel, topology):
+    """Without voting running: the decision is sent to voting and logged with what the page showed before."""
     community = await seed_community(engine)
     await log_in(page)
     await page.get_by_role("link", name="Review queue").click()
@@ -101,17 +139,37 @@ async def test_log_in_and_review_a_withheld_item(page, engine, amqp_channel, top
     )
     [message] = await wait_for_messages(amqp_channel, topology.queue("voting"), 1)
     event = decode_event(message.body)
-    assert isinstance(event, ItemModerated) and (event.item_key, event.label) == (
-        community.withheld_key,
-        "Phaser Array",
-    )
+    assert isinstance(event, ItemModerated)
+    assert (event.item_key, event.label, event.note) == (community.withheld_key, "Phaser Array", "clear crop")
     async with engine.connect() as connection:
         row = (await connection.execute(text("SELECT * FROM console_audit"))).one()
-    assert (row.action, row.message_id, row.after["label"]) == (
+    assert (row.action, row.message_id, row.before["status"], row.after["label"]) == (
         "item_decided",
         event.message_id,
+        "withheld",
         "Phaser Array",
     )
+
+
+@VOTING_BROKEN
+async def test_a_decision_settles_the_item_in_voting_and_the_page_shows_it_accepted(
+    page, engine, voting_worker
+):
+    community = await seed_community(engine)
+    await log_in(page)
+    await page.goto(f"/console/item?kind=icon&key={community.withheld_key}")
+    await page.get_by_label("Label").fill(
+        "Disruptor Array"
+    )  # the minority's label: the decision outweighs votes
+    await page.get_by_role("button", name="Accept label").click()
+    heading = page.get_by_role("heading", level=2).first
+    await reload_until(page, "the item accepted", lambda: _accepted(heading), timeout=10)
+    await expect(heading).to_contain_text("Disruptor Array")
+    assert await item_status(engine, community.withheld_key) == ("accepted", "Disruptor Array")
+
+
+async def _accepted(heading) -> bool:
+    return "accepted" in await heading.inner_text()
 
 
 async def test_shadow_ban_an_install(page, engine, amqp_channel, topology):
@@ -129,6 +187,44 @@ async def test_shadow_ban_an_install(page, engine, amqp_channel, topology):
         "install-charlie",
         True,
     )
+
+
+@VOTING_BROKEN
+async def test_a_shadow_banned_installs_next_votes_are_ignored(page, engine, base_url, voting_worker):
+    community = await seed_community(engine)
+    await log_in(page)
+    await page.goto("/console/installs/install-charlie")
+    await page.get_by_role("button", name="Shadow-ban").click()
+    await reload_until(
+        page, "voting's record of the ban", lambda: shows(page, "main", "(voting's record)"), timeout=10
+    )
+    body = {
+        "install_id": "install-charlie",
+        "items": [{"slot": "Fore Weapon", "name": "Nonsense Array", "crop_png_b64": crop(77)}],
+    }
+    async with httpx.AsyncClient(base_url=base_url) as client:
+        answer = await client.post("/contribute/bulk-crops", json=body)
+    assert answer.status_code == 200 and answer.json()["accepted"] == 1  # answered as any client
+    new_item = await wait_for_value(
+        engine,
+        "SELECT c.item_key FROM consensus c JOIN votes v USING (item_kind, item_key) "
+        "WHERE v.install_id = 'install-charlie' AND v.label = 'Nonsense Array'",
+    )
+    assert new_item not in (community.withheld_key, community.accepted_key)
+    assert await item_status(engine, new_item) == ("withheld", None)
+    await page.goto(f"/console/item?kind=icon&key={new_item}")
+    await expect(page.locator("tbody tr", has_text="Nonsense Array").first).to_contain_text("0.00")
+
+
+async def wait_for_value(engine, sql: str, timeout: float = 10) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        async with engine.connect() as connection:
+            value = await connection.scalar(text(sql))
+        if value is not None:
+            return value
+        assert time.monotonic() < deadline, f"nothing after {timeout} s: {sql}"
+        await asyncio.sleep(0.2)
 
 
 async def shows(page: Page, selector: str, wanted: str) -> bool:
