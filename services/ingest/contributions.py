@@ -93,7 +93,7 @@ class ContributionEndpoint:
         except ImageRejected as problem:
             metrics.REJECTED.labels(self.kind, problem.code).inc()
             raise
-        await runtime.service.submit(intake, body.install_id, ip)
+        await runtime.service.submit(intake, body.install_id, ip, runtime.voice(ip))
         return self.answer(intake)
 
     async def respond(self, body: Any, runtime: Runtime, ip: str) -> JSONResponse:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -49,21 +50,34 @@ class Runtime:
         # Parsing addresses and keying the hash is a tenth of a contribution's CPU in ingest; a client sends
         # from the same address again and again. Bounded: varying headers can only evict, never grow it.
         self._known_origins = functools.lru_cache(maxsize=ORIGINS_REMEMBERED)(self._origin)
+        self._voices: OrderedDict[str, str] = OrderedDict()  # origin key -> voice key, as recently resolved
 
     def origin(self, peer: str | None, forwarded_for: Sequence[str]) -> str:
         """The key the client's quotas are counted under (``domain.origin_key``), from the TCP peer and the
         ``X-Forwarded-For`` header lines in order; the address itself goes no further."""
-        return self._known_origins(peer, tuple(forwarded_for))
+        quota, voice = self._known_origins(peer, tuple(forwarded_for))
+        self._voices[quota] = voice  # kept in the order of use, like the cache above
+        self._voices.move_to_end(quota)
+        if len(self._voices) > ORIGINS_REMEMBERED:
+            self._voices.popitem(last=False)
+        return quota
 
-    def _origin(self, peer: str | None, forwarded_for: tuple[str, ...]) -> str:
+    def voice(self, origin: str) -> str | None:
+        """The origin's voice in consensus (``domain.origin_key`` of the client's /24 or /64, by default) that
+        ingest puts into each contribution event; None for an origin this worker has not seen lately."""
+        return self._voices.get(origin)
+
+    def _origin(self, peer: str | None, forwarded_for: tuple[str, ...]) -> tuple[str, str]:
         settings = self.settings
         address = client_address(peer, forwarded_for, settings.trusted_proxies, settings.trusted_proxy_hops)
-        network = (
-            None
-            if address is None
-            else origin_network(address, settings.origin_ipv4_prefix, settings.origin_ipv6_prefix)
-        )
-        return origin_key(network, self.origin_secret)
+        if address is None:
+            key = origin_key(None, self.origin_secret)
+            return key, key
+        network = origin_network(address, settings.origin_ipv4_prefix, settings.origin_ipv6_prefix)
+        key = origin_key(network, self.origin_secret)
+        voice = origin_network(address, settings.voice_ipv4_prefix, settings.voice_ipv6_prefix)
+        # a quota origin wider than the voice's network speaks for all of it (one key, one voice)
+        return key, key if voice.prefixlen > network.prefixlen else origin_key(voice, self.origin_secret)
 
 
 async def get_runtime(request: Request) -> Runtime:

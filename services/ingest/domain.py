@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from shared.imagekeys import ImageKeys, image_keys
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TEXT_SLOTS = frozenset({"Ship Type", "Ship Tier"})
 POSITION_ONLY_SLOTS = frozenset({"Ship Name"})
@@ -55,6 +57,7 @@ class ImageLimits:
     max_pixels: int = 4096 * 4096
     min_std: float = 10.0
     stored_min_side: int | None = None
+    identify: bool = False  # compute the crop's identity by pixels and its pHash (icon crops: voting's item)
 
 
 # What training uses bounds what a worker decodes: icons are trained at 64x64, so icon and knowledge crops up to
@@ -63,7 +66,7 @@ class ImageLimits:
 # worth of pixels, decoded at low priority and stored small. ``screen_rgb`` (trainer) squeezes a screenshot to 224x224 with
 # INTER_AREA: stored with its shorter side at 224, neither axis is ever upsampled there.
 SCREEN_MODEL_SIDE = 224
-ICON_LIMITS = ImageLimits(max_bytes=150_000, min_width=16, min_height=16, max_pixels=256 * 256)
+ICON_LIMITS = ImageLimits(max_bytes=150_000, min_width=16, min_height=16, max_pixels=256 * 256, identify=True)
 TEXT_CROP_LIMITS = ImageLimits(max_bytes=150_000, min_width=50, min_height=10, max_pixels=2048 * 256)
 KNOWLEDGE_LIMITS = ImageLimits(max_bytes=150_000, max_pixels=256 * 256)
 SCREENSHOT_LIMITS = ImageLimits(
@@ -81,6 +84,7 @@ class CheckedImage:
     sha256: str
     width: int
     height: int
+    keys: ImageKeys | None = None  # with ``ImageLimits.identify``
 
 
 def clean_install_id(raw: str) -> str:
@@ -277,7 +281,10 @@ def check_png(data: bytes, limits: ImageLimits) -> CheckedImage:
         )
     size = stored_size(width, height, limits.stored_min_side)
     stored = data if size is None else _png_of(rgb.resize(size, Image.Resampling.BOX))
-    return CheckedImage(data=stored, sha256=hashlib.sha256(data).hexdigest(), width=width, height=height)
+    keys = image_keys(rgb) if limits.identify else None
+    return CheckedImage(
+        data=stored, sha256=hashlib.sha256(data).hexdigest(), width=width, height=height, keys=keys
+    )
 
 
 def contribution_id(kind: str, *parts: str) -> str:

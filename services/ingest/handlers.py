@@ -16,6 +16,7 @@ from services.ingest.intake import Intake
 from services.ingest.ratelimit import Charge, QuotaExceeded, RateLimiter
 from shared.broker import EventPublisher, PublishFailed
 from shared.clock import Clock, utc_now
+from shared.events import Contribution
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,9 @@ class ContributionService:
     def today(self) -> date:
         return self.clock().date()
 
-    async def submit(self, intake: Intake, install_id: str, origin: str) -> None:
-        """Take quota for the accepted items and publish them; return only when the broker confirmed all.
+    async def submit(self, intake: Intake, install_id: str, origin: str, voice: str | None = None) -> None:
+        """Take quota for the accepted items and publish them, each carrying the origin's ``voice`` (its
+        network's keyed hash, for consensus); return only when the broker confirmed all.
 
         Raises ``QuotaExceeded`` (nothing taken, nothing published) or ``ServiceUnavailable`` (quota given
         back; some items may have been confirmed, and a resend carries the same ids, so they count once).
@@ -64,7 +66,8 @@ class ContributionService:
         metrics.QUOTA_SECONDS.observe(time.perf_counter() - started)
         started = time.perf_counter()
         outcomes = await asyncio.gather(
-            *(self._publisher.publish(event) for _, event in intake.events), return_exceptions=True
+            *(self._publisher.publish(with_voice(event, voice)) for _, event in intake.events),
+            return_exceptions=True,
         )
         metrics.PUBLISH_SECONDS.observe(time.perf_counter() - started)
         failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
@@ -82,3 +85,7 @@ class ContributionService:
             raise ServiceUnavailable("broker", repr(failures[0]))
         for _, event in intake.events:
             metrics.ACCEPTED.labels(event.event_type.removeprefix("contribution.")).inc()
+
+
+def with_voice(event: Contribution, voice: str | None) -> Contribution:
+    return event if voice is None else event.model_copy(update={"origin": voice})

@@ -197,6 +197,8 @@ def bulk_crops_intake(request: BulkCropsRequest, now: datetime, on_reject: OnRej
             slot=slot,
             label=name,
             model_guess=ml_name,
+            pixels_sha256=image.keys.pixels_sha256 if image.keys else None,
+            phash=image.keys.phash if image.keys else None,
         )
 
     return _intake("bulk_crops", request.items, contribution, on_reject)

@@ -39,6 +39,12 @@ class IngestSettings(CommonSettings):
     ip_daily_bytes: int = Field(1_000_000_000, ge=1, description="image bytes per client origin per UTC day")
     origin_ipv4_prefix: int = Field(32, ge=8, le=32, description="IPv4 prefix length of one client origin")
     origin_ipv6_prefix: int = Field(64, ge=16, le=128, description="IPv6 prefix length of one client origin")
+    voice_ipv4_prefix: int = Field(
+        24, ge=8, le=32, description="IPv4 prefix whose installs share one voice per item in consensus"
+    )
+    voice_ipv6_prefix: int = Field(
+        64, ge=16, le=128, description="IPv6 prefix whose installs share one voice per item in consensus"
+    )
     origin_secret: SecretStr | None = Field(
         None,
         description="key of the hash quotas count origins under (at least 32 characters, the same on every "

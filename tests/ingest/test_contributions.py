@@ -11,6 +11,7 @@ from PIL import Image
 
 from services.ingest.contributions import ANCHORS, BULK_CROPS, CONTRIBUTE, SCREEN_TYPES
 from services.ingest.dependencies import get_runtime
+from shared.imagekeys import keys_of_png
 from tests.ingest.bodies import ENDPOINT_BODIES, INSTALL, bulk_body, grid, icon_item, knowledge_body
 from tests.ingest.conftest import CLIENT_ADDRESS, b64, memory_ingest
 from tests.utils.images import make_png
@@ -441,3 +442,18 @@ def test_every_route_limit_admits_the_largest_body_its_schema_accepts():
     for endpoint, body in largest.items():
         size = len(json.dumps(body))  # ensure_ascii: one character a byte
         assert size * 1.25 <= endpoint.max_body_bytes, (endpoint.path, size)
+
+
+async def test_an_icon_crop_is_identified_by_its_pixels_so_a_re_encoded_crop_is_the_same_item(memory):
+    original = make_png(64, 64, 3)
+    with Image.open(io.BytesIO(original)) as image:
+        buffer = io.BytesIO()
+        image.convert("RGBA").save(buffer, "PNG", compress_level=9)
+    re_encoded = buffer.getvalue()
+    assert re_encoded != original
+    items = [icon_item(crop_png_b64=b64(original)), icon_item(crop_png_b64=b64(re_encoded))]
+    assert (await memory.client.post("/contribute/bulk-crops", json=bulk_body(items))).status_code == 200
+    first, second = memory.publisher.published
+    assert first.crop_sha256 != second.crop_sha256
+    assert first.pixels_sha256 == second.pixels_sha256 == keys_of_png(original).pixels_sha256
+    assert first.phash == second.phash and len(first.phash) == 16

@@ -180,3 +180,21 @@ async def test_without_a_secret_each_start_keys_origins_afresh():
     async with memory_ingest() as first, memory_ingest() as second:
         assert first.runtime.origin(CLIENT_ADDRESS, []) == first.runtime.origin(CLIENT_ADDRESS, [])
         assert first.runtime.origin(CLIENT_ADDRESS, []) != second.runtime.origin(CLIENT_ADDRESS, [])
+
+
+async def test_each_event_carries_the_keyed_hash_of_its_24_or_64_and_never_the_address():
+    """One voice per network in consensus: the clients of one /24 (or /64) share it, another /24 has its own."""
+    settings = dict(trusted_proxies="203.0.113.0/24", origin_secret=SECRET.decode())
+    clients = ("198.51.100.7", "198.51.100.200", "198.51.101.7", "2001:db8:5:6::1", "2001:db8:5:6:ffff::3")
+    async with memory_ingest(**settings) as memory:
+        for n, client in enumerate(clients):
+            body = bulk_body([icon_item(n)], install_id=f"install-{n:04d}")
+            answer = await memory.client.post(
+                "/contribute/bulk-crops", json=body, headers={"X-Forwarded-For": client}
+            )
+            assert answer.status_code == 200
+        voices = [event.origin for event in memory.publisher.published]
+    assert voices[0] == voices[1] != voices[2] and voices[3] == voices[4] != voices[0]
+    assert voices[0] == origin_key(ipaddress.ip_network("198.51.100.0/24"), SECRET)
+    for event, client in zip(memory.publisher.published, clients, strict=True):
+        assert client not in event.model_dump_json()
