@@ -1,10 +1,11 @@
-"""The queue workers' small HTTP surface: ``/health`` (compose health checks) and ``/metrics`` (Prometheus)."""
+"""The queue workers' small HTTP surface on their ops port (internal; never published to clients): ``/health``
+(compose health checks), ``/metrics`` (Prometheus) and a service's own operator routes."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -13,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from shared.broker import EventPublisher
 
@@ -32,10 +33,14 @@ async def dependency_status(publisher: EventPublisher, engine: AsyncEngine) -> d
 
 
 async def serve_health(
-    port: int, publisher: EventPublisher, engine: AsyncEngine, details: Details = lambda: {}
+    port: int,
+    publisher: EventPublisher,
+    engine: AsyncEngine,
+    details: Details = lambda: {},
+    routes: Sequence[BaseRoute] = (),
 ) -> None:
-    """Serve ``GET /health`` (200 when broker and database answer, else 503) and ``GET /metrics`` until
-    cancelled."""
+    """Serve ``GET /health`` (200 when broker and database answer, else 503), ``GET /metrics`` and a service's
+    own operator ``routes`` until cancelled."""
 
     async def health(request: Request) -> JSONResponse:
         status = await dependency_status(publisher, engine)
@@ -46,7 +51,7 @@ async def serve_health(
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    app = Starlette(routes=[Route("/health", health), Route("/metrics", metrics)])
+    app = Starlette(routes=[Route("/health", health), Route("/metrics", metrics), *routes])
     # lifespan off: nothing to start, and a cancelled lifespan task would log a traceback at every shutdown
     config = uvicorn.Config(app, host="0.0.0.0", port=port, log_config=None, access_log=False, lifespan="off")
     server = uvicorn.Server(config)

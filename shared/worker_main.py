@@ -7,10 +7,11 @@ import asyncio
 import contextlib
 import inspect
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.routing import BaseRoute
 
 from shared.broker import EventPublisher
 from shared.health import Details, serve_health
@@ -45,6 +46,7 @@ async def run_service(
     engine: AsyncEngine,
     health_port: int = 0,
     health_details: Details = lambda: {},
+    ops_routes: Sequence[BaseRoute] = (),
     broker: Any = None,
 ) -> None:
     """The life of a queue worker: connect the publisher (and start the FastStream ``broker``, if any), run
@@ -66,7 +68,7 @@ async def run_service(
                     task.close()
             raise
         if health_port:
-            tasks = [*tasks, serve_health(health_port, publisher, engine, health_details)]
+            tasks = [*tasks, serve_health(health_port, publisher, engine, health_details, ops_routes)]
         async with asyncio.TaskGroup() as group:
             for task in tasks:
                 group.create_task(task)

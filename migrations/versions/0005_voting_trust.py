@@ -66,7 +66,7 @@ def upgrade() -> None:
             for name in ("agree", "disagree", "gold_agree", "gold_disagree")
         ),
         sa.Column("weight", sa.Float(), nullable=False),
-        sa.Column("cohort", sa.Integer()),
+        sa.Column("cohort", sa.String(64)),
         sa.Column("banned", sa.Boolean(), server_default=sa.text("false"), nullable=False),
         sa.Column("stale", sa.Boolean(), server_default=sa.text("false"), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),

@@ -10,8 +10,9 @@ from typing import Protocol
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.voting.handlers import ConsensusRefresher, VotingService
+from services.voting.routes import ops_routes
 from services.voting.settings import VotingSettings
-from services.voting.store import PostgresVotingStore, VotingStore
+from services.voting.store import PostgresExplainer, PostgresVotingStore, VotingStore
 from shared.batch_consumer import BatchConsumer
 from shared.broker import EventPublisher
 from shared.clock import Clock, utc_now
@@ -56,6 +57,7 @@ class Voting:
             engine=self.engine,
             health_port=self.settings.health_port,
             health_details=lambda: {"processed": self.consumer.processed},
+            ops_routes=ops_routes(PostgresExplainer(self.engine, self.settings), self.refresher),
         )
 
 

@@ -294,8 +294,8 @@ ORDER BY v.item_key, v.seq
 """
 _STORE_MODERATION = """
 INSERT INTO moderator_decisions (message_id, item_kind, item_key, label, moderator, note, decided_at, before)
-SELECT $1, $2, $3, $4, $5, $6, $7, (
-    SELECT to_jsonb(c) - 'evidence' FROM consensus c WHERE c.item_kind = $2 AND c.item_key = $3
+SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::timestamptz, (
+    SELECT to_jsonb(c) - 'evidence' FROM consensus c WHERE c.item_kind = $2::text AND c.item_key = $3::text
 )
 ON CONFLICT (message_id) DO NOTHING RETURNING id
 """
@@ -476,6 +476,104 @@ class PostgresVotingStore:
     async def refresh(self) -> AsyncIterator[PostgresRefresh]:
         async with self._engine.begin() as connection:
             yield PostgresRefresh(connection, self._fresh_weight)
+
+
+_EXPLAIN_ITEM = """
+SELECT item_kind, item_key, label, value, status, support, confidence, reason, evidence, settled_seq, updated_at
+FROM consensus WHERE item_kind = $1 AND item_key = $2
+"""
+_EXPLAIN_VOTES = """
+SELECT v.install_id, v.origin, v.label, v.model_guess, v.seq, v.voted_at,
+       coalesce(t.weight, $3) AS weight, t.cohort, coalesce(t.banned, false) AS banned
+FROM votes v LEFT JOIN install_trust t ON t.install_id = v.install_id
+WHERE v.item_kind = $1 AND v.item_key = $2 ORDER BY v.seq
+"""
+_EXPLAIN_GOLD = """
+SELECT label, moderator, note, decided_at FROM moderator_decisions
+WHERE item_kind = $1 AND item_key = $2 ORDER BY decided_at, id
+"""
+_EXPLAIN_FAMILY = """
+SELECT c.item_key, c.label, c.status FROM consensus c WHERE c.item_kind = 'icon' AND c.item_key = ANY($1::text[])
+ORDER BY c.item_key
+"""
+_EXPLAIN_INSTALL = """
+SELECT t.weight, t.agree, t.disagree, t.gold_agree, t.gold_disagree, t.cohort, t.banned, t.stale, t.updated_at,
+       b.shadow_banned, b.moderator, b.note, b.updated_at AS banned_at
+FROM (SELECT $1::text AS install_id) i
+LEFT JOIN install_trust t ON t.install_id = i.install_id
+LEFT JOIN install_bans b ON b.install_id = i.install_id
+"""
+_INSTALL_VOTES = """
+SELECT item_kind, count(*) AS votes, count(DISTINCT origin) AS origins FROM votes WHERE install_id = $1
+GROUP BY item_kind ORDER BY item_kind
+"""
+_INSTALL_JUDGEMENTS = """
+SELECT item_kind, item_key, label, settled_label, agree, gold, at FROM trust_judgements WHERE install_id = $1
+ORDER BY at DESC LIMIT $2
+"""
+_COHORT_MEMBERS = "SELECT install_id FROM install_trust WHERE cohort = $1 ORDER BY install_id"
+
+
+class PostgresExplainer:
+    """What an operator asks of voting's decisions: why an item is accepted or withheld, and how much an install
+    is trusted and why. Read-only."""
+
+    def __init__(self, engine: AsyncEngine, settings: Any) -> None:
+        self._engine = engine
+        self._fresh_weight = settings.fresh_weight
+        self._family_distance = settings.family_max_distance
+
+    async def item(self, kind: str, key: str) -> dict[str, Any] | None:
+        async with self._engine.connect() as connection:
+            raw = await _asyncpg(connection)
+            row = await raw.fetchrow(_EXPLAIN_ITEM, kind, key)
+            votes = await raw.fetch(_EXPLAIN_VOTES, kind, key, self._fresh_weight)
+            if row is None and not votes:
+                return None
+            gold = await raw.fetch(_EXPLAIN_GOLD, kind, key)
+            family: list[dict[str, Any]] = []
+            if kind == "icon":
+                members = await PostgresRefresh(connection).families([key], self._family_distance)
+                rows = await raw.fetch(_EXPLAIN_FAMILY, sorted(members.get(key, ())))
+                family = [dict(r) for r in rows]
+        decision = None if row is None else dict(row) | {"evidence": _from_json(row["evidence"])}
+        return {
+            "item_kind": kind,
+            "item_key": key,
+            "decision": decision,
+            "why": "not decided yet (queued for the next refresh)" if row is None else row["reason"],
+            "voters": [dict(v) for v in votes],
+            "distinct_origins": len({v["origin"] or f"install:{v['install_id']}" for v in votes}),
+            "moderator_decisions": [dict(g) for g in gold],
+            "family": family,
+        }
+
+    async def install(self, install_id: str, recent: int = 20) -> dict[str, Any] | None:
+        async with self._engine.connect() as connection:
+            raw = await _asyncpg(connection)
+            trust = await raw.fetchrow(_EXPLAIN_INSTALL, install_id)
+            votes = await raw.fetch(_INSTALL_VOTES, install_id)
+            if not votes and trust["weight"] is None and trust["shadow_banned"] is None:
+                return None
+            judged = await raw.fetch(_INSTALL_JUDGEMENTS, install_id, recent)
+            cohort = trust["cohort"]
+            members = [] if cohort is None else [r[0] for r in await raw.fetch(_COHORT_MEMBERS, cohort)]
+        return {
+            "install_id": install_id,
+            "weight": self._fresh_weight if trust["weight"] is None else trust["weight"],
+            "judged": {
+                name: trust[name] or 0 for name in ("agree", "disagree", "gold_agree", "gold_disagree")
+            },
+            "shadow_banned": bool(trust["shadow_banned"]),
+            "ban": None
+            if trust["shadow_banned"] is None
+            else {"moderator": trust["moderator"], "note": trust["note"], "at": trust["banned_at"]},
+            "cohort": {"name": cohort, "members": members} if cohort else None,
+            "votes": {r["item_kind"]: {"votes": r["votes"], "origins": r["origins"]} for r in votes},
+            "recent_judgements": [dict(j) for j in judged],
+            "estimated_at": trust["updated_at"],
+            "awaiting_estimate": bool(trust["stale"]),
+        }
 
 
 class PostgresRefresh:

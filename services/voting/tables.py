@@ -112,7 +112,7 @@ install_trust = Table(
     Column("gold_agree", Integer, nullable=False, server_default=text("0")),
     Column("gold_disagree", Integer, nullable=False, server_default=text("0")),
     Column("weight", Float, nullable=False),
-    Column("cohort", Integer),
+    Column("cohort", String(64)),  # the cohort's first member: its installs speak with one voice
     Column("banned", Boolean, nullable=False, server_default=text("false")),
     # judgements changed since the weight was estimated: the next estimation takes it up
     Column("stale", Boolean, nullable=False, server_default=text("false")),

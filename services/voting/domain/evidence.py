@@ -180,8 +180,29 @@ def decide_item(
         if label in voters:
             totals[label] += score
     counted = [vote for vote in votes if vote.weight > 0]
+    cold_start = not known
+
+    def trusted_origins(label: str) -> int:
+        return len(
+            {
+                vote.voice
+                for vote in counted
+                if vote.label == label and (cold_start or vote.weight >= params.trusted_weight)
+            }
+        )
+
+    # a label nobody has yet competes only once enough trusted origins back it: before that it is held back,
+    # so a swarm's new label can neither be accepted nor unsettle a known one
+    held_back = {
+        label: score
+        for label, score in totals.items()
+        if label not in known and trusted_origins(label) < params.new_label_origins
+    }
+    for label in held_back:
+        del totals[label]
     evidence: dict[str, Any] = {
         "scores": {label: round(score, 4) for label, score in sorted(totals.items(), key=lambda kv: -kv[1])},
+        "held_back_new_labels": {label: round(score, 4) for label, score in held_back.items()},
         "voters": len(votes),
         "counted_voters": len(counted),
         "voices": len({vote.voice for vote in counted}),
@@ -193,14 +214,10 @@ def decide_item(
     runner_up = ranked[1][1] if len(ranked) > 1 else 0.0
     total = sum(totals.values())
     confidence = best_score / total if total > 0 else 0.0
-    backing = [vote for vote in counted if vote.label == best]
-    support = len({vote.voice for vote in backing})
-    cold_start = not known
-    trusted_origins = len(
-        {vote.voice for vote in backing if cold_start or vote.weight >= params.trusted_weight}
-    )
-    evidence |= {"margin": round(best_score - runner_up, 4), "trusted_origins": trusted_origins}
-    establishes = trusted_origins >= params.new_label_origins
+    support = len({vote.voice for vote in counted if vote.label == best})
+    backers = 0 if best is None else trusted_origins(best)
+    evidence |= {"margin": round(best_score - runner_up, 4), "trusted_origins": backers}
+    establishes = backers >= params.new_label_origins
 
     if gold is not None:
         evidence["gold"] = {"label": gold.label, "moderator": gold.moderator}
@@ -208,13 +225,15 @@ def decide_item(
             return ItemDecision(None, False, 1.0, support, "rejected by a moderator", False, evidence)
         gold_support = len({vote.voice for vote in counted if vote.label == gold.label})
         return ItemDecision(gold.label, True, 1.0, gold_support, "settled by a moderator", True, evidence)
+    if (best is None or best_score <= 0) and held_back:
+        label = max(held_back, key=lambda k: (held_back[k], k))
+        reason = f"new label: needs {params.new_label_origins} trusted installs of distinct origins"
+        voices = len({vote.voice for vote in counted if vote.label == label})
+        return ItemDecision(label, False, 0.0, voices, reason, False, evidence)
     if best is None or best_score <= 0:
         reason = "no counted votes" if votes else "no votes"
         return ItemDecision(None, False, 0.0, 0, reason, False, evidence)
     if best_score - runner_up < params.accept_score:
         reason = "contested" if runner_up > 0 else "not enough evidence yet"
-        return ItemDecision(best, False, confidence, support, reason, False, evidence)
-    if best not in known and not establishes:
-        reason = f"new label: needs {params.new_label_origins} trusted installs of distinct origins"
         return ItemDecision(best, False, confidence, support, reason, False, evidence)
     return ItemDecision(best, True, confidence, support, "accepted", establishes, evidence)
