@@ -42,6 +42,7 @@ from services.trainer.domain.gold import (
     gold_gate,
     judged,
 )
+from services.trainer.imprint import Imprinted, imprint
 from services.trainer.settings import TrainerSettings
 from services.trainer.store import RunTakenOver, TrainerStore
 from services.trainer.training import (
@@ -74,6 +75,7 @@ TrainModel = Callable[[ModelJob], ModelOutcome]
 ReleaseFiles = Callable[
     [Sequence[SnapshotItem], Dataset, ModelOutcome, ModelOutcome | None, str], dict[str, bytes]
 ]
+Imprint = Callable[[PublishedModel, Dataset], Imprinted]
 Counts = dict[str, tuple[int, int]]
 GoldCounts = Callable[[str, ModelOutcome, PublishedModel | None, Dataset], tuple[Counts, Counts | None]]
 # a screen type keeps as many screenshots for training as a screen classifier needs of it
@@ -103,6 +105,7 @@ class ModelWork:
 
     train: TrainModel = train_model
     release_files: ReleaseFiles = release.release_files
+    imprint: Imprint = imprint
     gold_counts: GoldCounts = gold_counts
     icon_config: TrainConfig = ICON_CONFIG
     screen_config: TrainConfig = SCREEN_CONFIG
@@ -181,8 +184,76 @@ class TrainingRunner:
             await self._store.skip(run.id, stop.reason, self._clock())
             return stop.status
         screens = select_screens({i.key: i.label for i in of_kind(items, "screen")})
+        await self._imprint_release(run, items, icons)
         await self._train_and_release(run, items, icons, screens)
         return "succeeded"
+
+    async def _imprint_release(
+        self, run: runs.Run, items: list[SnapshotItem], icons: list[SnapshotItem]
+    ) -> None:
+        """Before the full training, when the snapshot has classes the published icon model does not know: a
+        quick release of that model with their head rows imprinted (``imprint.py``), gated on gold and handed on
+        like any release, as a run of its own."""
+        published = await self._published_model("icon")
+        new = runs.imprint_first({i.label for i in icons}, published.classes if published else None)
+        imprint_id = runs.imprint_run_id(run.id)
+        if published is None or not new or await self._store.has_run(imprint_id):
+            return
+        gold = await self._gold_set("icon", icons)
+        data = await self._dataset("icon", [i for i in icons if i.key not in gold.keys])
+        imprinted = await asyncio.to_thread(self._work.imprint, published, data)
+        outcome = ModelOutcome(
+            state=imprinted.state,
+            classes=imprinted.classes,
+            accuracy=0.0,
+            current_accuracy=None,
+            epochs=0,
+            history=[],
+            images_per_second=0.0,
+            n_samples=len(data.keys),
+            carried={"head_rows": len(published.classes), "imprinted_rows": len(imprinted.new_classes)},
+        )
+        decision = await self._gold_gate("icon", outcome, gold)
+        outcome = replace(outcome, accuracy=decision.candidate or 0.0, current_accuracy=decision.published)
+        gate = GateDecision(
+            decision.publish,
+            f"imprint of {len(new)} new classes; {decision.reason}",
+            outcome.accuracy,
+            decision.published,
+        )
+        trained_at = format_trained_at(self._clock())
+        files = await asyncio.to_thread(self._work.release_files, items, data, outcome, None, trained_at)
+        files |= await self._published_files("screen")
+        metrics = release.run_metrics(
+            outcome,
+            None,
+            "the published screen model: an imprint release trains none",
+            gate,
+            started_at=run.started_at,
+            now=self._clock(),
+            trained_at=trained_at,
+            gold={"icon": decision.as_metrics()},
+        ) | {"release": "imprint", "imprinted_crops": imprinted.crops, "full_training_run": str(run.id)}
+        event = release.model_trained(
+            replace(run, id=imprint_id),
+            files,
+            metrics,
+            outcome,
+            gate,
+            n_users=await self._store.n_users(run.snapshot_id),
+            trained_at=trained_at,
+        )
+        await self._store.finish_imprint(
+            run, release.Release(files, metrics, event, gold.added), self._clock()
+        )
+        log.info(
+            "imprint release %s of run %s: %d new classes, gate: %s",
+            imprint_id,
+            run.id,
+            len(new),
+            gate.reason,
+            extra={"run_id": str(run.id)},
+        )
 
     async def _train_and_release(
         self,

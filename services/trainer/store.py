@@ -72,6 +72,10 @@ class TrainerStore(Protocol):
 
     async def finish(self, run: Run, release: Release, now: datetime) -> None: ...
 
+    async def has_run(self, run_id: uuid.UUID) -> bool: ...
+
+    async def finish_imprint(self, parent: Run, release: Release, now: datetime) -> None: ...
+
     def active_lock(self) -> contextlib.AbstractAsyncContextManager[Callable[[], Awaitable[None]]]: ...
 
 
@@ -143,13 +147,7 @@ class PostgresTrainerStore:
         """Artifacts, the run's success and ``model.trained`` in one transaction, only if ``run`` is still the
         latest attempt (raises ``RunTakenOver`` otherwise, leaving nothing behind)."""
         async with self._engine.begin() as connection:
-            for path, data in release.files.items():
-                sha = await PostgresBlobStore.put_in(connection, data)
-                await connection.execute(
-                    insert(model_artifacts)
-                    .values(run_id=run.id, path=path, blob_sha256=sha)
-                    .on_conflict_do_nothing()
-                )
+            await _store_artifacts(connection, run.id, release.files)
             await _drop_checkpoints(connection, run.id)
             finished = await connection.execute(
                 training_runs.update()
@@ -160,6 +158,35 @@ class PostgresTrainerStore:
                 raise RunTakenOver(f"run {run.id} was taken over by another trainer")
             if release.event.quality_gate_passed and release.gold:
                 await _store_gold(connection, run.id, release.gold)
+            await enqueue(connection, release.event)
+
+    async def has_run(self, run_id: uuid.UUID) -> bool:
+        async with self._engine.connect() as connection:
+            return bool(await connection.scalar(select(func.count()).where(training_runs.c.id == run_id)))
+
+    async def finish_imprint(self, parent: Run, release: Release, now: datetime) -> None:
+        """An imprint release as a finished run of its own (``release.event.run_id``), with its artifacts, gold
+        and ``model.trained``, in one transaction; only while ``parent`` is still the latest attempt."""
+        async with self._engine.begin() as connection:
+            current = await connection.scalar(select(func.count()).where(*_latest_attempt(parent)))
+            if current != 1:
+                raise RunTakenOver(f"run {parent.id} was taken over by another trainer")
+            run_id = release.event.run_id
+            await connection.execute(
+                insert(training_runs).values(
+                    id=run_id,
+                    request_message_id=f"imprint-{parent.id}",
+                    snapshot_id=parent.snapshot_id,
+                    status="succeeded",
+                    attempts=1,
+                    started_at=parent.started_at,
+                    finished_at=now,
+                    metrics=release.metrics,
+                )
+            )
+            await _store_artifacts(connection, run_id, release.files)
+            if release.event.quality_gate_passed and release.gold:
+                await _store_gold(connection, run_id, release.gold)
             await enqueue(connection, release.event)
 
     # --- the gold set ----------------------------------------------------------------------------------------------
@@ -239,6 +266,14 @@ class PostgresTrainerStore:
                 await connection.commit()
 
             yield still_held
+
+
+async def _store_artifacts(connection: AsyncConnection, run_id: uuid.UUID, files: dict[str, bytes]) -> None:
+    for path, data in files.items():
+        sha = await PostgresBlobStore.put_in(connection, data)
+        await connection.execute(
+            insert(model_artifacts).values(run_id=run_id, path=path, blob_sha256=sha).on_conflict_do_nothing()
+        )
 
 
 async def _store_gold(connection: AsyncConnection, run_id: uuid.UUID, items: Collection[GoldItem]) -> None:

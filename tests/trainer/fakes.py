@@ -18,6 +18,7 @@ from services.trainer.domain.data import SnapshotItem
 from services.trainer.domain.gold import MODERATOR, GoldItem
 from services.trainer.domain.runs import Attempt, Labels, Run, with_attempt
 from services.trainer.handlers import ModelWork
+from services.trainer.imprint import Imprinted
 from services.trainer.release import MODEL_FILES, Release, state_dict_bytes
 from services.trainer.store import RunTakenOver
 from services.trainer.training import ModelJob, ModelOutcome
@@ -126,6 +127,21 @@ class FakeTrainerStore:
         self._drop_checkpoints(run.id)
         self._end(run.id, "succeeded", now)
         self.metrics[run.id] = release.metrics
+        self._released(release)
+
+    async def has_run(self, run_id: uuid.UUID) -> bool:
+        return run_id in self.runs
+
+    async def finish_imprint(self, parent: Run, release: Release, now: datetime) -> None:
+        self._check_latest_attempt(parent)
+        run_id = release.event.run_id
+        self.runs[run_id] = replace(parent, id=run_id, status="succeeded", attempts=1)
+        self.finished_at[run_id] = now
+        self.artifacts[run_id] = {path: await self.blobs.put(data) for path, data in release.files.items()}
+        self.metrics[run_id] = release.metrics
+        self._released(release)
+
+    def _released(self, release: Release) -> None:
         self.outbox.append(release.event)
         if release.event.quality_gate_passed:
             for item in release.gold:
@@ -162,6 +178,7 @@ class FakeModelWork:
     gold_accuracy: dict[str, float] = field(default_factory=dict)
     published_gold_accuracy: dict[str, float] = field(default_factory=dict)
     gold_judged: list[tuple[str, list[str]]] = field(default_factory=list)
+    imprinted: list[list[str]] = field(default_factory=list)
 
     def train(self, job: ModelJob) -> ModelOutcome:
         from services.trainer.training import EpochReport
@@ -197,6 +214,12 @@ class FakeModelWork:
                 files[labels] = json.dumps(dict(enumerate(model.classes))).encode()
         return files
 
+    def imprint(self, published, data) -> Imprinted:
+        self.imprinted.append(sorted(set(data.labels) - set(published.classes)))
+        classes = sorted(set(published.classes) | set(data.labels))
+        new = sorted(set(classes) - set(published.classes))
+        return Imprinted({"weight": torch.ones(1)}, classes, new, {c: data.labels.count(c) for c in new})
+
     def gold_counts(self, kind, candidate, published, gold):
         self.gold_judged.append((kind, list(gold.labels)))
 
@@ -209,4 +232,9 @@ class FakeModelWork:
         return mine, None if published is None else counts(published, self.published_gold_accuracy)
 
     def as_work(self) -> ModelWork:
-        return ModelWork(train=self.train, release_files=self.release_files, gold_counts=self.gold_counts)
+        return ModelWork(
+            train=self.train,
+            release_files=self.release_files,
+            gold_counts=self.gold_counts,
+            imprint=self.imprint,
+        )

@@ -3,6 +3,7 @@ gate, lineage; and the store's own SQL (runs, checkpoints and their blobs)."""
 
 import io
 import json
+from collections import Counter
 from dataclasses import replace
 from datetime import timedelta
 
@@ -15,11 +16,14 @@ from sqlalchemy import text
 from services.publisher.domain import RUN_ARTIFACTS
 from services.trainer.domain import runs
 from services.trainer.domain.client_path import icon_crop_64, icon_input
+from services.trainer.domain.gold import GoldItem
 from services.trainer.handlers import ModelWork, RunLedger, TrainingRunner
+from services.trainer.release import Release
 from services.trainer.store import PostgresTrainerStore, RunTakenOver
 from services.trainer.training import ModelJob, train_model
-from shared.blobstore import PostgresBlobStore
-from shared.events import TrainingRequested, decode_event
+from shared.blobstore import PostgresBlobStore, sha256_hex
+from shared.clock import utc_now
+from shared.events import ModelTrained, TrainingRequested, decode_event, format_trained_at
 from shared.torchvision_compat import import_torchvision
 from tests.trainer.conftest import FAST_ICONS, add_run, make_snapshot
 from tests.utils.blobs import blob_exists
@@ -90,10 +94,11 @@ async def test_a_run_publishes_every_artifact_in_the_shapes_clients_load(runner,
     anchors = json.loads(files["models/community_anchors.json"])
     assert anchors["entries"][0]["type"] == "SPACE" and anchors["n_contributors"] == 3
     manifest = json.loads(files["models/training_manifest.json"])
-    assert manifest["count"] == 24 and manifest["crop_shas"] == sorted(manifest["crop_shas"])
+    # one crop of each class is gold, frozen with the release and kept out of training
+    assert manifest["count"] == 18 and manifest["crop_shas"] == sorted(manifest["crop_shas"])
     assert files["models/training_curve.png"].startswith(b"\x89PNG")
     per_class = json.loads(files["models/per_class_accuracy.json"])
-    assert set(per_class) == set(label_map.values())  # every class held one of its 4 crops out
+    assert set(per_class) == set(label_map.values())  # every class held one of its 3 crops out
     assert all(scores["samples"] == 1 for scores in per_class.values())
 
     async with engine.connect() as connection:
@@ -106,17 +111,23 @@ async def test_a_run_publishes_every_artifact_in_the_shapes_clients_load(runner,
             await connection.execute(text("SELECT body FROM outbox WHERE routing_key = 'model.trained'"))
         ).scalars()
         checkpoints = await connection.scalar(text("SELECT count(*) FROM checkpoints"))
+        gold = (await connection.execute(text("SELECT model_kind, run_id FROM gold_items"))).all()
     trained = decode_event(body)
     assert run.status == "succeeded" and checkpoints == 0
     assert (
         trained.run_id == run_id
         and trained.snapshot_id == snapshot
         and trained.n_classes == 6
-        and trained.n_samples == 24
+        and trained.n_samples == 18
     )
+    assert trained.metrics["gold"]["icon"]["examples"] == 6
+    # frozen only by a release that passed its gate: a crop per icon class, one of each screen type's six
+    frozen = Counter(g.model_kind for g in gold)
+    assert frozen == (Counter(icon=6, screen=2) if trained.quality_gate_passed else Counter())
+    assert {g.run_id for g in gold} <= {run_id}
     assert set(trained.artifacts) == set(files)
     assert trained.metrics["quality_gate"]["publish"] == trained.quality_gate_passed
-    assert trained.metrics["screen_n_samples"] == 12
+    assert trained.metrics["screen_n_samples"] == 10  # a screenshot of each type is gold
 
 
 async def test_a_request_recorded_twice_is_one_run(engine):
@@ -246,3 +257,46 @@ async def test_a_failure_of_an_attempt_another_trainer_replaced_leaves_the_run_a
     run = await store.run(run_id)
     assert (run.status, run.attempts) == ("running", 2)
     assert await store.checkpoint(run_id, "icon") is not None
+
+
+async def test_an_imprint_release_is_a_finished_run_of_its_own_with_its_artifacts_gold_and_event(engine):
+    store = PostgresTrainerStore(engine)
+    snapshot = await make_snapshot(engine, classes=2, variants=1)
+    run_id = await add_run(engine, snapshot)
+    attempt = runs.next_attempt(await store.run(run_id), utc_now(), timedelta(minutes=5))
+    await store.start_attempt(run_id, attempt)
+    parent = await store.run(run_id)
+    imprint_id = runs.imprint_run_id(run_id)
+    assert not await store.has_run(imprint_id)
+    [item] = [i for i in await store.snapshot_items(snapshot) if i.label == "Item 00"]
+    gold = [GoldItem("icon", item.key, item.label, item.image_sha256, "evidence")]
+    files = {"models/label_map.json": b'{"0": "Item 00"}'}
+    metrics = {"release": "imprint", "quality_gate": {"publish": True, "reason": "imprint"}}
+    event = ModelTrained(
+        message_id=f"model-trained-{imprint_id}",
+        run_id=imprint_id,
+        snapshot_id=snapshot,
+        trained_at=format_trained_at(utc_now()),
+        artifacts={path: sha256_hex(data) for path, data in files.items()},
+        metrics=metrics,
+        n_classes=1,
+        n_samples=1,
+        n_users=0,
+        quality_gate_passed=True,
+    )
+    await store.finish_imprint(parent, Release(files, metrics, event, gold), utc_now())
+    assert await store.has_run(imprint_id)
+    assert (await store.run(imprint_id)).status == "succeeded" and (
+        await store.run(run_id)
+    ).status == "running"
+    assert await artifacts_of(engine, imprint_id) == files
+    assert await store.gold("icon") == gold
+    async with engine.connect() as connection:
+        sent = await connection.scalar(
+            text("SELECT count(*) FROM outbox WHERE routing_key = 'model.trained'")
+        )
+    assert sent == 1
+    with pytest.raises(RunTakenOver):  # an older attempt of the run releases nothing
+        await store.finish_imprint(
+            replace(parent, attempts=0), Release(files, metrics, event, gold), utc_now()
+        )

@@ -4,7 +4,7 @@ split between the two models. Plain values in (and ``now``), a decision and its 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -94,6 +94,20 @@ def too_few_icons(crops: int, classes: int) -> Stop | None:
             f"{crops} icon crops in {classes} classes: at least {MIN_ICON_CROPS} in {MIN_ICON_CLASSES}",
         )
     return None
+
+
+def imprint_first(snapshot_classes: Collection[str], published_classes: Collection[str] | None) -> list[str]:
+    """The classes a quick imprint release adds before the full training: those of the snapshot the published
+    icon model does not know (none without a published model)."""
+    if published_classes is None:
+        return []
+    return sorted(set(snapshot_classes) - set(published_classes))
+
+
+def imprint_run_id(run_id: uuid.UUID) -> uuid.UUID:
+    """The imprint release of a run is a run of its own (the publisher checks every release against its run),
+    with an id derived from the run's, so a resumed run finds it done."""
+    return uuid.uuid5(run_id, "imprint")
 
 
 def seconds_left(deadline_at: datetime, now: datetime) -> float:
