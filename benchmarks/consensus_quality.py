@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/consensus_quality.py                          # 3 seeds, small scale
     .venv/bin/python benchmarks/consensus_quality.py --scale issue --seeds 1  # 20,000 contributions
     .venv/bin/python benchmarks/consensus_quality.py --json out.json --set min_support=1
+    .venv/bin/python benchmarks/consensus_quality.py --workload near_copy_share=0.02 --workload reencoding_builds=0
 
 Per seed: a fresh, migrated database; ``tools.simulator.community`` draws the workload (honest installs,
 look-alikes, single-vote and re-encoded crops, spammers, a farming group, 12 planting swarms, an OCR attack, a
@@ -28,7 +29,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from statistics import mean
 
@@ -44,6 +45,7 @@ from tools.simulator.community import (  # noqa: E402
     ICON,
     KINDS,
     SCALES,
+    CommunitySpec,
     Workload,
     describe,
     generate,
@@ -203,7 +205,7 @@ def mean_score(scores: list[dict]) -> dict:
 
 
 async def run(args: argparse.Namespace) -> int:
-    spec = SCALES[args.scale]
+    spec = replace(SCALES[args.scale], **dict(args.workload))
     per_seed = {}
     for seed in args.seeds:
         began = time.perf_counter()
@@ -262,6 +264,16 @@ def setting(text_value: str) -> tuple[str, str]:
     return name, value
 
 
+def workload_field(text_value: str) -> tuple[str, float]:
+    name, sep, value = text_value.partition("=")
+    kinds = {f.name: f.type for f in fields(CommunitySpec)}
+    if not sep or kinds.get(name) not in ("int", "float"):
+        raise argparse.ArgumentTypeError(
+            f"{text_value!r}: expected NAME=VALUE with a number field of CommunitySpec"
+        )
+    return name, int(value) if kinds[name] == "int" else float(value)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -284,6 +296,14 @@ def main() -> int:
         default=[],
         metavar="NAME=VALUE",
         help="a voting setting for the run (repeatable), e.g. --set min_support=1",
+    )
+    parser.add_argument(
+        "--workload",
+        type=workload_field,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a CommunitySpec field over the scale's (repeatable), e.g. --workload near_copy_share=0.02",
     )
     parser.add_argument("--json", help="also write every figure to this file")
     add_server_options(parser)
