@@ -80,8 +80,9 @@ async def load(dsn: str, votes: int, items: int) -> dict[str, str]:
         )
         await connection.execute(
             """
-            INSERT INTO votes (item_kind, item_key, install_id, label, contribution_id, voted_at)
-            SELECT item_kind, item_key, install_id, payload->>'model_guess', contribution_id, received_at
+            INSERT INTO votes (item_kind, item_key, install_id, label, contribution_id, voted_at, origin, model_guess)
+            SELECT item_kind, item_key, install_id, payload->>'model_guess', contribution_id, received_at,
+                   payload->>'origin', payload->>'model_guess'
             FROM contributions
             """
         )
@@ -97,17 +98,11 @@ async def load(dsn: str, votes: int, items: int) -> dict[str, str]:
             items,
             LABELS,
         )
-        if await connection.fetchval("SELECT to_regclass('install_trust') IS NOT NULL"):
-            await connection.execute(
-                "INSERT INTO install_trust (install_id, weight, cohort, agree, disagree) "
-                "SELECT DISTINCT install_id, 0.5, NULL::integer, 3, 1 FROM contributions"
-            )
-        else:
-            await connection.execute(
-                "INSERT INTO install_reliability (item_kind, install_id, reliability, votes, cohort) "
-                "SELECT 'icon', install_id, 0.5 + random() / 2, count(*), CASE WHEN random() < 0.01 THEN 1 END "
-                "FROM contributions GROUP BY install_id"
-            )
+        await connection.execute(
+            "INSERT INTO install_trust (install_id, weight, cohort, agree, disagree) "
+            "SELECT install_id, 0.5 + random() / 2, CASE WHEN random() < 0.01 THEN 'install-1' END, 3, 1 "
+            "FROM (SELECT DISTINCT install_id FROM votes) AS i"
+        )
         run_id = uuid.uuid4()
         for number in range(30):
             snapshot, run = uuid.uuid4(), uuid.uuid4() if number else run_id

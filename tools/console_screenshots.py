@@ -136,7 +136,6 @@ async def seed(dsn: str) -> dict[str, str]:
     """A small community, its training and releases; answers the keys the pages are shot at."""
     connection = await asyncpg.connect(dsn)
     try:
-        has_trust = await connection.fetchval("SELECT to_regclass('install_trust') IS NOT NULL")
         installs = [
             f"install-{name}" for name in ("aurora", "borealis", "cygnus", "draco", "eridani", "fornax")
         ]
@@ -172,13 +171,15 @@ async def seed(dsn: str) -> dict[str, str]:
                     at,
                 )
                 await connection.execute(
-                    "INSERT INTO votes (item_kind, item_key, install_id, label, contribution_id, voted_at) "
-                    "VALUES ('icon', $1, $2, $3, $4, $5)",
+                    "INSERT INTO votes (item_kind, item_key, install_id, label, contribution_id, voted_at, origin, "
+                    "model_guess) VALUES ('icon', $1, $2, $3, $4, $5, $6, $7)",
                     key,
                     install,
                     label,
                     contribution,
                     at,
+                    payload["origin"],
+                    payload["model_guess"],
                 )
             status = "withheld" if number < 3 else "accepted"
             await connection.execute(
@@ -200,26 +201,16 @@ async def seed(dsn: str) -> dict[str, str]:
             NOW,
         )
         for index, install in enumerate(installs + swarm):
-            cohort = 1 if install in swarm else None
+            cohort = swarm[0] if install in swarm else None
             weight = 0.15 if cohort else 0.95 - index * 0.07
-            if has_trust:
-                await connection.execute(
-                    "INSERT INTO install_trust (install_id, weight, cohort, agree, disagree) VALUES ($1, $2, $3, $4, $5)",
-                    install,
-                    weight,
-                    cohort,
-                    0 if cohort else 12 - index,
-                    9 if cohort else index,
-                )
-            else:
-                await connection.execute(
-                    "INSERT INTO install_reliability (item_kind, install_id, reliability, votes, cohort) "
-                    "VALUES ('icon', $1, $2, $3, $4)",
-                    install,
-                    weight,
-                    8 - index % 5,
-                    cohort,
-                )
+            await connection.execute(
+                "INSERT INTO install_trust (install_id, weight, cohort, agree, disagree) VALUES ($1, $2, $3, $4, $5)",
+                install,
+                weight,
+                cohort,
+                0 if cohort else 12 - index,
+                9 if cohort else index,
+            )
         runs = []
         for number, (status, gate) in enumerate((("succeeded", True), ("succeeded", True))):
             snapshot, run = uuid.uuid4(), uuid.uuid4()

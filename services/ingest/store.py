@@ -131,22 +131,14 @@ class PostgresReads:
 
 
 # --- the moderator console's reads (services/ingest/console) ----------------------------------------------------
-# Voting's richer evidence (consensus.reason/evidence, install_trust, install_bans, moderator_decisions) may or may
-# not exist yet: rows are read whole with to_jsonb, so columns added later show up without a change here, and a
-# table is read only once the catalog has it.
+# Consensus and trust rows are read whole (to_jsonb), so what voting adds to its evidence shows without a change
+# here. Pages sort and cut on the keys first and build the rows of that page only.
 
 CONTESTED_BELOW = 0.9  # an accepted label whose confidence is under this is reviewed as contested
-_TABLES = text("SELECT name FROM unnest(CAST(:names AS text[])) AS name WHERE to_regclass(name) IS NOT NULL")
-_OPTIONAL_TABLES = ("install_trust", "install_bans", "moderator_decisions")
-# Where an install's trust is read: voting's install_trust (one row per install) once it exists, else the
-# per-kind install_reliability it replaces; (table, join condition on votes v, order of the installs page).
-_TRUST_SOURCES = {
-    "install_trust": ("t.install_id = v.install_id", "bool_or(t.banned) DESC, min(t.weight) ASC"),
-    "install_reliability": ("t.item_kind = v.item_kind AND t.install_id = v.install_id", "sum(t.votes) DESC"),
-}
 _CONTRIBUTIONS_BY_HOUR = text(
     "SELECT date_trunc('hour', received_at) AS hour, item_kind, count(*) AS n FROM contributions "
-    "WHERE received_at >= :since GROUP BY 1, 2 ORDER BY 1"
+    "WHERE received_at >= :since AND (CAST(:until AS timestamptz) IS NULL OR received_at < :until) "
+    "GROUP BY 1, 2 ORDER BY 1"
 )
 _CONSENSUS_BY_STATUS = text(
     "SELECT item_kind, status, count(*) AS n FROM consensus GROUP BY 1, 2 ORDER BY 1, 2"
@@ -165,37 +157,38 @@ _RELEASES = text(
 )
 _RELEASE_MODE = text("SELECT mode, requested_by, updated_at FROM release_mode WHERE id = 1")
 _REVIEW_QUEUE = text(
-    "SELECT to_jsonb(c) AS item FROM consensus c "
-    "WHERE (c.status = 'withheld' OR c.confidence < :contested) AND (CAST(:kind AS text) IS NULL OR "
-    "c.item_kind = :kind) "
-    "ORDER BY c.status = 'withheld' DESC, c.support DESC, c.item_kind, c.item_key LIMIT :limit OFFSET :offset"
+    "SELECT to_jsonb(c) AS item FROM ("
+    "  SELECT item_kind, item_key, status = 'withheld' AS withheld, support FROM consensus"
+    "  WHERE (status = 'withheld' OR confidence < :contested) AND (CAST(:kind AS text) IS NULL OR item_kind = :kind)"
+    "  ORDER BY 3 DESC, support DESC, item_kind, item_key LIMIT :limit OFFSET :offset"
+    ") AS page JOIN consensus c USING (item_kind, item_key) ORDER BY page.withheld DESC, page.support DESC, "
+    "c.item_kind, c.item_key"
 )
 _ITEM = text("SELECT to_jsonb(c) AS item FROM consensus c WHERE item_kind = :kind AND item_key = :key")
-_ITEM_VOTES = """
+_ITEM_VOTES = text("""
 SELECT k.kind AS item_kind, k.key AS item_key, x.* FROM unnest(CAST(:kinds AS text[]), CAST(:keys AS text[])) AS k(kind, key)
 CROSS JOIN LATERAL (
-    SELECT v.install_id, v.label, v.voted_at, ct.image_sha256, ct.payload->>'origin' AS origin,
-           ct.payload->>'model_guess' AS model_guess, to_jsonb(t) AS trust
-    FROM votes v JOIN contributions ct ON ct.contribution_id = v.contribution_id
-    LEFT JOIN {trust} t ON {join}
+    SELECT v.install_id, v.label, v.voted_at, v.origin, v.model_guess, to_jsonb(t) AS trust
+    FROM votes v LEFT JOIN install_trust t ON t.install_id = v.install_id
     WHERE v.item_kind = k.kind AND v.item_key = k.key
     ORDER BY v.voted_at DESC LIMIT :per_item
 ) x
-"""
+""")
 _LATEST_AUDIT = text(
     "SELECT DISTINCT ON (subject) subject, session, at, after FROM console_audit "
     "WHERE action = :action AND subject = ANY(CAST(:subjects AS text[])) ORDER BY subject, id DESC"
 )
-_INSTALLS = """
-SELECT t.install_id, jsonb_agg(to_jsonb(t)) AS trust
-FROM {trust} t WHERE (CAST(:prefix AS text) IS NULL OR t.install_id LIKE :prefix)
-GROUP BY t.install_id
-ORDER BY bool_or(t.cohort IS NOT NULL) DESC, {order}, t.install_id
-LIMIT :limit OFFSET :offset
-"""
+_INSTALLS = text(
+    "SELECT t.install_id, to_jsonb(t) AS trust FROM ("
+    "  SELECT install_id, cohort IS NOT NULL AS suspected, weight FROM install_trust"
+    "  WHERE CAST(:prefix AS text) IS NULL OR install_id LIKE :prefix"
+    "  ORDER BY 2 DESC, weight, install_id LIMIT :limit OFFSET :offset"
+    ") AS page JOIN install_trust t USING (install_id) ORDER BY page.suspected DESC, page.weight, t.install_id"
+)
+_INSTALL_TRUST = text("SELECT to_jsonb(t) AS trust FROM install_trust t WHERE install_id = :id")
 _INSTALL_ORIGINS = text(
-    "SELECT install_id, count(DISTINCT payload->>'origin') AS origins, count(*) AS contributions "
-    "FROM contributions WHERE install_id = ANY(CAST(:ids AS text[])) GROUP BY install_id"
+    "SELECT install_id, count(DISTINCT origin) AS origins, count(*) AS votes "
+    "FROM votes WHERE install_id = ANY(CAST(:ids AS text[])) GROUP BY install_id"
 )
 _INSTALL_BANS = text(
     "SELECT b.install_id, to_jsonb(b) AS ban FROM install_bans b WHERE b.install_id = ANY(CAST(:ids AS text[]))"
@@ -206,7 +199,7 @@ _INSTALL_VOTES = text(
     "WHERE v.install_id = :install ORDER BY v.voted_at DESC LIMIT :limit"
 )
 _INSTALL_ORIGIN_LIST = text(
-    "SELECT payload->>'origin' AS origin, count(*) AS n, max(received_at) AS last FROM contributions "
+    "SELECT origin, count(*) AS n, max(voted_at) AS last FROM votes "
     "WHERE install_id = :install GROUP BY 1 ORDER BY n DESC LIMIT 20"
 )
 _AUDIT = text(
@@ -231,13 +224,16 @@ SELECT DISTINCT ON (subject) after->>'item_kind' AS item_kind, after->>'item_key
        message_id, 'sent' AS state
 FROM console_audit WHERE action = 'item_decided' ORDER BY subject, id DESC
 """
-_GOLD_BOTH = f"""
+_GOLD = f"""
 WITH applied AS ({_GOLD_APPLIED}), sent AS ({_GOLD_SENT})
 SELECT * FROM applied UNION ALL
 SELECT * FROM sent s WHERE NOT EXISTS (
     SELECT 1 FROM applied a WHERE a.item_kind = s.item_kind AND a.item_key = s.item_key
 )
 """
+_GOLD_COUNTS = text(
+    f"SELECT item_kind, label, state, count(*) AS n FROM ({_GOLD}) AS gold GROUP BY 1, 2, 3 ORDER BY 1, 4 DESC, 2"
+)
 GOLD_COLUMNS = ("item_kind", "item_key", "label", "moderator", "note", "decided_at", "message_id", "state")
 _ITEM_CROPS = text(
     "SELECT DISTINCT ON (ct.image_sha256) k.kind AS item_kind, k.key AS item_key, ct.image_sha256 "
@@ -253,10 +249,6 @@ _BLOB_OF_RUN = text(
 )
 
 
-def _trust_table(optional: set[str]) -> str:
-    return "install_trust" if "install_trust" in optional else "install_reliability"
-
-
 def _audit_subject(kind: str, key: str) -> str:
     return f"{kind}:{key}"
 
@@ -267,25 +259,18 @@ class PostgresConsoleReads:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def optional_tables(self, connection) -> set[str]:
-        rows = await connection.execute(_TABLES, {"names": list(_OPTIONAL_TABLES)})
-        return {row.name for row in rows}
-
-    async def _trust_table(self, connection) -> str:
-        return (
-            "install_trust"
-            if "install_trust" in await self.optional_tables(connection)
-            else "install_reliability"
-        )
-
-    async def overview(self, since: datetime) -> dict[str, Any]:
+    async def contributions_by_hour(self, since: datetime, until: datetime | None) -> list[Any]:
+        """(hour, item_kind, n) of the contributions voting received from ``since`` up to ``until``."""
         async with self._engine.connect() as connection:
-            hourly = (await connection.execute(_CONTRIBUTIONS_BY_HOUR, {"since": since})).all()
+            params = {"since": since, "until": until}
+            return (await connection.execute(_CONTRIBUTIONS_BY_HOUR, params)).all()
+
+    async def overview(self) -> dict[str, Any]:
+        async with self._engine.connect() as connection:
             consensus = (await connection.execute(_CONSENSUS_BY_STATUS)).all()
             release = await latest_published_version(connection)
             runs = (await connection.execute(_RUNS, {"limit": 1})).all()
         return {
-            "hourly": hourly,
             "consensus": consensus,
             "release": release,
             "run": runs[0] if runs else None,
@@ -314,10 +299,8 @@ class PostgresConsoleReads:
     async def _with_evidence(self, connection, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not items:
             return []
-        trust = _trust_table(await self.optional_tables(connection))
         keys = {"kinds": [i["item_kind"] for i in items], "keys": [i["item_key"] for i in items]}
-        sql = text(_ITEM_VOTES.format(trust=trust, join=_TRUST_SOURCES[trust][0]))
-        votes = await connection.execute(sql, keys | {"per_item": 50})
+        votes = await connection.execute(_ITEM_VOTES, keys | {"per_item": 50})
         crops = await connection.execute(_ITEM_CROPS, keys)
         subjects = [_audit_subject(i["item_kind"], i["item_key"]) for i in items]
         decided = await connection.execute(_LATEST_AUDIT, {"action": "item_decided", "subjects": subjects})
@@ -337,27 +320,16 @@ class PostgresConsoleReads:
     async def installs(self, prefix: str | None, limit: int, offset: int) -> list[dict[str, Any]]:
         """Installs, those in a suspected cohort first, each with its trust rows per item kind, distinct
         origins, ban state (voting's, once it keeps one) and the console's last ban request."""
+        pattern = prefix.replace("_", "\\_") + "%" if prefix else None
         async with self._engine.connect() as connection:
-            optional = await self.optional_tables(connection)
-            trust = _trust_table(optional)
-            sql = text(_INSTALLS.format(trust=trust, order=_TRUST_SOURCES[trust][1]))
-            pattern = prefix.replace("_", "\\_") + "%" if prefix else None
-            rows = (
-                await connection.execute(sql, {"prefix": pattern, "limit": limit, "offset": offset})
-            ).all()
-            return await self._install_details(connection, optional, [(r.install_id, r.trust) for r in rows])
+            params = {"prefix": pattern, "limit": limit, "offset": offset}
+            rows = (await connection.execute(_INSTALLS, params)).all()
+            return await self._install_details(connection, [(r.install_id, r.trust) for r in rows])
 
     async def install(self, install_id: str) -> dict[str, Any]:
         async with self._engine.connect() as connection:
-            optional = await self.optional_tables(connection)
-            trust = _trust_table(optional)
-            rows = await connection.execute(
-                text(f"SELECT to_jsonb(t) AS row FROM {trust} t WHERE install_id = :id"),
-                {"id": install_id},
-            )
-            [detail] = await self._install_details(
-                connection, optional, [(install_id, [r.row for r in rows])]
-            )
+            trust = await connection.scalar(_INSTALL_TRUST, {"id": install_id})
+            [detail] = await self._install_details(connection, [(install_id, trust)])
             detail["votes"] = (
                 await connection.execute(_INSTALL_VOTES, {"install": install_id, "limit": 100})
             ).all()
@@ -367,13 +339,11 @@ class PostgresConsoleReads:
         return detail
 
     async def _install_details(
-        self, connection, optional: set[str], installs: list[tuple[str, list[dict[str, Any]]]]
+        self, connection, installs: list[tuple[str, dict[str, Any] | None]]
     ) -> list[dict[str, Any]]:
         ids = [install_id for install_id, _ in installs]
         origins = {r.install_id: r for r in await connection.execute(_INSTALL_ORIGINS, {"ids": ids})}
-        bans = {}
-        if "install_bans" in optional:
-            bans = {r.install_id: r.ban for r in await connection.execute(_INSTALL_BANS, {"ids": ids})}
+        bans = {r.install_id: r.ban for r in await connection.execute(_INSTALL_BANS, {"ids": ids})}
         requested = {
             r.subject: r._asdict()
             for r in await connection.execute(_LATEST_AUDIT, {"action": "install_moderated", "subjects": ids})
@@ -383,7 +353,7 @@ class PostgresConsoleReads:
                 "install_id": install_id,
                 "trust": trust,
                 "origins": origins[install_id].origins if install_id in origins else 0,
-                "contributions": origins[install_id].contributions if install_id in origins else 0,
+                "votes": origins[install_id].votes if install_id in origins else 0,
                 "ban": bans.get(install_id),
                 "requested": requested.get(install_id),
             }
@@ -413,28 +383,16 @@ class PostgresConsoleReads:
             data = await connection.scalar(_BLOB, {"sha": sha256})
         return None if data is None else bytes(data)
 
-    async def _gold_sql(self, connection) -> str:
-        if "moderator_decisions" in await self.optional_tables(connection):
-            return _GOLD_BOTH
-        return _GOLD_SENT
-
     async def gold(self) -> list[Any]:
         """Moderator-decided items (``GOLD_COLUMNS``), the latest decision per item: voting's record of those it
         applied (state ``applied``), and the console's decisions voting has not recorded yet (``sent``)."""
         async with self._engine.connect() as connection:
-            return (await connection.execute(text(await self._gold_sql(connection)))).all()
+            return (await connection.execute(text(_GOLD))).all()
 
     async def gold_counts(self) -> list[Any]:
         """(item_kind, label, state, items) of the gold set; a rejection's label is None."""
         async with self._engine.connect() as connection:
-            sql = await self._gold_sql(connection)
-            return (
-                await connection.execute(
-                    text(
-                        f"SELECT item_kind, label, state, count(*) AS n FROM ({sql}) AS gold GROUP BY 1, 2, 3 ORDER BY 1, 4 DESC, 2"
-                    )
-                )
-            ).all()
+            return (await connection.execute(_GOLD_COUNTS)).all()
 
     async def audit(self, subject: str | None = None, limit: int = 100) -> list[Any]:
         async with self._engine.connect() as connection:

@@ -66,9 +66,11 @@ async def seed_community(engine, *, items_offset: int = 0) -> Community:
                         label=label,
                         contribution_id=contribution,
                         voted_at=now - timedelta(hours=number),
+                        origin=ORIGINS[number],
+                        model_guess="Phaser Array",
                     )
                 )
-            await add_trust(connection, install, 0.9 - number * 0.3, 1 if number == 2 else None)
+            await add_trust(connection, install, 0.9 - number * 0.3, install if number == 2 else None)
         await connection.execute(
             insert(consensus).values(
                 [
@@ -94,16 +96,11 @@ async def seed_community(engine, *, items_offset: int = 0) -> Community:
     return Community(withheld, accepted, installs, sha)
 
 
-async def add_trust(connection, install: str, weight: float, cohort: int | None) -> None:
-    """An install's trust row in whichever table voting keeps it (install_trust replaces install_reliability)."""
-    if await connection.scalar(text("SELECT to_regclass('install_trust') IS NOT NULL")):
-        sql = "INSERT INTO install_trust (install_id, weight, cohort) VALUES (:install, :weight, :cohort)"
-    else:
-        sql = (
-            "INSERT INTO install_reliability (item_kind, install_id, reliability, votes, cohort) "
-            "VALUES ('icon', :install, :weight, 2, :cohort)"
-        )
-    await connection.execute(text(sql), {"install": install, "weight": weight, "cohort": cohort})
+async def add_trust(connection, install: str, weight: float, cohort: str | None) -> None:
+    await connection.execute(
+        text("INSERT INTO install_trust (install_id, weight, cohort) VALUES (:install, :weight, :cohort)"),
+        {"install": install, "weight": weight, "cohort": cohort},
+    )
 
 
 def csrf_of(html: str) -> str:

@@ -116,14 +116,6 @@ async def item_status(engine, key: str) -> tuple[str, str | None]:
     return row.status, row.label
 
 
-# Voting as committed for issue 13 (a5db21b) refuses every moderator decision (moderate_item: "inconsistent
-# types deduced for parameter $2") and fails every consensus refresh that writes cohorts (write_trust: text into
-# the integer install_trust.cohort); strict, so these fail once voting is fixed and the marks must go.
-VOTING_BROKEN = pytest.mark.xfail(
-    strict=True, reason="voting a5db21b: moderate_item's $2 is ambiguous; write_trust writes text cohorts"
-)
-
-
 async def test_log_in_and_review_a_withheld_item(page, engine, amqp_channel, topology):
     """Without voting running: the decision is sent to voting and logged with what the page showed before."""
     community = await seed_community(engine)
@@ -151,7 +143,6 @@ async def test_log_in_and_review_a_withheld_item(page, engine, amqp_channel, top
     )
 
 
-@VOTING_BROKEN
 async def test_a_decision_settles_the_item_in_voting_and_the_page_shows_it_accepted(
     page, engine, voting_worker
 ):
@@ -189,7 +180,6 @@ async def test_shadow_ban_an_install(page, engine, amqp_channel, topology):
     )
 
 
-@VOTING_BROKEN
 async def test_a_shadow_banned_installs_next_votes_are_ignored(page, engine, base_url, voting_worker):
     community = await seed_community(engine)
     await log_in(page)

@@ -9,10 +9,8 @@ import contextlib
 import logging
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
 
 import aio_pika
-from fastapi import FastAPI
 
 from shared.events import TrainingProgress, UndecodableEvent, decode_event
 
@@ -97,16 +95,3 @@ class ProgressFollower:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-
-
-@contextlib.asynccontextmanager
-async def following(app: FastAPI) -> AsyncIterator[None]:
-    """The console's part of ingest's lifespan: its progress follower, stopped on the way out."""
-    runtime = app.state.runtime
-    app.state.console_progress = follower = ProgressFollower(
-        runtime.settings.broker_url, runtime.topology.events_exchange
-    )
-    try:
-        yield
-    finally:
-        await follower.stop()

@@ -5,20 +5,24 @@ session's CSRF token is refused (403)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import pathlib
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Path, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
-from services.ingest.console import plots, progress, views
+from services.ingest.console import plots, views
+from services.ingest.console.hourly import HourlyCounts
+from services.ingest.console.progress import ProgressFollower
 from services.ingest.console.session import COOKIE, Session, SessionKeys
 from services.ingest.dependencies import Runtime, RuntimeDep
 from services.ingest.routes import _admin_connection, _publish_command
@@ -51,7 +55,31 @@ SECURITY_HEADERS = {
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 templates = Jinja2Templates(directory=HERE / "templates")
-router = APIRouter(prefix="/console", include_in_schema=False, lifespan=progress.following)
+
+
+@dataclass
+class ConsoleState:
+    """What the console keeps per ingest process: live training progress, settled hourly counts."""
+
+    progress: ProgressFollower
+    hourly: HourlyCounts
+
+
+@contextlib.asynccontextmanager
+async def console_lifespan(app: FastAPI) -> AsyncIterator[None]:
+    runtime = app.state.runtime
+    reads = PostgresConsoleReads(runtime.engine)
+    app.state.console = state = ConsoleState(
+        ProgressFollower(runtime.settings.broker_url, runtime.topology.events_exchange),
+        HourlyCounts(reads.contributions_by_hour, timedelta(days=views.DAYS_SHOWN)),
+    )
+    try:
+        yield
+    finally:
+        await state.progress.stop()
+
+
+router = APIRouter(prefix="/console", include_in_schema=False, lifespan=console_lifespan)
 
 
 async def console_keys(runtime: RuntimeDep) -> SessionKeys:
@@ -187,10 +215,12 @@ async def logout(console: ActionDep) -> Response:
 @router.get("")
 async def overview(request: Request, console: ConsoleDep) -> HTMLResponse:
     now = console.runtime.service.clock()
-    data = await console.reads.overview(now - timedelta(days=views.DAYS_SHOWN))
-    (hour_labels, hourly), (day_labels, daily) = views.contribution_series(data["hourly"], now)
+    state: ConsoleState = request.app.state.console
+    data = await console.reads.overview()
+    counts = await state.hourly.get(now)
+    (hour_labels, hourly), (day_labels, daily) = views.contribution_series(counts, now)
     run = data["run"]
-    live = request.app.state.console_progress.start().latest()
+    live = state.progress.start().latest()
     return page(
         request,
         console,
