@@ -387,6 +387,7 @@ class TrainingRunner:
             previous=await self._published_model(kind),
             resume=resume,
             initial_weights=self._settings.initial_weights,
+            device=self._settings.device,
             torch_threads=self._settings.torch_threads,
             checkpoint_seconds=self._settings.checkpoint_seconds,
             on_epoch=on_epoch,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -59,15 +60,60 @@ def carry_over(
     return {"backbone_tensors": len(backbone), "head_rows": carried, "new_classes": len(labels) - carried}
 
 
+IMAGENET = "imagenet"
+FIRST_CONV = {"icon": "features.0.0.weight", "screen": "features.0.0.weight"}
+
+
+def choose_device(setting: str, cuda_available: bool) -> str:
+    """``auto``: the GPU when torch sees one, else the CPU; ``cpu``; ``cuda`` or ``cuda:N`` (refused when torch
+    sees no GPU, with the reason)."""
+    if setting == "auto":
+        return "cuda" if cuda_available else "cpu"
+    if setting.startswith("cuda") and not cuda_available:
+        raise ValueError(f"WARP_DEVICE={setting}, but torch sees no CUDA device; use auto or cpu")
+    return setting
+
+
+def fetch_imagenet_icon_weights() -> dict[str, torch.Tensor]:
+    """torchvision's ImageNet weights of EfficientNet-B0 (downloaded once into the torch hub cache)."""
+    return tv.models.EfficientNet_B0_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+
+
+def load_imagenet_weights(
+    model: nn.Module, head: str, fetch: Callable[[], dict[str, torch.Tensor]] = fetch_imagenet_icon_weights
+) -> int:
+    """ImageNet weights when they can be fetched, with the first convolution adapted to the icon input (BGR,
+    /255, no mean/std: ImageNet's RGB normalisation folded into its weights). When they cannot, one log line
+    says why and the model trains from scratch. Returns how many tensors were loaded."""
+    try:
+        weights = fetch()
+    except Exception as error:  # any failure to fetch (no network, a proxy, a corrupt cache) means scratch
+        log.warning("ImageNet weights could not be fetched (%r): the icon model trains from scratch", error)
+        return 0
+    weights = dict(weights)
+    first = FIRST_CONV["icon"]
+    if first in weights:
+        std = torch.tensor([0.229, 0.224, 0.225])[[2, 1, 0]].view(1, 3, 1, 1)
+        weights[first] = weights[first][:, [2, 1, 0]] / std  # BGR input; the mean's offset is BatchNorm's
+    loaded = _load_backbone(model, weights, head)
+    log.info("initial weights: %d tensors of torchvision's ImageNet EfficientNet-B0", loaded)
+    return loaded
+
+
 def load_initial_weights(model: nn.Module, path: Path, head: str) -> int:
-    """Initial weights from a local file (nothing can be downloaded at run time): every tensor whose name and
-    shape match, the head excluded. Returns how many tensors were loaded."""
+    """Initial weights from a local file: every tensor whose name and shape match, the head excluded. Returns
+    how many tensors were loaded."""
     weights = torch.load(path, map_location="cpu", weights_only=True)
+    loaded = _load_backbone(model, weights, head)
+    log.info("loaded %d tensors of initial weights from %s", loaded, path)
+    return loaded
+
+
+def _load_backbone(model: nn.Module, weights: dict, head: str) -> int:
     state = model.state_dict()
     usable = _backbone_tensors(weights, state, head)
     state.update(usable)
     model.load_state_dict(state)
-    log.info("loaded %d tensors of initial weights from %s", len(usable), path)
     return len(usable)
 
 

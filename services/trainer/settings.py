@@ -1,4 +1,5 @@
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -27,6 +28,13 @@ class TrainerSettings(CommonSettings):
     health_port: int = Field(
         8082, ge=0, le=65535, description="port of GET /health and /metrics; 0 disables both"
     )
-    initial_weights: Path | None = Field(
-        None, description="local state dict to start the icon model from when nothing was published yet"
+    initial_weights: Literal["imagenet"] | Path | None = Field(
+        None,
+        description="what the icon model starts from when nothing was published yet: a local state dict, or "
+        "imagenet (torchvision's weights, fetched when reachable; from scratch, with a log line, when not)",
+    )
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
+        description="where models train: auto (a GPU when torch sees one, else the CPU), cpu, cuda or cuda:N",
     )
