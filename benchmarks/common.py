@@ -237,3 +237,48 @@ class LoadRun:
                         self.timeline.append((started, self.latencies[-1]))
         finally:
             writer.close()
+
+
+# A community's history, loaded set-based: ``votes`` icon votes, 10 per item, from 20,000 installs of 10,000
+# origins, each item decided (accepted) and the installs trusted, as a running deployment would hold them.
+PRELOAD_INSTALLS = 20_000
+PRELOAD_VOTES_PER_ITEM = 10
+_PRELOAD = [
+    "SET synchronous_commit = off",
+    """INSERT INTO contributions (contribution_id, event_type, install_id, item_kind, item_key, payload, occurred_at)
+    SELECT 'pre-' || g, 'contribution.icon_crop',
+           'pre-install-' || ((g % 10) * 2000 + (g / 10) % 2000), 'icon',
+           encode(sha256(('pre' || (g / 10))::bytea), 'hex'), '{}'::jsonb, now() - interval '30 days'
+    FROM generate_series(0, $1::bigint - 1) AS g""",
+    """INSERT INTO votes (item_kind, item_key, install_id, label, contribution_id, voted_at, origin, model_guess)
+    SELECT 'icon', encode(sha256(('pre' || (g / 10))::bytea), 'hex'),
+           'pre-install-' || ((g % 10) * 2000 + (g / 10) % 2000), 'Item ' || ((g / 10) % 1000),
+           'pre-' || g, now() - interval '30 days',
+           md5('origin' || (((g % 10) * 2000 + (g / 10) % 2000) / 2)), 'Item ' || ((g / 10) % 1000)
+    FROM generate_series(0, $1::bigint - 1) AS g""",
+    """INSERT INTO consensus (item_kind, item_key, label, status, support, confidence, reason, settled_seq)
+    SELECT 'icon', item_key, min(label), 'accepted', count(*), 1.0, 'accepted', max(seq)
+    FROM votes WHERE item_kind = 'icon' GROUP BY item_key""",
+    """INSERT INTO icon_phashes (item_key, phash, band0, band1, band2, band3)
+    SELECT key, h, (h & 65535)::int, ((h >> 16) & 65535)::int, ((h >> 32) & 65535)::int, ((h >> 48) & 65535)::int
+    FROM (SELECT encode(sha256(('pre' || i)::bytea), 'hex') AS key,
+                 ('x' || substr(md5('phash' || i), 1, 16))::bit(64)::bigint AS h
+          FROM generate_series(0, $1::bigint / 10 - 1) AS i) AS p""",
+    """INSERT INTO install_trust (install_id, weight)
+    SELECT 'pre-install-' || i, 0.35 FROM generate_series(0, 19999) AS i""",
+    """INSERT INTO known_labels (item_kind, label, source)
+    SELECT 'icon', 'Item ' || i, 'published' FROM generate_series(0, 999) AS i""",
+]
+
+
+async def preload_votes(database_url: str, votes: int) -> float:
+    """Load ``votes`` votes of history into a migrated database; returns the seconds it took."""
+    started = time.monotonic()
+    connection = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        for statement in _PRELOAD:
+            await connection.execute(statement, *([votes] if "$1" in statement else []))
+        await connection.execute("ANALYZE")
+    finally:
+        await connection.close()
+    return time.monotonic() - started

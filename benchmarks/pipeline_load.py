@@ -61,6 +61,7 @@ from benchmarks.common import (  # noqa: E402
     fresh_database,
     icon_crop,
     namespace,
+    preload_votes,
     service_env,
 )
 from shared.topology import Topology, delete_topology  # noqa: E402
@@ -207,6 +208,9 @@ async def run(args: argparse.Namespace) -> int:
     )
     database_url = await fresh_database(args.database_url, database_name)
     await asyncio.to_thread(migrations.upgrade, database_url)
+    if args.preload_votes:
+        print(f"loading {args.preload_votes:,} votes of history ...", flush=True)
+        print(f"loaded in {await preload_votes(database_url, args.preload_votes):.0f} s", flush=True)
     env = service_env(database_url, args.broker_url, bench_namespace)
     stack = LocalStack(env, workdir)
     broker = await aio_pika.connect(args.broker_url)
@@ -384,6 +388,17 @@ def report(
         f"the last answer ({'not at all' if math.isnan(drained) else f'{drained:.1f} s'})"
     )
     print(f"  counted     {'PASS' if counted_all else 'FAIL'}: votes counted == accepted")
+    minute = min(60.0, args.duration / 2)
+    first = sorted(latency for at, latency in pipe.votes if begin <= at < begin + minute)
+    last = sorted(latency for at, latency in pipe.votes if stop - minute <= at < stop)
+    flat_ok = percentile(last, 0.99) <= max(percentile(first, 0.99), TARGET_P99 / 4)
+    passed = passed and flat_ok
+    print(
+        f"  flat        {'PASS' if flat_ok else 'FAIL'}: p99 accept-to-vote of the last {minute:.0f} s of load "
+        f"{milliseconds(percentile(last, 0.99))} ms, of the first {milliseconds(percentile(first, 0.99))} ms "
+        f"(the last no higher than the first, or under {1000 * TARGET_P99 / 4:.0f} ms: a refresh costs what "
+        f"changed, not the history; {args.preload_votes:,} votes preloaded)"
+    )
     if args.rate < TARGET_RATE or args.duration < 300:
         print(f"  (offered {args.rate:.0f}/s for {args.duration:.0f} s: the target is 500/s for 300 s)")
     print(f"{'PASS' if passed else 'FAIL'}")
@@ -451,6 +466,9 @@ def main() -> int:
         "--drain-timeout", type=float, default=60, help="seconds to wait for the last votes after the load"
     )
     parser.add_argument("--plot", default="var/bench/pipeline_load.png")
+    parser.add_argument(
+        "--preload-votes", type=int, default=0, help="votes of history loaded before the load (e.g. 10000000)"
+    )
     add_server_options(parser)
     return asyncio.run(run(parser.parse_args()))
 

@@ -30,6 +30,7 @@ def upgrade() -> None:
     op.add_column("consensus", sa.Column("evidence", postgresql.JSONB()))
     op.add_column("consensus", sa.Column("settled_seq", sa.BigInteger()))
     op.create_index(op.f("ix_consensus_updated_at"), "consensus", ["updated_at"])
+    op.create_index(op.f("ix_contributions_received_at"), "contributions", ["received_at"])
     op.create_table(
         "dirty_items",
         sa.Column("item_kind", sa.String(16), nullable=False),
@@ -141,6 +142,7 @@ def downgrade() -> None:
         "dirty_items",
     ):
         op.drop_table(table)
+    op.drop_index(op.f("ix_contributions_received_at"), "contributions")
     op.drop_index(op.f("ix_consensus_updated_at"), "consensus")
     for column in ("settled_seq", "evidence", "reason"):
         op.drop_column("consensus", column)

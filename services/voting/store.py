@@ -200,8 +200,10 @@ candidates AS (
 )
 SELECT item, other FROM candidates WHERE item <> other AND bit_count(x::bit(64)) <= $2
 """
+# A vote's value matters to a decision only for anchor grids (the rest decide on labels): not sent otherwise.
 _VOTES_OF = """
-SELECT v.item_kind, v.item_key, v.install_id, v.label, v.value, v.origin, v.model_guess, v.seq
+SELECT v.item_kind, v.item_key, v.install_id, v.label, CASE WHEN v.item_kind = 'anchor' THEN v.value END,
+       v.origin, v.model_guess, v.seq
 FROM votes v JOIN unnest($1::text[], $2::text[]) AS r(kind, key) ON v.item_kind = r.kind AND v.item_key = r.key
 ORDER BY v.item_kind, v.item_key, v.seq
 """

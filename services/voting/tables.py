@@ -36,6 +36,7 @@ contributions = Table(
     Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     CheckConstraint(f"item_kind IN {ITEM_KINDS}", name="known_item_kind"),
     Index("ix_contributions_install", "install_id"),
+    Index("ix_contributions_received_at", "received_at"),  # the debounce's "latest arrival"
 )
 
 # One install, one vote per item: the primary key enforces it; a later vote replaces the row.

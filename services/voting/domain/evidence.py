@@ -123,31 +123,33 @@ def _voice_scores(
     votes: Sequence[WeighedVote], known: Collection[str], params: EvidenceParams
 ) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
     """({label: voter score}, {label: model score}, model evidence) with one voice per origin or cohort."""
-    by_voice: dict[str, dict[str, float]] = defaultdict(dict)
-    model_by_voice: dict[str, dict[str, float]] = defaultdict(dict)
+    by_voice: dict[tuple[str, str], float] = {}
+    model_by_voice: dict[tuple[str, str], float] = {}
     confirmed = dissented = 0
+    confirm, dissent = 1 + params.model_confirm, params.model_dissent
     for vote in votes:
-        if vote.weight <= 0:
+        weight = vote.weight
+        if weight <= 0:
             continue
-        guess = vote.model_guess if vote.model_guess in known else None
-        score = vote.weight
-        if guess is not None and guess == vote.label:
-            score *= 1 + params.model_confirm
-            confirmed += 1
-        elif guess is not None:
-            held = model_by_voice[vote.voice]
-            held[guess] = max(held.get(guess, 0.0), vote.weight * params.model_dissent)
-            dissented += 1
-        held = by_voice[vote.voice]
-        held[vote.label] = max(held.get(vote.label, 0.0), score)
+        label, guess = vote.label, vote.model_guess
+        score = weight
+        if guess is not None and guess in known:
+            if guess == label:
+                score *= confirm
+                confirmed += 1
+            else:
+                slot = (vote.voice, guess)
+                model_by_voice[slot] = max(model_by_voice.get(slot, 0.0), weight * dissent)
+                dissented += 1
+        slot = (vote.voice, label)
+        if score > by_voice.get(slot, 0.0):
+            by_voice[slot] = score
     scores: dict[str, float] = defaultdict(float)
-    for labels in by_voice.values():
-        for label, score in labels.items():
-            scores[label] += score
+    for (_, label), score in by_voice.items():
+        scores[label] += score
     model: dict[str, float] = defaultdict(float)
-    for labels in model_by_voice.values():
-        for label, score in labels.items():
-            model[label] += score
+    for (_, label), score in model_by_voice.items():
+        model[label] += score
     return dict(scores), dict(model), {"confirmed": confirmed, "dissented": dissented}
 
 
