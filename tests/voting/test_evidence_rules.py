@@ -129,3 +129,25 @@ def test_installs_that_push_one_label_onto_the_same_settled_items_form_a_cohort(
 def test_plain_majority_is_most_votes_and_a_tie_goes_to_the_first_label():
     votes = [Vote("i", "a", "X", 1), Vote("i", "b", "Y", 2), Vote("j", "a", "Z", 3), Vote("j", "b", "Z", 4)]
     assert plain_majority(votes) == {"i": "X", "j": "Z"}
+
+
+def test_anchor_grids_count_one_per_origin_and_none_from_a_banned_install():
+    from services.voting.domain.tally import DecisionInputs, InstallTrust, decide
+
+    slot = {"x0_rel": 0.1, "y_rel": 0.2, "w_rel": 0.05, "h_rel": 0.05}
+    grid = {"resolution": "1920x1080", "slots": {"A": slot, "B": slot, "C": slot}}
+    ref = ("anchor", "SPACE\x1f1.78")
+
+    def grids(*voters):
+        return [
+            StoredVote(*ref, install, None, grid, origin, seq=n) for n, (install, origin) in enumerate(voters)
+        ]
+
+    def merged(votes, trust=None):
+        inputs = DecisionInputs({ref: votes}, {}, trust or {}, {}, {}, anchor_min_contributors=3)
+        return decide([ref], inputs, {}, TRUST)[ref]
+
+    assert merged(grids(("a", "net1"), ("b", "net1"), ("c", "net1"))) is None  # one network, one grid
+    assert merged(grids(("a", "net1"), ("b", "net2"), ("c", "net3")))["n_contributors"] == 3
+    banned = {"c": InstallTrust("c", 0.0, banned=True)}
+    assert merged(grids(("a", "net1"), ("b", "net2"), ("c", "net3")), banned) is None

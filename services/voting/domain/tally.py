@@ -159,9 +159,13 @@ def decide(
     for ref in refs:
         kind, key = ref
         votes = inputs.votes.get(ref, ())
-        if kind == "anchor":
-            grids = [v.value for v in votes if v.value is not None and not _banned(v, inputs.trust)]
-            out[ref] = anchor_consensus(key, grids, inputs.anchor_min_contributors)
+        if kind == "anchor":  # one grid per voice (the latest), none from a banned install
+            by_voice = {
+                voice_of(v, inputs.trust.get(v.install_id)): v.value
+                for v in sorted(votes, key=lambda v: v.seq)
+                if v.value is not None and not _banned(v, inputs.trust)
+            }
+            out[ref] = anchor_consensus(key, list(by_voice.values()), inputs.anchor_min_contributors)
             continue
         weighed = weigh(votes, inputs.trust, trust_params.fresh_weight)
         family: list[WeighedVote] = []
