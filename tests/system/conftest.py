@@ -29,6 +29,8 @@ QUICK = {
     "WARP_INSTALL_DAILY_LIMIT": "100000",
     "WARP_IP_DAILY_LIMIT": "1000000",
     "WARP_ADMIN_KEY": ADMIN_KEY,
+    # the tests post from loopback in the name of many clients (X-Forwarded-For): one network each, as players
+    "WARP_TRUSTED_PROXIES": "127.0.0.1/32",
     "WARP_READ_CACHE_SECONDS": "0.5",
     "WARP_REFRESH_SECONDS": "1",
     "WARP_TRAINING_THRESHOLD": "20",
@@ -87,17 +89,21 @@ class System:
 
 
 async def post_all(urls: list[str], workload: Workload, concurrency: int = 8) -> dict[str, int]:
-    """Every vote of the workload as one /contribute/bulk-crops request, spread over the ingest URLs.
+    """Every vote of the workload as one /contribute/bulk-crops request, spread over the ingest URLs, each install
+    from a network of its own (consensus gives one network one voice).
 
     Returns how many were accepted (2xx with accepted == 1) and how many answered otherwise, by status."""
     outcome = {"accepted": 0}
+    installs = {install: n for n, install in enumerate(sorted({vote.install for vote in workload.votes}))}
     semaphore = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(timeout=30) as client:
 
         async def post(index: int, event) -> None:
             async with semaphore:
                 response = await client.post(
-                    f"{urls[index % len(urls)]}/contribute/bulk-crops", json=bulk_crops_body(event)
+                    f"{urls[index % len(urls)]}/contribute/bulk-crops",
+                    json=bulk_crops_body(event),
+                    headers={"X-Forwarded-For": client_address(installs[event.install_id])},
                 )
             if response.status_code == 200 and response.json()["accepted"] == 1:
                 outcome["accepted"] += 1
@@ -106,6 +112,11 @@ async def post_all(urls: list[str], workload: Workload, concurrency: int = 8) ->
 
         await asyncio.gather(*(post(i, e) for i, e in enumerate(icon_events(workload))))
     return outcome
+
+
+def client_address(n: int) -> str:
+    """The n-th client's address: each in a /24 of its own (100.64.0.0/10, shared address space)."""
+    return f"100.{64 + n // 256}.{n % 256}.9"
 
 
 def batched(items: list, size: int) -> Iterable[list]:
