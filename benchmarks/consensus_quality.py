@@ -7,7 +7,7 @@
 
 Per seed: a fresh, migrated database; ``tools.simulator.community`` draws the workload (honest installs,
 look-alikes, single-vote and re-encoded crops, spammers, a farming group, 12 planting swarms, an OCR attack, a
-screen troll); the REAL voting service (``bootstrap``) stores it batch by batch in arrival order, with a
+screen troll, a moderator settling one screenshot per type); the REAL voting service (``bootstrap``) stores it batch by batch in arrival order, with a
 ``ConsensusRefresher.refresh()`` every ``--refresh-every`` contributions, as production does, and after the last
 one refreshes until one changes nothing (the running service keeps refreshing). Its clock is the simulated time
 (the latest contribution's); settings paced by wall-clock seconds (``trust_seconds``) are set so that they are
@@ -89,7 +89,8 @@ async def feed(workload: Workload, database_url: str, args: argparse.Namespace) 
         health_port=0,
         **(overrides | dict(args.set)),
     )
-    now = [workload.events[0].occurred_at]  # the service's clock: the time of the latest contribution
+    stream = workload.stream()
+    now = [stream[0].occurred_at]  # the service's clock: the time of the latest contribution
     voting = bootstrap(settings, clock=lambda: now[0])
     stored = refreshing = 0.0
     refreshes = since_refresh = 0
@@ -105,8 +106,8 @@ async def feed(workload: Workload, database_url: str, args: argparse.Namespace) 
 
     try:
         step = min(settings.max_batch, args.refresh_every)
-        for start in range(0, len(workload.events), step):
-            batch = workload.events[start : start + step]
+        for start in range(0, len(stream), step):
+            batch = stream[start : start + step]
             now[0] = batch[-1].occurred_at
             began = time.perf_counter()
             await voting.service.handle(batch)

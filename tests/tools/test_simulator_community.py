@@ -4,11 +4,12 @@ from the origins they claim, the client model gets better with each release and 
 import numpy as np
 import pytest
 
-from shared.events import IconCropContributed
+from shared.events import IconCropContributed, ScreenTypeContributed
 from shared.imagekeys import hamming, keys_of_png
 from tools.simulator.community import (
     ICON,
     RELEASES,
+    SCREEN,
     SWARM_MODES,
     SWARM_SIZES,
     SWARM_TARGETS,
@@ -124,3 +125,15 @@ def test_score_counts_truth_as_correct_and_an_accepted_plant_as_planted(workload
     planted = score(workload, truth)
     assert planted["planted_total"] == 1 and planted["planted"][swarm] == 1
     assert planted["icon"]["wrong"] == 1
+
+
+def test_a_moderator_settles_one_early_screenshot_per_type_after_it_arrived(workload):
+    arrived = {e.image_sha256: e.occurred_at for e in workload.events if isinstance(e, ScreenTypeContributed)}
+    labels = [m.label for m in workload.moderations]
+    assert labels and len(labels) == len(set(labels))
+    for decision in workload.moderations:
+        assert decision.label == workload.truth[SCREEN][decision.item_key]
+        assert decision.occurred_at > arrived[decision.item_key]
+    stream = workload.stream()
+    assert len(stream) == len(workload.events) + len(workload.moderations)
+    assert [e.occurred_at for e in stream] == sorted(e.occurred_at for e in stream)

@@ -24,6 +24,8 @@ What it draws (all seeded; times are a fraction ``t`` of a 30-day window):
   one had voted on yet); their clients' model guess is honest, except a share forged to the planted label; an
   **OCR raw-text attack** (a few installs map raw texts that one or two honest users corrected to a wrong name);
   a **screen troll** (two installs of one origin mislabelling their own screenshots).
+- **A moderator** settles the first honest screenshot of each screen type (``ItemModerated``, gold): what a
+  published screen model would know; no screenshot has a second voter.
 
 Icon events carry ``pixels_sha256`` and ``phash`` from ``shared.imagekeys.keys_of_png`` (what ingest computes).
 Truth is kept per scoring unit: an icon crop by its ``crop_sha256`` (every distinct PNG sent), an OCR item by
@@ -46,7 +48,9 @@ from PIL import Image, ImageDraw, PngImagePlugin
 
 from shared.events import (
     Contribution,
+    Event,
     IconCropContributed,
+    ItemModerated,
     KnowledgeContributed,
     OcrCorrectionContributed,
     ScreenTypeContributed,
@@ -94,6 +98,7 @@ class CommunitySpec:
     ocr_attackers: int = 3
     ocr_attacked_texts: int = 4
     screen_troll_screens: int = 6
+    moderated_screens: int = 1  # per screen type: early honest screenshots a moderator settles (gold)
     seed: int = 1
 
 
@@ -236,6 +241,11 @@ class Workload:
     origins: dict[str, str]  # install -> origin
     model_guess: Callable[[int, int, float], str]  # (item, crop id, t) -> the client model's guess
     guesses: list[tuple[float, bool, bool]] = field(default_factory=list)  # icon votes: t, lookalike, right
+    moderations: list[ItemModerated] = field(default_factory=list)  # a moderator's decisions (gold), in order
+
+    def stream(self) -> list[Event]:
+        """Contributions and moderator decisions together, in arrival order."""
+        return sorted([*self.events, *self.moderations], key=lambda event: event.occurred_at)
 
     def unit_of(self, event: Contribution) -> tuple[str, str]:
         match event:
@@ -642,6 +652,7 @@ class _Builder:
         self.swarms()
         self.ocr_attack()
         self.screen_troll()
+        moderations = self.moderator()
         ambiguous = {phash for phash, items in self.phash_items.items() if len(items) > 1}
         ordered = [
             event
@@ -664,7 +675,30 @@ class _Builder:
             self.origins,
             self.model_guess,
             self.guesses,
+            moderations,
         )
+
+    def moderator(self) -> list[ItemModerated]:
+        """A moderator settles the first honest screenshots of each type soon after they arrive: screen types
+        are what a published screen model would know, and each screenshot has one voter."""
+        decided: list[ItemModerated] = []
+        per_type: Counter = Counter()
+        for t, event in sorted(self.events, key=lambda te: (te[0], te[1].message_id)):
+            if isinstance(event, ScreenTypeContributed) and self.roles[event.install_id] == "honest":
+                truth = self.truth[SCREEN][event.image_sha256]
+                if event.screen_type == truth and per_type[truth] < self.spec.moderated_screens:
+                    per_type[truth] += 1
+                    decided.append(
+                        ItemModerated(
+                            message_id=f"sim{self.spec.seed}-moderation-{len(decided)}",
+                            occurred_at=START + WINDOW * (t + 0.001),
+                            item_kind=SCREEN,
+                            item_key=event.image_sha256,
+                            label=truth,
+                            moderator="sim-moderator",
+                        )
+                    )
+        return sorted(decided, key=lambda event: event.occurred_at)
 
 
 def generate(spec: CommunitySpec = CommunitySpec()) -> Workload:
