@@ -60,7 +60,8 @@ class RefreshUnit(Protocol):
 
     async def gold_of(self, refs: Collection[ItemRef]) -> dict[ItemRef, Gold]: ...
 
-    async def known_labels(self) -> dict[str, set[str]]: ...
+    async def known_labels(self) -> dict[str, dict[str, str]]:
+        """{kind: {label: where it is known from (published, accepted, moderator)}}."""
 
     async def add_known_labels(self, kind: str, labels: Collection[str], source: str) -> list[str]:
         """Adds those not known yet and queues the items voted for them; returns the ones added."""
@@ -218,7 +219,7 @@ FROM moderator_decisions m JOIN unnest($1::text[], $2::text[]) AS r(kind, key)
   ON m.item_kind = r.kind AND m.item_key = r.key
 ORDER BY m.item_kind, m.item_key, m.decided_at DESC, m.id DESC
 """
-_KNOWN = "SELECT item_kind, label FROM known_labels"
+_KNOWN = "SELECT item_kind, label, source FROM known_labels"
 _ADD_KNOWN = """
 INSERT INTO known_labels (item_kind, label, source) SELECT $1, l, $3 FROM unnest($2::text[]) AS l ORDER BY 2
 ON CONFLICT DO NOTHING RETURNING label
@@ -630,10 +631,10 @@ class PostgresRefresh:
         rows = await (await self._raw()).fetch(_GOLD_OF, *_unzip(refs))
         return {(row[0], row[1]): Gold(row[2], row[3]) for row in rows}
 
-    async def known_labels(self) -> dict[str, set[str]]:
-        known: dict[str, set[str]] = {}
-        for kind, label in await (await self._raw()).fetch(_KNOWN):
-            known.setdefault(kind, set()).add(label)
+    async def known_labels(self) -> dict[str, dict[str, str]]:
+        known: dict[str, dict[str, str]] = {}
+        for kind, label, source in await (await self._raw()).fetch(_KNOWN):
+            known.setdefault(kind, {})[label] = source
         return known
 
     async def add_known_labels(self, kind: str, labels: Collection[str], source: str) -> list[str]:

@@ -243,8 +243,8 @@ class FakeRefresh:
     async def gold_of(self, refs: Collection[ItemRef]) -> dict[ItemRef, Gold]:
         return {ref: self._store.gold[ref] for ref in refs if ref in self._store.gold}
 
-    async def known_labels(self) -> dict[str, set[str]]:
-        return {kind: set(labels) for kind, labels in self._store.known.items()}
+    async def known_labels(self) -> dict[str, dict[str, str]]:
+        return {kind: dict(labels) for kind, labels in self._store.known.items()}
 
     async def add_known_labels(self, kind: str, labels: Collection[str], source: str) -> list[str]:
         return self._store._add_known(kind, labels, source)

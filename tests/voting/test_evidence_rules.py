@@ -78,8 +78,13 @@ def test_a_new_label_needs_trusted_installs_of_distinct_origins():
 
 
 def test_at_a_cold_start_distinct_origins_establish_the_first_labels():
-    cold = decide_item([vote(i, "Phaser") for i in "abc"], known=set(), params=PARAMS)
+    cold = decide_item([vote(i, "Phaser") for i in "abc"], known=set(), params=PARAMS, cold_start=True)
     assert cold.accepted and cold.establishes
+    second = decide_item(
+        [vote(i, "Torpedo") for i in "abc"], known={"Phaser"}, params=PARAMS, cold_start=True
+    )
+    assert second.accepted  # labels accepted at a cold start do not end it: a release or a moderator does
+    assert not decide_item([vote(i, "Torpedo") for i in "abc"], known={"Phaser"}, params=PARAMS).accepted
 
 
 def test_a_family_supports_what_the_item_s_voters_say_but_never_contests_or_decides():

@@ -31,8 +31,8 @@ a cohort (installs that pushed the same labels onto the same settled items) shar
 
 **Decision.** An item is accepted when its best label's score leads the next by ``accept_score``. A label
 that is not yet known (no published model, accepted item or moderator has it) also needs
-``new_label_origins`` trusted installs (weight >= ``trusted_weight``) of distinct origins (at a cold start,
-distinct origins of any weight: see ``decide_item``). A moderator's
+``new_label_origins`` trusted installs (weight >= ``trusted_weight``) of distinct origins (before the first
+release or moderator decision, distinct origins of any weight: see ``decide_item``). A moderator's
 decision (gold) settles the item whatever the votes say. Everything else is withheld, with its reason.
 """
 
@@ -161,12 +161,13 @@ def decide_item(
     family: Sequence[WeighedVote] = (),
     family_items: int = 0,
     gold: Gold | None = None,
+    cold_start: bool = False,
 ) -> ItemDecision:
     """The decision on one item from its votes (already weighed), its visual family's votes and gold.
 
-    While nothing of the kind is known at all (a cold start: no published model, no moderator decision,
-    nothing accepted), nobody can be trusted yet, so a new label needs ``new_label_origins`` distinct origins
-    of any weight; the first accepted labels end the cold start."""
+    At a ``cold_start`` (no published model and no moderator has given the kind a label yet) nobody can have
+    earned trust, so a new label needs ``new_label_origins`` distinct origins of any weight; the first release
+    or moderator decision ends it."""
     voters, model, model_evidence = _voice_scores(votes, known, params)
     family_scores: dict[str, float] = {}
     if family:
@@ -182,7 +183,6 @@ def decide_item(
         if label in voters:
             totals[label] += score
     counted = [vote for vote in votes if vote.weight > 0]
-    cold_start = not known
 
     def trusted_origins(label: str) -> int:
         return len(

@@ -139,12 +139,24 @@ class DecisionInputs:
     families: Mapping[str, Collection[str]]  # icon key -> near-copy icon keys
     trust: Mapping[str, InstallTrust]
     gold: Mapping[ItemRef, Gold]
-    known: Mapping[str, Collection[str]]  # kind -> known labels
+    known: Mapping[str, Mapping[str, str]]  # kind -> {known label: its source}
     anchor_min_contributors: int
 
 
-def known_for(kind: str, known: Mapping[str, Collection[str]]) -> set[str]:
-    return {label for source in KNOWN_FROM.get(kind, (kind,)) for label in known.get(source, ())}
+AUTHORITIES = ("published", "moderator")
+
+
+def known_for(kind: str, known: Mapping[str, Mapping[str, str]]) -> set[str]:
+    return {label for source in KNOWN_FROM.get(kind, (kind,)) for label in known.get(source, {})}
+
+
+def cold(kind: str, known: Mapping[str, Mapping[str, str]]) -> bool:
+    """Before any published model or moderator gave the kind a label, nobody can have earned trust yet."""
+    return not any(
+        origin in AUTHORITIES
+        for source in KNOWN_FROM.get(kind, (kind,))
+        for origin in known.get(source, {}).values()
+    )
 
 
 def decide(
@@ -155,6 +167,7 @@ def decide(
 ) -> dict[ItemRef, ItemDecision | dict[str, Any] | None]:
     """Each item's decision; an anchor group's is its merged grid (None below the contributor minimum)."""
     known = {kind: known_for(kind, inputs.known) for kind in ESTIMATED_KINDS}
+    cold_start = {kind: cold(kind, inputs.known) for kind in ESTIMATED_KINDS}
     out: dict[ItemRef, ItemDecision | dict[str, Any] | None] = {}
     for ref in refs:
         kind, key = ref
@@ -176,6 +189,7 @@ def decide(
             weighed,
             known=known[kind],
             params=params[kind],
+            cold_start=cold_start[kind],
             family=family,
             family_items=len(members),
             gold=inputs.gold.get(ref),
