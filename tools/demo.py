@@ -123,7 +123,8 @@ async def run(args: argparse.Namespace) -> int:
         accepted, failed = await feed(args.url, spec)
         say(f"fed: {accepted} accepted, {failed} not")
         deadline = time.monotonic() + args.timeout
-        last_count, published = -1, None
+        fed_at = time.monotonic()
+        last_count, published, imprints = -1, None, set()
         while published is None:
             if time.monotonic() > deadline:
                 say(f"no release within {args.timeout:.0f}s; see the services' logs")
@@ -152,9 +153,19 @@ async def run(args: argparse.Namespace) -> int:
                 )
             elif isinstance(event, ModelTrained):
                 gate = event.metrics.get("quality_gate", {})
+                kind = "run finished"
+                if event.metrics.get("release") == "imprint":
+                    imprints.add(event.run_id)
+                    kind = f"imprint release of {len(event.metrics.get('imprinted_crops', {}))} new items"
                 say(
-                    f"trainer: run finished, {event.n_classes} classes from {event.n_samples} crops; quality "
-                    f"gate: {'publish' if event.quality_gate_passed else 'hold back'} ({gate.get('reason', '')})"
+                    f"trainer: {kind}, {event.n_classes} classes from {event.n_samples} crops, held-out "
+                    f"{event.metrics.get('val_acc', 0):.0%} through the client path; quality gate: "
+                    f"{'publish' if event.quality_gate_passed else 'hold back'} ({gate.get('reason', '')})"
+                )
+            elif isinstance(event, ModelPublished) and event.run_id in imprints:
+                say(
+                    f"publisher: released {event.version}, the new items imprinted "
+                    f"{time.monotonic() - fed_at:.0f}s after the feed; the full training goes on"
                 )
             elif isinstance(event, ModelPublished):
                 published = event

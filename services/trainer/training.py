@@ -27,7 +27,7 @@ from torch import nn
 from services.trainer import evaluation
 from services.trainer.domain.budget import Deadline
 from services.trainer.domain.client_path import IMAGENET_MEAN, IMAGENET_STD, icon_crop_64, screen_rgb
-from services.trainer.domain.data import stratified_split
+from services.trainer.domain.data import rendering_variants, stratified_split, variant_split
 from services.trainer.models import (
     ICON_HEAD,
     IMAGENET,
@@ -529,7 +529,11 @@ def train_model(job: ModelJob) -> ModelOutcome:
         carried = {"imagenet_weights": load_imagenet_weights(model, head)}
     elif job.kind == "icon" and job.initial_weights is not None:
         carried = {"initial_weights": load_initial_weights(model, Path(job.initial_weights), head)}
-    split = stratified_split(data.labels, seed=0)
+    split = (
+        variant_split(data.labels, rendering_variants(data.images.permute(0, 2, 3, 1).numpy()))
+        if job.kind == "icon"
+        else stratified_split(data.labels, seed=0)
+    )
     result = fit(
         model,
         data.images,

@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from shared.reads import TRAINED_KINDS
 
 
@@ -54,6 +56,66 @@ def stratified_split(labels: Sequence[str], validation_share: float = 0.2, seed:
         held = min(held, len(members) - 1)
         validation += members[:held]
         train += members[held:]
+    return Split(sorted(train), sorted(validation))
+
+
+def rendering_variants(crops: np.ndarray, tolerance: float = 20.0) -> list[str]:
+    """The rendering variant of each crop (N x H x W x 3, uint8): the colour of the backdrop just inside its
+    frame (game icons sit on a rarity background); crops whose colours differ by less than ``tolerance`` in every
+    channel from a variant's first crop share it. Crops of one item on one background share one; the same item
+    on another rarity does not."""
+    if len(crops) == 0:
+        return []
+    inside = max(2, crops.shape[2] // 16)
+    edges = np.concatenate([crops[:, :, inside : inside + 2], crops[:, :, -inside - 2 : -inside]], axis=2)
+    colours = np.median(edges.reshape(len(crops), -1, 3), axis=1)
+    seeds: list[np.ndarray] = []
+    variants = []
+    for colour in colours:
+        match = next((k for k, seed in enumerate(seeds) if np.abs(seed - colour).max() < tolerance), None)
+        if match is None:
+            seeds.append(colour)
+            match = len(seeds) - 1
+        variants.append(f"v{match}")
+    return variants
+
+
+def variant_split(
+    labels: Sequence[str], variants: Sequence[str], validation_share: float = 0.2, seed: int = 0
+) -> Split:
+    """Validation that predicts players' crops: a class with crops in several rendering variants holds out
+    whole variants (at least one, about ``validation_share`` of its crops, never all), so what it is validated on
+    is a background it never trained on; a class with one variant splits its crops as ``stratified_split``."""
+    by_class: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for index, (label, variant) in enumerate(zip(labels, variants, strict=True)):
+        by_class[label][variant].append(index)
+    rng = random.Random(seed)
+    single = [
+        i
+        for label in by_class
+        if len(by_class[label]) < 2
+        for group in by_class[label].values()
+        for i in group
+    ]
+    within = stratified_split([labels[i] for i in single], validation_share, seed)
+    train = [single[i] for i in within.train]
+    validation = [single[i] for i in within.validation]
+    for label in sorted(by_class):
+        groups = by_class[label]
+        if len(groups) < 2:
+            continue
+        order = sorted(groups)
+        rng.shuffle(order)
+        order.sort(key=lambda variant: len(groups[variant]))  # the rarest backgrounds are held out first
+        total, held = sum(len(g) for g in groups.values()), 0
+        for number, variant in enumerate(order):
+            if number < len(order) - 1 and (
+                held == 0 or held + len(groups[variant]) <= validation_share * total
+            ):
+                validation += groups[variant]
+                held += len(groups[variant])
+            else:
+                train += groups[variant]
     return Split(sorted(train), sorted(validation))
 
 
