@@ -195,9 +195,9 @@ _FAMILIES = """
 WITH q AS (SELECT * FROM icon_phashes WHERE item_key = ANY($1::text[])),
 candidates AS (
     SELECT q.item_key AS item, o.item_key AS other, q.phash # o.phash AS x FROM q JOIN icon_phashes o ON o.band0 = q.band0
-    UNION SELECT q.item_key, o.item_key, q.phash # o.phash FROM q JOIN icon_phashes o ON o.band1 = q.band1
-    UNION SELECT q.item_key, o.item_key, q.phash # o.phash FROM q JOIN icon_phashes o ON o.band2 = q.band2
-    UNION SELECT q.item_key, o.item_key, q.phash # o.phash FROM q JOIN icon_phashes o ON o.band3 = q.band3
+    UNION ALL SELECT q.item_key, o.item_key, q.phash # o.phash FROM q JOIN icon_phashes o ON o.band1 = q.band1
+    UNION ALL SELECT q.item_key, o.item_key, q.phash # o.phash FROM q JOIN icon_phashes o ON o.band2 = q.band2
+    UNION ALL SELECT q.item_key, o.item_key, q.phash # o.phash FROM q JOIN icon_phashes o ON o.band3 = q.band3
 )
 SELECT item, other FROM candidates WHERE item <> other AND bit_count(x::bit(64)) <= $2
 """
