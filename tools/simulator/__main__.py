@@ -1,6 +1,5 @@
 """Contribution workload simulator with ground truth.
 
-    .venv/bin/python -m tools.simulator score                         # both methods, offline, side by side
     .venv/bin/python -m tools.simulator feed --via http --url http://127.0.0.1:8000
     .venv/bin/python -m tools.simulator feed --via queue              # straight into <ns>.voting
     .venv/bin/python -m tools.simulator check                         # score what the running system decided
@@ -25,7 +24,6 @@ import time
 from services.voting.domain.consensus import Vote, plain_majority
 from tools.simulator.workload import (
     WorkloadSpec,
-    accepted_labels,
     bulk_crops_body,
     generate,
     icon_events,
@@ -43,28 +41,6 @@ def spec_from(args: argparse.Namespace) -> WorkloadSpec:
         attacked_class_share=args.attacked,
         seed=args.seed,
     )
-
-
-def offline_score(args: argparse.Namespace) -> int:
-    from services.voting.domain.consensus import ConsensusParams, robust_consensus
-
-    workload = generate(spec_from(args))
-    votes = [Vote(v.crop, v.install, v.label, v.seq) for v in workload.votes]
-    spec = workload.spec
-    print(
-        f"workload: {spec.classes} classes x {spec.variants} variants, {spec.installs} installs "
-        f"({len(workload.spammers)} spammers, a group of {len(workload.group)} attacking "
-        f"{len(workload.attacked_classes)} classes = {len(workload.attacked_crops)} crops), "
-        f"{spec.honest_error:.0%} honest error, {len(votes)} votes, seed {spec.seed}"
-    )
-    started = time.perf_counter()
-    result = robust_consensus(votes, ConsensusParams(label_space=spec.classes))
-    elapsed = time.perf_counter() - started
-    print(score(workload, plain_majority(votes)).row("plain majority"))
-    print(score(workload, accepted_labels(result.decisions, result.decisions)).row("warp-loop"))
-    found = [sorted(c) for c in result.cohorts]
-    print(f"cohorts found: {found}  (the group: {sorted(workload.group)}); consensus took {elapsed:.2f}s")
-    return 0
 
 
 async def feed(args: argparse.Namespace) -> int:
@@ -106,8 +82,8 @@ async def feed(args: argparse.Namespace) -> int:
 async def check(args: argparse.Namespace) -> int:
     from sqlalchemy import text
 
-    from shared.blobstore import sha256_hex
     from shared.db import create_engine
+    from shared.imagekeys import keys_of_png
 
     workload = generate(spec_from(args))
     engine = create_engine(
@@ -119,8 +95,11 @@ async def check(args: argparse.Namespace) -> int:
         )
         decided = {row.item_key: row.label for row in rows}
     await engine.dispose()
-    sha_of = {crop: sha256_hex(workload.crop_png(crop)) for crop in {v.crop for v in workload.votes}}
-    print(score(workload, decided, key=lambda crop: sha_of[crop]).row("running system"))
+    # voting keys an icon crop by its pixels as the client's model sees them
+    key_of = {
+        crop: keys_of_png(workload.crop_png(crop)).pixels_sha256 for crop in {v.crop for v in workload.votes}
+    }
+    print(score(workload, decided, key=lambda crop: key_of[crop]).row("running system"))
     return 0
 
 
@@ -152,7 +131,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=["score", "feed", "check", "community"])
+    parser.add_argument("command", choices=["feed", "check", "community"])
     parser.add_argument(
         "--scale", choices=["small", "issue"], default="small", help="community workload size"
     )
@@ -166,8 +145,6 @@ def main() -> int:
     parser.add_argument("--attacked", type=float, default=0.01, help="share of classes the group attacks")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
-    if args.command == "score":
-        return offline_score(args)
     if args.command == "community":
         return community(args)
     return asyncio.run(feed(args) if args.command == "feed" else check(args))

@@ -11,7 +11,7 @@ one wrong label per target class onto every variant of a few less popular target
 from __future__ import annotations
 
 import io
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -176,14 +176,6 @@ def score(workload: Workload, labels: dict[Hashable, str | None], key=lambda cro
         labelled=len(labelled),
         voted=len(voted),
     )
-
-
-def accepted_labels(decisions: dict, items: Iterable) -> dict:
-    return {
-        item: (decisions[item].label if decisions[item].accepted else None)
-        for item in items
-        if item in decisions
-    }
 
 
 def bulk_crops_body(event) -> dict:
