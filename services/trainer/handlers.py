@@ -201,6 +201,8 @@ class TrainingRunner:
             return
         gold = await self._gold_set("icon", icons)
         data = await self._dataset("icon", [i for i in icons if i.key not in gold.keys])
+        if not set(data.labels) - set(published.classes):
+            return  # every crop of the new classes is gold: nothing to imprint from
         imprinted = await asyncio.to_thread(self._work.imprint, published, data)
         outcome = ModelOutcome(
             state=imprinted.state,

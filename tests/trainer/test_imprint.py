@@ -1,6 +1,8 @@
 """Quick imprint releases: the imprinting itself on a real EfficientNet-B0 (seconds), and the run that releases
 it ahead of the full training (fakes, milliseconds)."""
 
+from dataclasses import replace
+
 import torch
 
 from services.trainer.domain.runs import imprint_first, imprint_run_id
@@ -95,9 +97,7 @@ async def test_a_resumed_run_does_not_imprint_again_and_a_run_without_new_classe
     world.publish(first)
     second = world.store.add_run(world.snapshot({"Mine": 5, "Phaser": 5, "Beam": 3}))
     await world.runner.execute(second)
-    world.store.runs[second] = world.store.runs[second].__class__(
-        **{**world.store.runs[second].__dict__, "status": "running"}
-    )
+    world.store.runs[second] = replace(world.store.runs[second], status="running")  # as if it had crashed
     await world.runner.execute(second)
     assert world.work.imprinted == [["Beam"]]
     third = world.store.add_run(world.snapshot({"Mine": 6, "Phaser": 5}))
