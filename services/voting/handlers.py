@@ -160,7 +160,15 @@ class ConsensusRefresher:
         known = await unit.known_labels()
         own_votes = [vote for ref in refs for vote in votes.get(ref, ())]
         await unit.write_judgements(judgements(own_votes, current, gold))
-        inputs = DecisionInputs(votes, families, trust, gold, known, self._settings.anchor_min_contributors)
+        inputs = DecisionInputs(
+            votes,
+            families,
+            trust,
+            gold,
+            known,
+            self._settings.anchor_min_contributors,
+            self._settings.cold_start_labels,
+        )
         decisions = decide(refs, inputs, self.evidence_params, self.trust_params)
         rows = consensus_rows(decisions, current, votes)
         changed = await unit.write_consensus(rows)

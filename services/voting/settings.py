@@ -73,6 +73,12 @@ class VotingSettings(CommonSettings):
     new_label_origins: int = Field(
         3, ge=1, description="trusted installs of distinct origins a label nobody has yet needs"
     )
+    cold_start_labels: int = Field(
+        10,
+        ge=0,
+        description="until a published model or a moderator gives a kind labels, the labels distinct origins of "
+        "any trust may establish (a new community's bootstrap)",
+    )
     trusted_weight: float = Field(
         0.5, gt=0, le=1, description="weight from which an install counts as trusted for a new label"
     )

@@ -156,3 +156,14 @@ def test_anchor_grids_count_one_per_origin_and_none_from_a_banned_install():
     assert merged(grids(("a", "net1"), ("b", "net2"), ("c", "net3")))["n_contributors"] == 3
     banned = {"c": InstallTrust("c", 0.0, banned=True)}
     assert merged(grids(("a", "net1"), ("b", "net2"), ("c", "net3")), banned) is None
+
+
+def test_a_cold_start_ends_with_a_release_a_moderator_or_enough_accepted_labels():
+    from services.voting.domain.tally import cold
+
+    accepted = {f"Item {i}": "accepted" for i in range(9)}
+    assert cold("icon", {"icon": accepted}, 10)
+    assert not cold("icon", {"icon": accepted | {"Item 9": "accepted"}}, 10)
+    assert not cold("icon", {"icon": {"Item 0": "published"}}, 10)
+    assert not cold("knowledge", {"icon": {"Item 0": "moderator"}}, 10)  # knowledge names icon items
+    assert cold("ocr", {"icon": {"Item 0": "published"}}, 10)

@@ -28,6 +28,8 @@ a cohort (installs that pushed the same labels onto the same settled items) shar
 - The visual family (icons): votes on near-duplicate crops add ``family_factor`` of their voices' support,
   capped at ``family_cap``, to a label the item's own voters gave: a near-copy meets the original's votes, but
   a family never decides alone nor contests (different items can look alike: shared frames, rarity colours).
+  Where the family holds another label, though, one voice is not enough: look-alikes are where honest users
+  and client models err together.
 
 **Decision.** An item is accepted when its best label's score leads the next by ``accept_score``. A label
 that is not yet known (no published model, accepted item or moderator has it) also needs
@@ -80,9 +82,9 @@ def install_weight(counts: TrustCounts, params: TrustParams, *, banned: bool = F
 
 @dataclass(frozen=True)
 class EvidenceParams:
-    accept_score: float = 1.0
+    accept_score: float = 0.85
     model_confirm: float = 0.5
-    model_dissent: float = 0.15
+    model_dissent: float = 0.1
     family_factor: float = 0.5
     family_cap: float = 0.6
     new_label_origins: int = 3
@@ -169,12 +171,12 @@ def decide_item(
     earned trust, so a new label needs ``new_label_origins`` distinct origins of any weight; the first release
     or moderator decision ends it."""
     voters, model, model_evidence = _voice_scores(votes, known, params)
-    family_scores: dict[str, float] = {}
+    family_raw: dict[str, float] = {}
     if family:
-        raw, _, _ = _voice_scores(family, known, params)
-        family_scores = {
-            label: min(params.family_cap, params.family_factor * score) for label, score in raw.items()
-        }
+        family_raw, _, _ = _voice_scores(family, known, params)
+    family_scores = {
+        label: min(params.family_cap, params.family_factor * score) for label, score in family_raw.items()
+    }
     totals: dict[str, float] = defaultdict(float)
     for part in (voters, model):
         for label, score in part.items():
@@ -237,5 +239,11 @@ def decide_item(
         return ItemDecision(None, False, 0.0, 0, reason, False, evidence)
     if best_score - runner_up < params.accept_score:
         reason = "contested" if runner_up > 0 else "not enough evidence yet"
+        return ItemDecision(best, False, confidence, support, reason, False, evidence)
+    look_alikes = sorted(label for label in family_raw if label != best)
+    if support == 1 and look_alikes:
+        # a lone voice is enough only where nothing that looks like the crop is labelled otherwise: look-alike
+        # items are where honest users and client models err together
+        reason = f"one voice on a crop that looks like another item ({look_alikes[0]}): needs a second"
         return ItemDecision(best, False, confidence, support, reason, False, evidence)
     return ItemDecision(best, True, confidence, support, "accepted", establishes, evidence)

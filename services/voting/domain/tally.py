@@ -141,6 +141,7 @@ class DecisionInputs:
     gold: Mapping[ItemRef, Gold]
     known: Mapping[str, Mapping[str, str]]  # kind -> {known label: its source}
     anchor_min_contributors: int
+    cold_start_labels: int = 10
 
 
 AUTHORITIES = ("published", "moderator")
@@ -150,13 +151,13 @@ def known_for(kind: str, known: Mapping[str, Mapping[str, str]]) -> set[str]:
     return {label for source in KNOWN_FROM.get(kind, (kind,)) for label in known.get(source, {})}
 
 
-def cold(kind: str, known: Mapping[str, Mapping[str, str]]) -> bool:
-    """Before any published model or moderator gave the kind a label, nobody can have earned trust yet."""
-    return not any(
-        origin in AUTHORITIES
-        for source in KNOWN_FROM.get(kind, (kind,))
-        for origin in known.get(source, {}).values()
-    )
+def cold(kind: str, known: Mapping[str, Mapping[str, str]], cold_start_labels: int) -> bool:
+    """A cold start: nobody can have earned trust yet, since no published model or moderator gave the kind a
+    label and fewer than ``cold_start_labels`` labels were accepted."""
+    sources = [
+        origin for source in KNOWN_FROM.get(kind, (kind,)) for origin in known.get(source, {}).values()
+    ]
+    return not any(origin in AUTHORITIES for origin in sources) and len(sources) < cold_start_labels
 
 
 def decide(
@@ -167,7 +168,7 @@ def decide(
 ) -> dict[ItemRef, ItemDecision | dict[str, Any] | None]:
     """Each item's decision; an anchor group's is its merged grid (None below the contributor minimum)."""
     known = {kind: known_for(kind, inputs.known) for kind in ESTIMATED_KINDS}
-    cold_start = {kind: cold(kind, inputs.known) for kind in ESTIMATED_KINDS}
+    cold_start = {kind: cold(kind, inputs.known, inputs.cold_start_labels) for kind in ESTIMATED_KINDS}
     out: dict[ItemRef, ItemDecision | dict[str, Any] | None] = {}
     for ref in refs:
         kind, key = ref
