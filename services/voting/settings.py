@@ -70,6 +70,10 @@ class VotingSettings(CommonSettings):
     family_max_distance: int = Field(
         4, ge=-1, le=16, description="pHash bits within which icon crops are one visual family (-1: off)"
     )
+    look_alike_second_voice: bool = Field(
+        True,
+        description="icons: one voice is not enough on a crop whose look-alikes (its pHash family) carry another label",
+    )
     new_label_origins: int = Field(
         3, ge=1, description="trusted installs of distinct origins a label nobody has yet needs"
     )
@@ -127,6 +131,10 @@ class VotingSettings(CommonSettings):
             new_label_origins=self.new_label_origins,
             trusted_weight=self.trusted_weight,
         )
-        icon = EvidenceParams(accept_score=self.icon_accept_score, **common)
+        icon = EvidenceParams(
+            accept_score=self.icon_accept_score,
+            look_alike_second_voice=self.look_alike_second_voice,
+            **common,
+        )
         single = EvidenceParams(accept_score=self.single_voter_accept_score, **common)
         return {"icon": icon, "knowledge": single, "ocr": single, "screen": single}

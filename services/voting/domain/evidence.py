@@ -89,6 +89,7 @@ class EvidenceParams:
     family_cap: float = 0.6
     new_label_origins: int = 3
     trusted_weight: float = 0.5
+    look_alike_second_voice: bool = True
 
 
 @dataclass(frozen=True)
@@ -241,7 +242,7 @@ def decide_item(
         reason = "contested" if runner_up > 0 else "not enough evidence yet"
         return ItemDecision(best, False, confidence, support, reason, False, evidence)
     look_alikes = sorted(label for label in family_raw if label != best)
-    if support == 1 and look_alikes:
+    if support == 1 and look_alikes and params.look_alike_second_voice:
         # a lone voice is enough only where nothing that looks like the crop is labelled otherwise: look-alike
         # items are where honest users and client models err together
         reason = f"one voice on a crop that looks like another item ({look_alikes[0]}): needs a second"
