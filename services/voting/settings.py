@@ -50,7 +50,7 @@ class VotingSettings(CommonSettings):
         0.6, ge=0, lt=1, description="accuracy on settled items at or below which an install weighs nothing"
     )
     trust_accuracy_good: float = Field(
-        0.95, gt=0, le=1, description="accuracy on settled items at which an install reaches full weight (1)"
+        0.9, gt=0, le=1, description="accuracy on settled items at which an install reaches full weight (1)"
     )
     gold_factor: float = Field(
         3.0, ge=1, description="a vote judged against a moderator's decision counts this many times"

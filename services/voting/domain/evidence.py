@@ -50,9 +50,9 @@ from typing import Any
 @dataclass(frozen=True)
 class TrustParams:
     fresh_weight: float = 0.35
-    ramp_votes: float = 4.0
+    ramp_votes: float = 2.0
     accuracy_floor: float = 0.6
-    accuracy_good: float = 0.95
+    accuracy_good: float = 0.9
     gold_factor: float = 3.0
     step: float = 0.05
     accuracy_prior: tuple[float, float] = (4.0, 1.0)
@@ -82,9 +82,9 @@ def install_weight(counts: TrustCounts, params: TrustParams, *, banned: bool = F
 
 @dataclass(frozen=True)
 class EvidenceParams:
-    accept_score: float = 0.85
+    accept_score: float = 1.0
     model_confirm: float = 0.5
-    model_dissent: float = 0.1
+    model_dissent: float = 0.15
     family_factor: float = 0.5
     family_cap: float = 0.6
     new_label_origins: int = 3
