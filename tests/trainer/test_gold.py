@@ -51,7 +51,7 @@ def test_evidence_reads_voting_values_and_treats_anything_else_as_none():
 
 def test_gold_takes_the_strongest_evidence_per_class_and_leaves_enough_to_train_on():
     snapshot = candidates({"Mine": 10, "Phaser": 3, "Torpedo": 2}, confidence=lambda label, i: i / 10)
-    gold = extend_gold("icon", [], snapshot)
+    gold = extend_gold("icon", [], snapshot, GoldRules(min_training=2))
     by_class = {label: sorted(g.key for g in gold.items if g.label == label) for label in ("Mine", "Phaser")}
     # Mine: 20 % of 10 = 2, the most confident; Phaser: 1 of 3 (two stay for training); Torpedo: none
     assert by_class == {"Mine": ["Mine-8", "Mine-9"], "Phaser": ["Phaser-2"]}

@@ -95,7 +95,7 @@ async def test_a_run_trains_the_icon_model_and_hands_the_release_on():
         run_id,
         run.snapshot_id,
         2,
-        4,  # one crop of each class is gold, kept out of training
+        6,  # no gold: a class gives crops to the gold set only when it keeps 4 for training
         4,
     )
     assert event.message_id == f"model-trained-{run_id}"

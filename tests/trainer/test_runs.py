@@ -94,11 +94,11 @@ async def test_a_run_publishes_every_artifact_in_the_shapes_clients_load(runner,
     anchors = json.loads(files["models/community_anchors.json"])
     assert anchors["entries"][0]["type"] == "SPACE" and anchors["n_contributors"] == 3
     manifest = json.loads(files["models/training_manifest.json"])
-    # one crop of each class is gold, frozen with the release and kept out of training
-    assert manifest["count"] == 18 and manifest["crop_shas"] == sorted(manifest["crop_shas"])
+    # no icon gold: a class gives crops to the gold set only when it keeps 4 for training
+    assert manifest["count"] == 24 and manifest["crop_shas"] == sorted(manifest["crop_shas"])
     assert files["models/training_curve.png"].startswith(b"\x89PNG")
     per_class = json.loads(files["models/per_class_accuracy.json"])
-    assert set(per_class) == set(label_map.values())  # every class held one of its 3 crops out
+    assert set(per_class) == set(label_map.values())  # every class held one of its 4 crops out
     assert all(scores["samples"] == 1 for scores in per_class.values())
 
     async with engine.connect() as connection:
@@ -118,12 +118,12 @@ async def test_a_run_publishes_every_artifact_in_the_shapes_clients_load(runner,
         trained.run_id == run_id
         and trained.snapshot_id == snapshot
         and trained.n_classes == 6
-        and trained.n_samples == 18
+        and trained.n_samples == 24
     )
-    assert trained.metrics["gold"]["icon"]["examples"] == 6
-    # frozen only by a release that passed its gate: a crop per icon class, one of each screen type's six
+    assert trained.metrics["gold"]["icon"]["examples"] == 0
+    # frozen only by a release that passed its gate: one of each screen type's six screenshots
     frozen = Counter(g.model_kind for g in gold)
-    assert frozen == (Counter(icon=6, screen=2) if trained.quality_gate_passed else Counter())
+    assert frozen == (Counter(screen=2) if trained.quality_gate_passed else Counter())
     assert {g.run_id for g in gold} <= {run_id}
     assert set(trained.artifacts) == set(files)
     assert trained.metrics["quality_gate"]["publish"] == trained.quality_gate_passed

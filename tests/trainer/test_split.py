@@ -1,6 +1,7 @@
 """Validation on rendering variants a class did not train on (milliseconds)."""
 
 import numpy as np
+import torch
 
 from services.trainer.domain.client_path import icon_crop_64
 from services.trainer.domain.data import rendering_variants, variant_split
@@ -30,3 +31,13 @@ def test_a_class_in_several_variants_holds_out_whole_variants_and_never_all_of_t
     assert sum(labels[i] == "Beam" for i in split.validation) == 1
     assert sorted(split.train + split.validation) == list(range(len(labels)))
     assert variant_split(labels, variants) == split  # seeded
+
+
+def test_a_mixed_phase_gives_each_size_an_equal_share_of_the_compute():
+    from services.trainer.training import Phase
+
+    phase = Phase(224, 1.0, 16, mixed=(64, 128, 224))
+    chance = phase.size_weights() / phase.size_weights().sum()
+    compute = chance * torch.tensor([1.0, 4.0, 12.25])
+    assert torch.allclose(compute, compute.mean().expand(3))
+    assert abs(phase.cost - 3 / (1 + 1 / 4 + 1 / 12.25)) < 1e-6 and Phase(64, 1.0, 32).cost == 1.0
