@@ -7,6 +7,7 @@ change of the owner's schema has one place to follow it.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -234,7 +235,6 @@ SELECT * FROM sent s WHERE NOT EXISTS (
 _GOLD_COUNTS = text(
     f"SELECT item_kind, label, state, count(*) AS n FROM ({_GOLD}) AS gold GROUP BY 1, 2, 3 ORDER BY 1, 4 DESC, 2"
 )
-GOLD_COLUMNS = ("item_kind", "item_key", "label", "moderator", "note", "decided_at", "message_id", "state")
 _ITEM_CROPS = text(
     "SELECT DISTINCT ON (ct.image_sha256) k.kind AS item_kind, k.key AS item_key, ct.image_sha256 "
     "FROM unnest(CAST(:kinds AS text[]), CAST(:keys AS text[])) AS k(kind, key) "
@@ -383,11 +383,20 @@ class PostgresConsoleReads:
             data = await connection.scalar(_BLOB, {"sha": sha256})
         return None if data is None else bytes(data)
 
-    async def gold(self) -> list[Any]:
-        """Moderator-decided items (``GOLD_COLUMNS``), the latest decision per item: voting's record of those it
-        applied (state ``applied``), and the console's decisions voting has not recorded yet (``sent``)."""
+    async def gold(self, form: str) -> bytes:
+        """Moderator-decided items (item_kind, item_key, label, moderator, note, decided_at, message_id, state), the latest decision per item: voting's record of those it
+        applied (state ``applied``), and the console's decisions voting has not recorded yet (``sent``); as CSV
+        with a header or as a JSON array, written by Postgres (``form``: csv or json)."""
         async with self._engine.connect() as connection:
-            return (await connection.execute(text(_GOLD))).all()
+            if form == "json":
+                body = await connection.scalar(
+                    text(f"SELECT coalesce(json_agg(g), '[]') FROM ({_GOLD}) AS g")
+                )
+                return body.encode() if isinstance(body, str) else json.dumps(body).encode()
+            out = io.BytesIO()
+            raw = (await connection.get_raw_connection()).driver_connection
+            await raw.copy_from_query(_GOLD, output=out, format="csv", header=True)
+            return out.getvalue()
 
     async def gold_counts(self) -> list[Any]:
         """(item_kind, label, state, items) of the gold set; a rejection's label is None."""

@@ -45,6 +45,7 @@ async def test_every_page_answers_and_the_review_queue_holds_the_withheld_item_n
     for path in PAGES:
         answer = await console.client.get(path)
         assert answer.status_code == 200, (path, answer.text[:500])
+        assert "RabbitMQ did not answer" not in answer.text
         assert answer.headers["content-security-policy"].startswith("default-src 'none'")
     review = (await console.client.get("/console/review")).text
     assert (
@@ -84,8 +85,17 @@ async def test_a_decision_is_sent_to_voting_and_logged_with_before_and_after(
     assert row.before["status"] == "withheld" and row.after["label"] == "Phaser Array"
     review = (await console.client.get("/console/review")).text
     assert "Decided by" in review
-    gold = (await console.client.get("/console/gold.csv")).text
-    assert community.withheld_key in gold and "Phaser Array" in gold
+    gold = (await console.client.get("/console/gold.csv")).text.splitlines()
+    assert gold[0].split(",")[:3] == ["item_kind", "item_key", "label"]
+    assert gold[1].startswith(f"icon,{community.withheld_key},Phaser Array,{event.moderator},clear crop,")
+    [exported] = (await console.client.get("/console/gold.json")).json()
+    assert (exported["item_key"], exported["label"], exported["state"]) == (
+        community.withheld_key,
+        "Phaser Array",
+        "sent",
+    )
+    counts = (await console.client.get("/console/gold")).text
+    assert "sent, not applied yet" in counts
 
 
 async def test_a_reject_and_a_shadow_ban_are_sent_and_logged(console, engine, amqp_channel, topology):

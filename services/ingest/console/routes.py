@@ -6,9 +6,6 @@ session's CSRF token is refused (403)."""
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
-import json
 import pathlib
 import uuid
 from collections.abc import AsyncIterator
@@ -23,10 +20,11 @@ from fastapi.templating import Jinja2Templates
 from services.ingest.console import plots, views
 from services.ingest.console.hourly import HourlyCounts
 from services.ingest.console.progress import ProgressFollower
+from services.ingest.console.queues import QueueDepths
 from services.ingest.console.session import COOKIE, Session, SessionKeys
 from services.ingest.dependencies import Runtime, RuntimeDep
-from services.ingest.routes import _admin_connection, _publish_command
-from services.ingest.store import GOLD_COLUMNS, PostgresConsoleReads
+from services.ingest.routes import _publish_command
+from services.ingest.store import PostgresConsoleReads
 from shared.events import (
     Event,
     InstallModerated,
@@ -63,6 +61,7 @@ class ConsoleState:
 
     progress: ProgressFollower
     hourly: HourlyCounts
+    queues: QueueDepths
 
 
 @contextlib.asynccontextmanager
@@ -72,11 +71,13 @@ async def console_lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.console = state = ConsoleState(
         ProgressFollower(runtime.settings.broker_url, runtime.topology.events_exchange),
         HourlyCounts(reads.contributions_by_hour, timedelta(days=views.DAYS_SHOWN)),
+        QueueDepths(runtime.settings.broker_url, runtime.topology),
     )
     try:
         yield
     finally:
         await state.progress.stop()
+        await state.queues.close()
 
 
 router = APIRouter(prefix="/console", include_in_schema=False, lifespan=console_lifespan)
@@ -233,29 +234,8 @@ async def overview(request: Request, console: ConsoleDep) -> HTMLResponse:
         training=run is not None and run.status in UNFINISHED_RUN_STATUSES,
         live=live,
         live_plot=plots.epoch_lines("Held-out accuracy by epoch (live)", live[1]) if live else None,
-        queues=await queue_depths(console.runtime),
+        queues=await state.queues.read(),
     )
-
-
-async def queue_depths(runtime: Runtime) -> list[dict[str, Any]] | str:
-    """Messages waiting in each consumer queue and its dead-letter queue; the error as text when RabbitMQ does
-    not answer (the page still shows the rest)."""
-    depths = []
-    try:
-        async with _admin_connection(runtime) as connection:
-            channel = await connection.channel()
-            for consumer in runtime.topology.consumers:
-                row = {"role": consumer.role}
-                for column, name in (
-                    ("ready", runtime.topology.queue(consumer.role)),
-                    ("dead", runtime.topology.dead_letter_queue(consumer.role)),
-                ):
-                    queue = await channel.declare_queue(name, passive=True)
-                    row[column] = queue.declaration_result.message_count
-                depths.append(row)
-    except Exception as error:  # a page of the console must not fail with the broker
-        return f"RabbitMQ did not answer: {error!r}"[:300]
-    return depths
 
 
 @router.get("/review")
@@ -456,16 +436,9 @@ async def gold(request: Request, console: ConsoleDep) -> HTMLResponse:
 async def gold_export(console: ConsoleDep, form: str) -> Response:
     if form not in ("csv", "json"):
         raise HTTPException(404, "the gold set exports as gold.csv or gold.json")
-    rows = await console.reads.gold()
     headers = SECURITY_HEADERS | {"Content-Disposition": f'attachment; filename="warp-gold.{form}"'}
-    if form == "json":
-        body = json.dumps([row._asdict() for row in rows], default=str)
-        return Response(body, media_type="application/json", headers=headers)
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(GOLD_COLUMNS)
-    writer.writerows(rows)
-    return Response(out.getvalue(), media_type="text/csv", headers=headers)
+    media_type = "text/csv" if form == "csv" else "application/json"
+    return Response(await console.reads.gold(form), media_type=media_type, headers=headers)
 
 
 @router.get("/audit")
