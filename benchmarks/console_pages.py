@@ -6,8 +6,9 @@
 Loads a throwaway database server-side (INSERT ... SELECT over generate_series: contributions and votes, one
 per vote, spread over 30 days from 10,000 installs; consensus for every item, a tenth withheld and a twentieth
 contested; each install's trust; training runs, releases and console actions), then serves ingest in this
-process (the ASGI app, no network) and times each page ``--repeat`` times after one warm-up request: median and
-slowest, in ms. ``--keep`` keeps the database for another run (``--reuse NAME`` then skips the load).
+process (the ASGI app, no network) and times each page: its first request (the overview counts the whole
+14-day window then; later ones only the hours since the last settled one) and ``--repeat`` more (median,
+slowest), in ms. ``--keep`` keeps the database for another run (``--reuse NAME`` then skips the load).
 """
 
 from __future__ import annotations
@@ -172,7 +173,7 @@ PAGES = [
 
 async def measure(
     settings: IngestSettings, keys: dict[str, str], repeat: int
-) -> list[tuple[str, float, float]]:
+) -> list[tuple[str, float, float, float]]:
     app = create_app(settings)
     rows = []
     async with app.router.lifespan_context(app):
@@ -181,14 +182,16 @@ async def measure(
             assert (await client.post("/console/login", data={"admin_key": ADMIN_KEY})).status_code == 303
             for name, path in PAGES:
                 url = path.format(**keys)
-                assert (await client.get(url)).status_code == 200, url  # warm-up
+                started = time.perf_counter()
+                assert (await client.get(url)).status_code == 200, url  # the first: caches are cold
+                first = (time.perf_counter() - started) * 1000
                 times = []
                 for _ in range(repeat):
                     started = time.perf_counter()
                     answer = await client.get(url)
                     times.append((time.perf_counter() - started) * 1000)
                     assert answer.status_code == 200, (url, answer.text[:300])
-                rows.append((name, statistics.median(times), max(times)))
+                rows.append((name, first, statistics.median(times), max(times)))
     return rows
 
 
@@ -223,10 +226,11 @@ async def main(args: argparse.Namespace) -> None:
             log_level="WARNING",
         )
         rows = await measure(settings, keys, args.repeat)
-        print(f"\n| page | median ms | slowest ms (of {args.repeat}) |\n| --- | --- | --- |")
-        for page, median, slowest in rows:
-            print(f"| {page} | {median:.0f} | {slowest:.0f} |")
-        over = [page for page, median, _ in rows if median > 300]
+        print(f"\n| page | first ms | median ms | slowest ms (of {args.repeat} after the first) |")
+        print("| --- | --- | --- | --- |")
+        for page, first, median, slowest in rows:
+            print(f"| {page} | {first:.0f} | {median:.0f} | {slowest:.0f} |")
+        over = [page for page, _, median, _ in rows if median > 300]
         print(f"\ntarget <= 300 ms: {'met by every page' if not over else 'missed by ' + ', '.join(over)}")
     finally:
         await delete_topology(await broker.channel(), topology)

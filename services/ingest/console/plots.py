@@ -10,6 +10,19 @@ from typing import Any
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 
 
+def _frame(title: str, width: int, height: int, left: int, top: int, plot_h: float, peak: str) -> list[str]:
+    """The opening of a chart: the SVG element with its accessible name, the title, the x axis, the y range."""
+    return [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
+        f'height="{height}" role="img" aria-label="{escape(title)}">',
+        f"<title>{escape(title)}</title>",
+        f'<text x="{left}" y="14" font-size="12">{escape(title)}</text>',
+        f'<line x1="{left}" y1="{top + plot_h}" x2="{width - 8}" y2="{top + plot_h}" stroke="#888"/>',
+        f'<text x="{left - 4}" y="{top + 4}" font-size="10" text-anchor="end">{escape(peak)}</text>',
+        f'<text x="{left - 4}" y="{top + plot_h}" font-size="10" text-anchor="end">0</text>',
+    ]
+
+
 def stacked_bars(
     title: str,
     labels: Sequence[str],
@@ -24,15 +37,7 @@ def stacked_bars(
     totals = [sum(values[i] for values in series.values()) for i in range(len(labels))]
     peak = max(totals, default=0) or 1
     step = plot_w / max(len(labels), 1)
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
-        f'height="{height}" role="img" aria-label="{escape(title)}">',
-        f"<title>{escape(title)}</title>",
-        f'<text x="{left}" y="14" font-size="12">{escape(title)}</text>',
-        f'<line x1="{left}" y1="{top + plot_h}" x2="{width - 8}" y2="{top + plot_h}" stroke="#888"/>',
-        f'<text x="{left - 4}" y="{top + 4}" font-size="10" text-anchor="end">{peak}</text>',
-        f'<text x="{left - 4}" y="{top + plot_h}" font-size="10" text-anchor="end">0</text>',
-    ]
+    parts = _frame(title, width, height, left, top, plot_h, str(peak))
     for index, label in enumerate(labels):
         base = top + plot_h
         for number, (name, values) in enumerate(series.items()):
@@ -65,14 +70,7 @@ def epoch_lines(
     left, bottom, top = 44, 24, 22
     plot_w, plot_h = width - left - 8, height - bottom - top
     last_epoch = max((report.epoch for reports in series.values() for report in reports), default=1) or 1
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
-        f'height="{height}" role="img" aria-label="{escape(title)}">',
-        f"<title>{escape(title)}</title>",
-        f'<text x="{left}" y="14" font-size="12">{escape(title)}</text>',
-        f'<line x1="{left}" y1="{top + plot_h}" x2="{width - 8}" y2="{top + plot_h}" stroke="#888"/>',
-        f'<text x="{left - 4}" y="{top + 4}" font-size="10" text-anchor="end">1.0</text>',
-        f'<text x="{left - 4}" y="{top + plot_h}" font-size="10" text-anchor="end">0</text>',
+    parts = _frame(title, width, height, left, top, plot_h, "1.0") + [
         f'<text x="{width - 8}" y="{height - 8}" font-size="10" text-anchor="end">epoch {last_epoch}</text>',
     ]
     for number, (name, reports) in enumerate(series.items()):
