@@ -183,6 +183,9 @@ class ConsensusRefresher:
                 log.info("labels now known for %s: %s", kind, ", ".join(sorted(added)))
         for row in rows:
             DECIDED.labels(row.kind).inc()
+            held = current.get((row.kind, row.key))
+            if held is None or (held.label, held.status) != (row.label, row.status):
+                CHANGED.labels(row.kind).inc()
         waiting = len(work) >= self._settings.refresh_max_items
         DIRTY_LEFT.set(1 if waiting else 0)
         return {"decided": len(rows), "changed": changed, "waiting": waiting}
