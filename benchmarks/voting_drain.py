@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import ROOT, add_server_options, fresh_database, namespace  # noqa: E402
 from shared.broker import EventPublisher  # noqa: E402
 from shared.db import create_engine  # noqa: E402
+from shared.imagekeys import keys_of_png  # noqa: E402
 from shared.topology import Topology, declare_topology, delete_topology  # noqa: E402
 from tools.simulator.workload import WorkloadSpec, generate, icon_events  # noqa: E402
 
@@ -47,7 +48,17 @@ async def run(args: argparse.Namespace) -> int:
     workload = generate(
         WorkloadSpec(installs=installs, mean_labels_per_install=args.contributions / installs * 1.25)
     )
-    events = icon_events(workload)[: args.contributions]
+    # as ingest sends them: each icon crop with its identity by pixels and its pHash
+    keys = {}
+    events = [
+        e.model_copy(
+            update={
+                "pixels_sha256": (k := keys.setdefault(e.crop_sha256, keys_of_png(e.png))).pixels_sha256,
+                "phash": k.phash,
+            }
+        )
+        for e in icon_events(workload)[: args.contributions]
+    ]
     redelivered = events[::10]
     print(f"pre-filling {len(events)} contributions (+{len(redelivered)} duplicates) ...", flush=True)
     publisher = EventPublisher(args.broker_url, topology)
@@ -75,7 +86,7 @@ async def run(args: argparse.Namespace) -> int:
                     break
             # the last batch may still be committing: wait until the database holds every vote
             engine = create_engine(database_url)
-            expected = {(e.install_id, e.crop_sha256, e.label) for e in events}
+            expected = {(e.install_id, e.pixels_sha256, e.label) for e in events}
             async with engine.connect() as db:
                 while (await db.scalar(text("SELECT count(*) FROM votes"))) < len(expected):
                     await asyncio.sleep(0.05)
