@@ -31,6 +31,8 @@ QUICK = {
     "WARP_ADMIN_KEY": ADMIN_KEY,
     # the tests post from loopback in the name of many clients (X-Forwarded-For): one network each, as players
     "WARP_TRUSTED_PROXIES": "127.0.0.1/32",
+    # a brand-new community with no published model: its first labels are established by distinct networks
+    "WARP_COLD_START_LABELS": "1000",
     "WARP_READ_CACHE_SECONDS": "0.5",
     "WARP_REFRESH_SECONDS": "1",
     "WARP_TRAINING_THRESHOLD": "20",
