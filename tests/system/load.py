@@ -9,7 +9,7 @@ from collections import Counter
 
 import httpx
 
-from shared.blobstore import sha256_hex
+from shared.imagekeys import keys_of_png
 from tools.simulator.workload import draw_icon
 
 
@@ -24,8 +24,10 @@ class ContributionLoad:
     def __init__(self, urls: list[str], *, crops: int = 40, concurrency: int = 8, tag: str = "load") -> None:
         self.urls, self.concurrency, self.tag = urls, concurrency, tag
         pngs = [draw_icon(i, 0) for i in range(crops)]
+        # each crop as voting keys it: by its pixels as the client's model sees them
         self.crops = [
-            (f"Item {i:04d}", base64.b64encode(p).decode(), sha256_hex(p)) for i, p in enumerate(pngs)
+            (f"Item {i:04d}", base64.b64encode(p).decode(), keys_of_png(p).pixels_sha256)
+            for i, p in enumerate(pngs)
         ]
         self.sent: set[tuple[str, str]] = set()
         self.accepted: set[tuple[str, str]] = set()
