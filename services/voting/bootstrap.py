@@ -1,5 +1,5 @@
 """Composition root of the voting worker: ``bootstrap(settings, **overrides)`` wires the real adapters
-(Postgres store, RabbitMQ publisher and consumer, outbox relay, consensus worker process, wall clock); tests
+(Postgres store, RabbitMQ publisher and consumer, outbox relay, wall clock); tests
 pass in-memory fakes instead."""
 
 from __future__ import annotations

@@ -44,8 +44,6 @@ class RefreshUnit(Protocol):
     async def take_dirty(self, limit: int) -> list[ItemRef]:
         """Up to ``limit`` items whose votes (or inputs) changed, taken off the queue."""
 
-    async def mark_dirty(self, refs: Sequence[ItemRef]) -> None: ...
-
     async def mark_all_dirty(self) -> int:
         """Queue every item (a full recompute); returns how many."""
 
@@ -590,10 +588,6 @@ class PostgresRefresh:
     async def take_dirty(self, limit: int) -> list[ItemRef]:
         rows = await (await self._raw()).fetch(_TAKE_DIRTY, limit)
         return [(row[0], row[1]) for row in rows]
-
-    async def mark_dirty(self, refs: Sequence[ItemRef]) -> None:
-        if refs:
-            await (await self._raw()).execute(_MARK_DIRTY, *_unzip(refs))
 
     async def mark_all_dirty(self) -> int:
         status = await (await self._raw()).execute(_MARK_ALL_DIRTY)

@@ -62,7 +62,7 @@ def clock() -> ShiftedClock:
 
 @pytest.fixture
 def voting_with(engine, voting_settings, clock) -> Callable[..., Voting]:
-    """Voting over the real store of this test's database, the real consensus worker process and a clock the
+    """Voting over the real store of this test's database, and a clock the
     test moves; keyword arguments change settings."""
     return lambda **settings: bootstrap(
         voting_settings.model_copy(update=settings), engine=engine, clock=clock

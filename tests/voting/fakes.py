@@ -193,9 +193,6 @@ class FakeRefresh:
         self._store.dirty -= set(taken)
         return taken
 
-    async def mark_dirty(self, refs: Sequence[ItemRef]) -> None:
-        self._store.dirty |= set(refs)
-
     async def mark_all_dirty(self) -> int:
         refs = {(kind, key) for kind, key, _ in self._store.votes}
         self._store.dirty |= refs
