@@ -22,6 +22,7 @@ mean/std, AdamW 3e-4, cosine, focal loss gamma 2, colour jitter / flip / affine.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import subprocess
@@ -44,6 +45,7 @@ from services.trainer.models import ICON_HEAD, carry_over, icon_model  # noqa: E
 from services.trainer.training import (  # noqa: E402
     ICON_CONFIG,
     Dataset,
+    Phase,
     PublishedModel,
     fit,
     focal_loss,
@@ -148,8 +150,19 @@ def old_recipe(train_pairs, items: list[int], minutes: float):
     return model, classes, seen / (time.monotonic() - started)
 
 
+def parse_phases(text: str) -> tuple[Phase, ...]:
+    phases = []
+    for part in text.split(","):
+        size, share, batch = part.split(":")
+        phases.append(Phase(int(size), float(share), int(batch)))
+    return tuple(phases)
+
+
 def run_case(args) -> dict:
     torch.set_num_threads(args.threads)
+    if args.phases:
+        global ICON_CONFIG
+        ICON_CONFIG = dataclasses.replace(ICON_CONFIG, phases=args.phases)
     if args.case == "memory":
         train, _ = hard_dataset(range(3000), seed=args.seed)
         items = [item for _, item in train]
@@ -253,6 +266,14 @@ def main() -> int:
     cases = ["scratch-old", "scratch-ours", "continual", "imprint", "memory"]
     parser.add_argument("--case", choices=cases)
     parser.add_argument("--only", nargs="*", default=cases)
+    parser.add_argument(
+        "--phases",
+        type=parse_phases,
+        default=None,
+        help="ours: another recipe's phases, SIZE:SHARE:BATCH,... (the service's: "
+        + ",".join(f"{p.size}:{p.share}:{p.batch_size}" for p in ICON_CONFIG.phases)
+        + "; the previous one: 64:0.8:32,224:1:16)",
+    )
     args = parser.parse_args()
     if args.case:
         result = run_case(args)
@@ -284,6 +305,8 @@ def main() -> int:
             "--threads",
             str(args.threads),
         ]
+        if args.phases:
+            command += ["--phases", ",".join(f"{p.size}:{p.share}:{p.batch_size}" for p in args.phases)]
         output = (
             subprocess.run(command, capture_output=True, text=True, check=True)
             .stdout.strip()
