@@ -16,6 +16,10 @@ class Deadline:
         self._at = clock() + max(0.0, seconds_left)
 
     @property
+    def clock(self) -> Callable[[], float]:
+        return self._clock
+
+    @property
     def remaining(self) -> float:
         return max(0.0, self._at - self._clock())
 
