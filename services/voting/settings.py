@@ -86,6 +86,36 @@ class VotingSettings(CommonSettings):
     trusted_weight: float = Field(
         0.5, gt=0, le=1, description="weight from which an install counts as trusted for a new label"
     )
+    model_support: float = Field(
+        0.5,
+        ge=0,
+        description="evidence the published model's prediction (not trained on the item) adds to a known label "
+        "the item's voters gave, when it agrees at model_agree_confidence or more",
+    )
+    model_agree_confidence: float = Field(
+        0.8, ge=0, le=1, description="the published model's confidence from which its agreement counts"
+    )
+    model_contradict_confidence: float = Field(
+        0.6,
+        ge=0,
+        le=1,
+        description="the published model's confidence in another label from which a label needs "
+        "model_contradict_origins trusted installs",
+    )
+    model_contradict_origins: int = Field(
+        2,
+        ge=1,
+        description="trusted installs of distinct origins a label the published model contradicts needs",
+    )
+    prediction_batch: int = Field(
+        200, ge=1, le=1000, description="items per model.prediction_requested event"
+    )
+    prediction_max_per_refresh: int = Field(
+        2_000, ge=0, description="items one refresh asks the published model about at most (0: none)"
+    )
+    prediction_retry_seconds: float = Field(
+        600.0, gt=0, description="an unanswered prediction request is sent again after this long"
+    )
     cohort_min_shared_flips: int = Field(
         3, ge=1, description="settled items two installs contradicted with the same label to be linked"
     )
@@ -130,6 +160,10 @@ class VotingSettings(CommonSettings):
             family_cap=self.family_cap,
             new_label_origins=self.new_label_origins,
             trusted_weight=self.trusted_weight,
+            model_support=self.model_support,
+            model_agree_confidence=self.model_agree_confidence,
+            model_contradict_confidence=self.model_contradict_confidence,
+            model_contradict_origins=self.model_contradict_origins,
         )
         icon = EvidenceParams(
             accept_score=self.icon_accept_score,
