@@ -220,7 +220,9 @@ class ConsensusRefresher:
             log.info("published model %s: %d withheld items queued for its predictions", version, queued)
         self._model_version = version
         predictions = await unit.predictions_of([ref for ref in refs if ref[0] in MODEL_OF_KIND])
-        versions = {} if version is None else {model: version for model in set(MODEL_OF_KIND.values())}
+        if version is None or self._settings.prediction_max_per_refresh == 0:
+            return predictions, {}  # no model to wait for or to ask
+        versions = {model: version for model in set(MODEL_OF_KIND.values())}
         return predictions, versions
 
     async def _request_predictions(

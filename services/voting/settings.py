@@ -87,7 +87,7 @@ class VotingSettings(CommonSettings):
         0.5, gt=0, le=1, description="weight from which an install counts as trusted for a new label"
     )
     model_support: float = Field(
-        0.5,
+        0.65,
         ge=0,
         description="evidence the published model's prediction (not trained on the item) adds to a known label "
         "the item's voters gave, when it agrees at model_agree_confidence or more",
@@ -111,7 +111,10 @@ class VotingSettings(CommonSettings):
         200, ge=1, le=1000, description="items per model.prediction_requested event"
     )
     prediction_max_per_refresh: int = Field(
-        2_000, ge=0, description="items one refresh asks the published model about at most (0: none)"
+        2_000,
+        ge=0,
+        description="items one refresh asks the published model about at most (0: the published model's "
+        "prediction is neither asked for nor waited on)",
     )
     prediction_retry_seconds: float = Field(
         600.0, gt=0, description="an unanswered prediction request is sent again after this long"

@@ -220,12 +220,20 @@ def test_a_label_the_model_confidently_contradicts_needs_trusted_origins():
         trusted, known=KNOWN, params=PARAMS, model_version=VERSION, prediction=predicted("Phaser", 0.9)
     )
     assert accepted.accepted and accepted.label == "Torpedo"
-    # an unsure model does not block, and one that trained on the item is no evidence at all
-    for prediction in (predicted("Phaser", 0.4), predicted("Phaser", 0.99, trained_on=True)):
-        decision = decide_item(
-            swarm, known=KNOWN, params=PARAMS, model_version=VERSION, prediction=prediction
-        )
-        assert decision.accepted and decision.label == "Torpedo"
+    # an unsure model does not block
+    unsure = decide_item(
+        swarm, known=KNOWN, params=PARAMS, model_version=VERSION, prediction=predicted("Phaser", 0.4)
+    )
+    assert unsure.accepted and unsure.label == "Torpedo"
+    # a model that trained on the item learned another label for it: relabelling it takes trusted installs
+    trained = decide_item(
+        swarm,
+        known=KNOWN,
+        params=PARAMS,
+        model_version=VERSION,
+        prediction=predicted("Phaser", 0.99, trained_on=True),
+    )
+    assert not trained.accepted and trained.reason.startswith("the published model says Phaser")
 
 
 def test_fresh_installs_wait_for_the_published_model_and_trusted_ones_do_not():

@@ -40,7 +40,9 @@ trusted backer.
   for a known label. Like the family, it never decides alone.
 - It contradicts (another label, confidence >= ``model_contradict_confidence``): the label needs
   ``model_contradict_origins`` trusted installs of distinct origins, however many fresh ones back it. This is
-  what stops a swarm of fresh installs with forged client guesses planting an existing label.
+  what stops a swarm of fresh installs with forged client guesses planting an existing label. A model that
+  trained on the item contradicts too (it learned another label for it): only agreement must come from a
+  model that never saw the item's label.
 - A published model exists but has not answered yet, and only untrusted installs back the label: the item
   waits for the prediction (withheld) rather than letting fresh installs decide before the check.
 
@@ -103,7 +105,7 @@ class EvidenceParams:
     new_label_origins: int = 3
     trusted_weight: float = 0.5
     look_alike_second_voice: bool = True
-    model_support: float = 0.5
+    model_support: float = 0.65
     model_agree_confidence: float = 0.8
     model_contradict_confidence: float = 0.6
     model_contradict_origins: int = 2
@@ -304,15 +306,17 @@ def decide_item(
         reason = "contested" if runner_up > 0 else "not enough evidence yet"
         return withheld(best, confidence, support, reason)
     if (
-        usable is not None
-        and usable.label != best
-        and usable.confidence >= params.model_contradict_confidence
+        prediction is not None
+        and prediction.label is not None
+        and prediction.label != best
+        and prediction.confidence >= params.model_contradict_confidence
         and backers < params.model_contradict_origins
     ):
-        # the published model, which never saw this item's label, says otherwise: fresh voices (and the
-        # client guesses they send, which a troll forges) cannot outvote it; trusted installs can
+        # the published model says otherwise: fresh voices (and the client guesses they send, which a troll
+        # forges) cannot outvote it; trusted installs can. A model that trained on the item contradicts too:
+        # it learned another label for it, so relabelling a trained item takes trusted installs
         reason = (
-            f"the published model says {usable.label} ({usable.confidence:.2f}): needs "
+            f"the published model says {prediction.label} ({prediction.confidence:.2f}): needs "
             f"{params.model_contradict_origins} trusted installs of distinct origins"
         )
         return withheld(best, confidence, support, reason)
