@@ -74,6 +74,15 @@ class VotingSettings(CommonSettings):
         True,
         description="icons: one voice is not enough on a crop whose look-alikes (its pHash family) carry another label",
     )
+    look_alike_model_voice: bool = Field(
+        False,
+        description="icons: on such a crop, the published model's agreement (not trained on it) is the second voice",
+    )
+    fresh_need_model: bool = Field(
+        True,
+        description="once a published model exists and predicted an item, a label no trusted install backs needs "
+        "its confident agreement",
+    )
     new_label_origins: int = Field(
         3, ge=1, description="trusted installs of distinct origins a label nobody has yet needs"
     )
@@ -171,6 +180,8 @@ class VotingSettings(CommonSettings):
         icon = EvidenceParams(
             accept_score=self.icon_accept_score,
             look_alike_second_voice=self.look_alike_second_voice,
+            look_alike_model_voice=self.look_alike_model_voice,
+            fresh_need_model=self.fresh_need_model,
             **common,
         )
         single = EvidenceParams(accept_score=self.single_voter_accept_score, **common)

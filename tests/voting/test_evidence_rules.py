@@ -220,11 +220,22 @@ def test_a_label_the_model_confidently_contradicts_needs_trusted_origins():
         trusted, known=KNOWN, params=PARAMS, model_version=VERSION, prediction=predicted("Phaser", 0.9)
     )
     assert accepted.accepted and accepted.label == "Torpedo"
-    # an unsure model does not block
-    unsure = decide_item(
-        swarm, known=KNOWN, params=PARAMS, model_version=VERSION, prediction=predicted("Phaser", 0.4)
+    # an unsure model does not block trusted installs; untrusted ones need its confident agreement
+    unsure = predicted("Phaser", 0.4)
+    backed = [vote("t1", "Torpedo", 1.0)]
+    assert decide_item(backed, known=KNOWN, params=PARAMS, model_version=VERSION, prediction=unsure).accepted
+    fresh = decide_item(swarm, known=KNOWN, params=PARAMS, model_version=VERSION, prediction=unsure)
+    assert not fresh.accepted
+    assert fresh.reason.startswith("only untrusted installs back it and the published model does not confirm")
+    # ... unless it is the label the model was trained on for this very item
+    repeated = decide_item(
+        swarm,
+        known=KNOWN,
+        params=PARAMS,
+        model_version=VERSION,
+        prediction=predicted("Torpedo", 0.99, trained_on=True),
     )
-    assert unsure.accepted and unsure.label == "Torpedo"
+    assert repeated.accepted
     # a model that trained on the item learned another label for it: relabelling it takes trusted installs
     trained = decide_item(
         swarm,
@@ -254,3 +265,36 @@ def test_fresh_installs_wait_for_the_published_model_and_trusted_ones_do_not():
         prediction=predicted("Torpedo", version="v2"),
     )
     assert older.accepted and older.wants_prediction
+
+
+def test_with_the_knob_the_model_s_agreement_is_the_second_voice_on_a_look_alike_crop():
+    lone = [vote("t", "Phaser", 0.9, guess="Phaser")]
+    family = [vote("x", "Mine", 0.9), vote("y", "Mine", 0.9)]
+    agree = predicted("Phaser", 0.9)
+    strict = decide_item(
+        lone,
+        known=KNOWN,
+        params=PARAMS,
+        family=family,
+        family_items=1,
+        model_version=VERSION,
+        prediction=agree,
+    )
+    assert not strict.accepted and strict.reason.startswith(
+        "one voice on a crop that looks like another item"
+    )
+    lenient = EvidenceParams(look_alike_model_voice=True)
+    asks = decide_item(
+        lone, known=KNOWN, params=lenient, family=family, family_items=1, model_version=VERSION
+    )
+    assert not asks.accepted and asks.wants_prediction  # a trusted voter's look-alike crop is asked about too
+    voiced = decide_item(
+        lone,
+        known=KNOWN,
+        params=lenient,
+        family=family,
+        family_items=1,
+        model_version=VERSION,
+        prediction=agree,
+    )
+    assert voiced.accepted and voiced.label == "Phaser"

@@ -44,7 +44,9 @@ trusted backer.
   trained on the item contradicts too (it learned another label for it): only agreement must come from a
   model that never saw the item's label.
 - A published model exists but has not answered yet, and only untrusted installs back the label: the item
-  waits for the prediction (withheld) rather than letting fresh installs decide before the check.
+  waits for the prediction (withheld) rather than letting fresh installs decide before the check. Once it
+  answered, a label only untrusted installs back needs its confident agreement (``fresh_need_model``), unless
+  it is the label the model was trained on for this very item.
 
 **Decision.** An item is accepted when its best label's score leads the next by ``accept_score``. A label
 that is not yet known (no published model, accepted item or moderator has it) also needs
@@ -105,6 +107,8 @@ class EvidenceParams:
     new_label_origins: int = 3
     trusted_weight: float = 0.5
     look_alike_second_voice: bool = True
+    look_alike_model_voice: bool = False
+    fresh_need_model: bool = True
     model_support: float = 0.65
     model_agree_confidence: float = 0.8
     model_contradict_confidence: float = 0.6
@@ -269,11 +273,17 @@ def decide_item(
     backers = 0 if best is None else trusted_origins(best)
     evidence |= {"margin": round(best_score - runner_up, 4), "trusted_origins": backers}
     establishes = backers >= params.new_label_origins
+    look_alikes = sorted(label for label in family_raw if label != best)
+    # a lone voice is enough only where nothing that looks like the crop is labelled otherwise: look-alike
+    # items are where honest users and client models err together; with ``look_alike_model_voice`` the
+    # published model's agreement is the second voice
+    lone_look_alike = support == 1 and bool(look_alikes) and params.look_alike_second_voice
+    model_voice = lone_look_alike and params.look_alike_model_voice
     wants_prediction = (
         model_version is not None
         and best is not None
         and best in known
-        and backers == 0
+        and (backers == 0 or model_voice)
         and (prediction is None or prediction.version != model_version)
     )
     if prediction is not None:
@@ -322,10 +332,23 @@ def decide_item(
         return withheld(best, confidence, support, reason)
     if backers == 0 and model_version is not None and prediction is None and not cold_start:
         return withheld(best, confidence, support, "waiting for the published model's prediction")
-    look_alikes = sorted(label for label in family_raw if label != best)
-    if support == 1 and look_alikes and params.look_alike_second_voice:
-        # a lone voice is enough only where nothing that looks like the crop is labelled otherwise: look-alike
-        # items are where honest users and client models err together
+    repeats_training = prediction is not None and prediction.trained_on and prediction.label == best
+    if (
+        params.fresh_need_model
+        and backers == 0
+        and model_version is not None
+        and prediction is not None
+        and not agrees
+        and not repeats_training
+    ):
+        # only untrusted installs back it and the published model does not confirm it: the look-alike twin's
+        # name, which the model itself half-believes, is what a swarm with forged client guesses would plant
+        reason = (
+            f"only untrusted installs back it and the published model does not confirm it "
+            f"({prediction.label}, {prediction.confidence:.2f})"
+        )
+        return withheld(best, confidence, support, reason)
+    if lone_look_alike and not (model_voice and agrees):
         reason = f"one voice on a crop that looks like another item ({look_alikes[0]}): needs a second"
         return withheld(best, confidence, support, reason)
     return ItemDecision(best, True, confidence, support, "accepted", establishes, evidence, wants_prediction)
