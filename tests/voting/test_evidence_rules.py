@@ -247,14 +247,26 @@ def test_a_label_the_model_confidently_contradicts_needs_trusted_origins():
     assert not trained.accepted and trained.reason.startswith("the published model says Phaser")
 
 
-def test_fresh_installs_wait_for_the_published_model_and_trusted_ones_do_not():
+def test_labels_fewer_than_two_trusted_origins_back_wait_for_the_published_model():
     fresh = [vote(i, "Torpedo") for i in "abc"]
     before_any_release = decide_item(fresh, known=KNOWN, params=PARAMS)
     assert before_any_release.accepted and not before_any_release.wants_prediction
     waiting = decide_item(fresh, known=KNOWN, params=PARAMS, model_version=VERSION)
     assert not waiting.accepted and waiting.reason == "waiting for the published model's prediction"
     assert waiting.wants_prediction
-    trusted = decide_item([vote("t", "Torpedo", 1.0)], known=KNOWN, params=PARAMS, model_version=VERSION)
+    # one trusted install is checked too (the model's contradiction would need two): it waits
+    one = decide_item([vote("t", "Torpedo", 1.0)], known=KNOWN, params=PARAMS, model_version=VERSION)
+    assert not one.accepted and one.wants_prediction
+    agreed = decide_item(
+        [vote("t", "Torpedo", 1.0)],
+        known=KNOWN,
+        params=PARAMS,
+        model_version=VERSION,
+        prediction=predicted("Torpedo", 0.5),
+    )
+    assert agreed.accepted  # an unsure model does not hold back a trusted install
+    two = [vote("t1", "Torpedo", 1.0), vote("t2", "Torpedo", 1.0)]
+    trusted = decide_item(two, known=KNOWN, params=PARAMS, model_version=VERSION)
     assert trusted.accepted and not trusted.wants_prediction
     # an older version's answer is used meanwhile, and the current version is asked
     older = decide_item(

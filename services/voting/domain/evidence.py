@@ -33,8 +33,8 @@ a cohort (installs that pushed the same labels onto the same settled items) shar
 
 **The published model's prediction** (icons, knowledge crops, screenshots): computed by the trainer on the
 server, so no client can forge it, and counted only from a model version that did not train on the item (a
-label never vouches for itself). It is asked for only where it can matter: items whose leading label has no
-trusted backer.
+label never vouches for itself). It is asked for only where it can matter: items whose leading label fewer
+than ``model_contradict_origins`` trusted installs back.
 - It agrees (same known label, confidence >= ``model_agree_confidence``) and the item's own voters gave that
   label: it adds ``model_support``, so one fresh install's vote (with the client model's confirmation) is enough
   for a known label. Like the family, it never decides alone.
@@ -43,8 +43,9 @@ trusted backer.
   what stops a swarm of fresh installs with forged client guesses planting an existing label. A model that
   trained on the item contradicts too (it learned another label for it): only agreement must come from a
   model that never saw the item's label.
-- A published model exists but has not answered yet, and only untrusted installs back the label: the item
-  waits for the prediction (withheld) rather than letting fresh installs decide before the check. Once it
+- A published model exists but has not answered yet, and fewer than ``model_contradict_origins`` trusted
+  installs back the label: the item waits for the prediction (withheld) rather than being decided before the
+  check. Once it
   answered, a label only untrusted installs back needs its confident agreement (``fresh_need_model``), unless
   it is the label the model was trained on for this very item.
 
@@ -279,11 +280,14 @@ def decide_item(
     # published model's agreement is the second voice
     lone_look_alike = support == 1 and bool(look_alikes) and params.look_alike_second_voice
     model_voice = lone_look_alike and params.look_alike_model_voice
+    # the model's prediction can change the decision while fewer trusted origins back the label than its
+    # contradiction would need: such items are checked (asked about, and waited for)
+    checked = backers < params.model_contradict_origins
     wants_prediction = (
         model_version is not None
         and best is not None
         and best in known
-        and (backers == 0 or model_voice)
+        and (checked or model_voice)
         and (prediction is None or prediction.version != model_version)
     )
     if prediction is not None:
@@ -330,7 +334,7 @@ def decide_item(
             f"{params.model_contradict_origins} trusted installs of distinct origins"
         )
         return withheld(best, confidence, support, reason)
-    if backers == 0 and model_version is not None and prediction is None and not cold_start:
+    if checked and model_version is not None and prediction is None and not cold_start:
         return withheld(best, confidence, support, "waiting for the published model's prediction")
     repeats_training = prediction is not None and prediction.trained_on and prediction.label == best
     if (
