@@ -130,7 +130,8 @@ class RefreshUnit(Protocol):
         self, refs: Collection[ItemRef], version: str, now: datetime, retry_after: timedelta, limit: int
     ) -> list[tuple[str, str, str]]:
         """Of ``refs``, those not yet predicted by ``version`` nor asked of it within ``retry_after``, at most
-        ``limit``, marked as asked: (kind, key, image sha256 of its first stored crop) each."""
+        ``limit``, marked as asked: (kind, key, image sha256 of its first stored crop) each. Those over the
+        limit are queued for the next refresh."""
 
     async def queue_withheld(self, kinds: Collection[str]) -> int:
         """Queue every withheld item of ``kinds`` for the next refresh (a new model can decide them)."""
@@ -337,18 +338,23 @@ WITH images AS (
     JOIN contributions c ON c.contribution_id = v.contribution_id
     WHERE c.image_sha256 IS NOT NULL
     ORDER BY v.item_kind, v.item_key, v.seq
-), due AS (
+), due_all AS (
     SELECT i.* FROM images i
     LEFT JOIN model_predictions p ON p.item_kind = i.item_kind AND p.item_key = i.item_key
     WHERE p.item_key IS NULL
        OR (p.model_version IS DISTINCT FROM $3::text
            AND (p.requested_version IS DISTINCT FROM $3::text OR p.requested_at < $5::timestamptz))
-    ORDER BY 1, 2 LIMIT $6
+), due AS (
+    SELECT * FROM due_all ORDER BY 1, 2 LIMIT $6
 ), asked AS (
     INSERT INTO model_predictions AS p (item_kind, item_key, requested_version, requested_at)
     SELECT item_kind, item_key, $3::text, $4::timestamptz FROM due ORDER BY 1, 2
     ON CONFLICT (item_kind, item_key) DO UPDATE
     SET requested_version = excluded.requested_version, requested_at = excluded.requested_at
+), later AS (  -- over this refresh's limit: queued, so the next refresh asks
+    INSERT INTO dirty_items (item_kind, item_key)
+    SELECT item_kind, item_key FROM due_all EXCEPT SELECT item_kind, item_key FROM due
+    ORDER BY 1, 2 ON CONFLICT DO NOTHING
 )
 SELECT item_kind, item_key, image_sha256 FROM due ORDER BY 1, 2
 """
@@ -892,7 +898,7 @@ class PostgresRefresh:
     async def request_predictions(
         self, refs: Collection[ItemRef], version: str, now: datetime, retry_after: timedelta, limit: int
     ) -> list[tuple[str, str, str]]:
-        if not refs or limit <= 0:
+        if not refs:
             return []
         rows = await (await self._raw()).fetch(
             _REQUEST_PREDICTIONS, *_unzip(refs), version, now, now - retry_after, limit

@@ -395,6 +395,7 @@ class FakeRefresh:
             if asked is not None and asked[0] == version and asked[1] >= now - retry_after:
                 continue
             due.append(ref)
+        self._store.dirty |= set(due[limit:])
         due = due[:limit]
         for ref in due:
             self._store.asked[ref] = (version, now)

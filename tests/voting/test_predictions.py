@@ -138,3 +138,14 @@ async def test_a_new_release_asks_again_for_what_is_still_withheld(voting, engin
     await voting.refresher.refresh()
     assert (await decided(engine, 1)).status == "accepted"
     assert json.loads(json.dumps((await decided(engine, 1)).evidence))["published_model"]["version"] == "v2"
+
+
+async def test_items_over_a_refresh_s_limit_are_asked_by_the_next_refresh(voting_with, engine):
+    voting = voting_with(trust_seconds=1e-6, prediction_max_per_refresh=1)
+    await publish(engine, "v1", 1)
+    await voting.service.handle([vote("a", 1, "Item 1"), vote("b", 2, "Item 2")])
+    await voting.refresher.refresh()
+    assert [len(r.items) for r in await requests(engine)] == [1]
+    await voting.refresher.refresh()  # the other one was queued again
+    asked = [i.item_key for r in await requests(engine) for i in r.items]
+    assert sorted(asked) == sorted([key(1), key(2)])
