@@ -75,7 +75,7 @@ class VotingSettings(CommonSettings):
         description="icons: one voice is not enough on a crop whose look-alikes (its pHash family) carry another label",
     )
     look_alike_model_voice: bool = Field(
-        False,
+        True,
         description="icons: on such a crop, the published model's agreement (not trained on it) is the second voice",
     )
     fresh_need_model: bool = Field(

@@ -279,14 +279,14 @@ def test_labels_fewer_than_two_trusted_origins_back_wait_for_the_published_model
     assert older.accepted and older.wants_prediction
 
 
-def test_with_the_knob_the_model_s_agreement_is_the_second_voice_on_a_look_alike_crop():
+def test_the_model_s_agreement_is_the_second_voice_on_a_look_alike_crop_unless_turned_off():
     lone = [vote("t", "Phaser", 0.9, guess="Phaser")]
     family = [vote("x", "Mine", 0.9), vote("y", "Mine", 0.9)]
     agree = predicted("Phaser", 0.9)
     strict = decide_item(
         lone,
         known=KNOWN,
-        params=PARAMS,
+        params=EvidenceParams(look_alike_model_voice=False),
         family=family,
         family_items=1,
         model_version=VERSION,
@@ -295,7 +295,7 @@ def test_with_the_knob_the_model_s_agreement_is_the_second_voice_on_a_look_alike
     assert not strict.accepted and strict.reason.startswith(
         "one voice on a crop that looks like another item"
     )
-    lenient = EvidenceParams(look_alike_model_voice=True)
+    lenient = PARAMS  # the default
     asks = decide_item(
         lone, known=KNOWN, params=lenient, family=family, family_items=1, model_version=VERSION
     )

@@ -108,7 +108,7 @@ class EvidenceParams:
     new_label_origins: int = 3
     trusted_weight: float = 0.5
     look_alike_second_voice: bool = True
-    look_alike_model_voice: bool = False
+    look_alike_model_voice: bool = True
     fresh_need_model: bool = True
     model_support: float = 0.65
     model_agree_confidence: float = 0.8
