@@ -209,12 +209,15 @@ class ConsensusRefresher:
             "changed": changed,
             "waiting": waiting,
             "predictions_requested": requested,
+            "model_version": self._model_version,
         }
 
     async def _model_inputs(self, unit: RefreshUnit, refs: set[ItemRef]) -> tuple[dict, dict[str, str]]:
         """The stored predictions of the items and the published version of each model; a version not seen
         before queues every withheld item it could decide (for the next refresh)."""
         version = await unit.published_version()
+        if self._model_version is None:  # a process that just started: the version the last refresh saw
+            self._model_version = (await unit.last_refresh_stats() or {}).get("model_version")
         if version is not None and version != self._model_version:
             queued = await unit.queue_withheld(sorted(MODEL_OF_KIND))
             log.info("published model %s: %d withheld items queued for its predictions", version, queued)

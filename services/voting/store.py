@@ -596,6 +596,10 @@ _EXPLAIN_GOLD = """
 SELECT label, moderator, note, decided_at FROM moderator_decisions
 WHERE item_kind = $1 AND item_key = $2 ORDER BY decided_at, id
 """
+_EXPLAIN_PREDICTION = """
+SELECT model_version, label, confidence, trained_on, predicted_at, requested_version, requested_at
+FROM model_predictions WHERE item_kind = $1 AND item_key = $2
+"""
 _EXPLAIN_FAMILY = """
 SELECT c.item_key, c.label, c.status FROM consensus c WHERE c.item_kind = 'icon' AND c.item_key = ANY($1::text[])
 ORDER BY c.item_key
@@ -635,6 +639,7 @@ class PostgresExplainer:
             if row is None and not votes:
                 return None
             gold = await raw.fetch(_EXPLAIN_GOLD, kind, key)
+            prediction = await raw.fetchrow(_EXPLAIN_PREDICTION, kind, key)
             family: list[dict[str, Any]] = []
             if kind == "icon":
                 members = await PostgresRefresh(connection).families([key], self._family_distance)
@@ -649,6 +654,7 @@ class PostgresExplainer:
             "voters": [dict(v) for v in votes],
             "distinct_origins": len({v["origin"] or f"install:{v['install_id']}" for v in votes}),
             "moderator_decisions": [dict(g) for g in gold],
+            "published_model": None if prediction is None else dict(prediction),
             "family": family,
         }
 

@@ -7,6 +7,7 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import text
 
+from services.voting.store import PostgresExplainer
 from shared.blobstore import sha256_hex
 from shared.events import ModelPredicted, Prediction, PredictionRequested, decode_event
 from shared.imagekeys import keys_of_png
@@ -149,3 +150,20 @@ async def test_items_over_a_refresh_s_limit_are_asked_by_the_next_refresh(voting
     await voting.refresher.refresh()  # the other one was queued again
     asked = [i.item_key for r in await requests(engine) for i in r.items]
     assert sorted(asked) == sorted([key(1), key(2)])
+
+
+async def test_the_explanation_shows_the_prediction_and_a_restart_does_not_ask_again(voting_with, engine):
+    voting = voting_with(trust_seconds=1e-6)
+    await publish(engine, "v1", 1)
+    await voting.service.handle([vote(i, 1, "Item 1", model_guess="Item 1") for i in ("a", "b", "c")])
+    await voting.refresher.refresh()
+    await voting.service.handle([answer("v1", 1, "Item 5", 0.7)])
+    await voting.refresher.refresh()
+    explained = await PostgresExplainer(engine, voting.settings).item("icon", key(1))
+    assert explained["why"].startswith("the published model says Item 5 (0.70)")
+    model = explained["published_model"]
+    assert (model["model_version"], model["label"], model["requested_version"]) == ("v1", "Item 5", "v1")
+    restarted = voting_with(trust_seconds=1e-6)  # a new process: it knows v1 from the last refresh
+    await restarted.refresher.refresh()
+    async with engine.connect() as connection:
+        assert await connection.scalar(text("SELECT count(*) FROM dirty_items")) == 0
