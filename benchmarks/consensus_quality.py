@@ -15,6 +15,15 @@ due at every refresh, since one refresh here stands for hours of the simulated m
 (accepted = status 'accepted') is then scored against the truth, and plain majority is computed from the same
 stored votes (most votes per stored item, so under voting's item keys; a tie goes to the label voted first).
 
+The published model (``--no-model`` leaves it out, as before it existed): at each of the workload's model
+releases the benchmark publishes a version (a ``model_versions`` row, as the publisher would) trained on a
+snapshot of what was accepted then plus a base crop of every item the simulated model knows (the training
+data that gives it its classes: ``Workload.model_training``), so its labels become known as a release's do. After every refresh it takes voting's
+``model.prediction_requested`` events from the outbox (as the relay would) and answers each with the
+``model.predicted`` event the trainer's predictor would send: the workload's ``published_prediction`` per item,
+flagged ``trained_on`` when the version's snapshot held it. So voting's real request/answer path is exercised;
+only the model itself is simulated.
+
 Item keys are read back, not assumed: an icon crop's row is the one keyed by its ``pixels_sha256`` if voting
 stored one, else by its ``crop_sha256``.
 """
@@ -34,6 +43,7 @@ from pathlib import Path
 from statistics import mean
 
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -41,10 +51,14 @@ from benchmarks.common import ROOT, add_server_options, drop_database, fresh_dat
 from services.voting.bootstrap import bootstrap  # noqa: E402
 from services.voting.domain.consensus import Vote, plain_majority  # noqa: E402
 from services.voting.settings import VotingSettings  # noqa: E402
+from shared.events import ModelPredicted, Prediction, PredictionRequested, decode_event  # noqa: E402
+from tests.utils.rows import add_snapshot, add_version, trained_at  # noqa: E402
 from tools.simulator.community import (  # noqa: E402
     ICON,
     KINDS,
     SCALES,
+    START,
+    WINDOW,
     CommunitySpec,
     Workload,
     describe,
@@ -79,6 +93,72 @@ ROWS = (
 )
 
 
+class SimulatedPredictor:
+    """Publishes the workload's model versions when their time comes and answers voting's prediction requests
+    (from its outbox) as the trainer's predictor would, with the workload's simulated model."""
+
+    _TRAINED = (
+        "SELECT item_kind, item_key, label FROM consensus "
+        "WHERE status = 'accepted' AND item_kind IN ('icon', 'screen') AND label IS NOT NULL"
+    )
+    _TAKE_REQUESTS = (
+        "UPDATE outbox SET published_at = now() "
+        "WHERE routing_key = 'model.prediction_requested' AND published_at IS NULL RETURNING body"
+    )
+
+    def __init__(self, workload: Workload, engine: AsyncEngine) -> None:
+        self._workload = workload
+        self._engine = engine
+        self._pending = list(enumerate(workload.model_releases))
+        self._published: tuple[str, set[tuple[str, str]]] | None = None
+        self.asked = 0
+
+    async def publish_due(self, now) -> None:
+        t = (now - START) / WINDOW
+        while self._pending and self._pending[0][1] <= t:
+            number, _ = self._pending.pop(0)
+            version = f"sim-r{number}"
+            async with self._engine.begin() as db:
+                items = {(r.item_kind, r.item_key): r.label for r in await db.execute(text(self._TRAINED))}
+                for kind, key, label in self._workload.model_training(number):
+                    items.setdefault((kind, key), label)
+                snapshot = await add_snapshot(
+                    db, [(*ref, label, None) for ref, label in sorted(items.items())]
+                )
+                await add_version(db, version, trained_at=trained_at(number), snapshot_id=snapshot)
+            self._published = (version, set(items))
+
+    async def answer(self, now) -> list[ModelPredicted]:
+        async with self._engine.begin() as db:
+            bodies = (await db.execute(text(self._TAKE_REQUESTS))).scalars().all()
+        if not bodies or self._published is None:
+            return []
+        version, trained = self._published
+        t = (now - START) / WINDOW
+        answers = []
+        for body in bodies:
+            request = decode_event(bytes(body))
+            assert isinstance(request, PredictionRequested)
+            predictions = []
+            for item in request.items:
+                seen = self._workload.published_prediction(item.item_kind, item.item_key, t)
+                label, confidence, ref = seen if seen is not None else (None, 0.0, None)
+                predictions.append(
+                    Prediction(
+                        item_kind=item.item_kind,
+                        item_key=item.item_key,
+                        label=label,
+                        confidence=confidence,
+                        trained_on=ref is None or ref in trained,
+                    )
+                )
+            self.asked += len(predictions)
+            answers.append(
+                ModelPredicted(model_version=version, request_id=request.message_id, predictions=predictions)
+            )
+        return answers
+
+
 async def feed(workload: Workload, database_url: str, args: argparse.Namespace) -> dict:
     overrides = {name: SOON for name in PACED_BY_WALL_TIME if name in VotingSettings.model_fields}
     settings = VotingSettings(
@@ -92,23 +172,31 @@ async def feed(workload: Workload, database_url: str, args: argparse.Namespace) 
     stream = workload.stream()
     now = [stream[0].occurred_at]  # the service's clock: the time of the latest contribution
     voting = bootstrap(settings, clock=lambda: now[0])
+    predictor = None if args.no_model else SimulatedPredictor(workload, voting.engine)
     stored = refreshing = 0.0
     refreshes = since_refresh = 0
 
     async def refresh() -> bool:
-        """One refresh; whether it changed anything or left work waiting."""
+        """One refresh, then the predictions it asked for; whether it changed anything or left work waiting."""
         nonlocal refreshing, refreshes
         began = time.perf_counter()
         outcome = await voting.refresher.refresh()
         refreshing += time.perf_counter() - began
         refreshes += 1
-        return outcome.refreshed and bool(outcome.stats.get("changed") or outcome.stats.get("waiting"))
+        answered = await predictor.answer(now[0]) if predictor else []
+        if answered:
+            await voting.service.handle(answered)
+        return bool(answered) or (
+            outcome.refreshed and bool(outcome.stats.get("changed") or outcome.stats.get("waiting"))
+        )
 
     try:
         step = min(settings.max_batch, args.refresh_every)
         for start in range(0, len(stream), step):
             batch = stream[start : start + step]
             now[0] = batch[-1].occurred_at
+            if predictor:
+                await predictor.publish_due(now[0])
             began = time.perf_counter()
             await voting.service.handle(batch)
             stored += time.perf_counter() - began
@@ -131,7 +219,12 @@ async def feed(workload: Workload, database_url: str, args: argparse.Namespace) 
     return {
         "votes": votes,
         "consensus": rows,
-        "timing": {"store_s": stored, "refresh_s": refreshing, "refreshes": refreshes},
+        "timing": {
+            "store_s": stored,
+            "refresh_s": refreshing,
+            "refreshes": refreshes,
+            "predicted": predictor.asked if predictor else 0,
+        },
     }
 
 
@@ -229,7 +322,7 @@ async def run(args: argparse.Namespace) -> int:
         timing = fed["timing"]
         print(
             f"  stored in {timing['store_s']:.1f}s; {timing['refreshes']} refreshes took "
-            f"{timing['refresh_s']:.1f}s; units with no stored item: "
+            f"{timing['refresh_s']:.1f}s; {timing['predicted']} items predicted; units with no stored item: "
             f"{result['warp-loop']['units_not_stored']}"
         )
         print(table(list(METHODS), [result[m] for m in METHODS], targets=False))
@@ -305,6 +398,11 @@ def main() -> int:
         default=[],
         metavar="NAME=VALUE",
         help="a CommunitySpec field over the scale's (repeatable), e.g. --workload near_copy_share=0.02",
+    )
+    parser.add_argument(
+        "--no-model",
+        action="store_true",
+        help="no published model: no release, no predictions (voting as before the predictor existed)",
     )
     parser.add_argument("--json", help="also write every figure to this file")
     add_server_options(parser)

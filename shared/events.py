@@ -260,6 +260,50 @@ class KnowledgePublished(Event):
     updated_at: str
 
 
+# --- the published model's predictions (voting -> trainer -> voting) ----------------------------------------------
+
+PredictedKind = Literal["icon", "knowledge", "screen"]
+
+
+class PredictionItem(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    item_kind: PredictedKind
+    item_key: str = Field(min_length=1, max_length=2000)
+    image_sha256: Sha256Hex = Field(description="the blob (as ingest stored it) the model is run on")
+
+
+class PredictionRequested(Event):
+    """Voting asks for the published model's prediction on items whose decision waits for it (withheld for
+    lack of trusted evidence). The trainer, which owns the models, answers with ``model.predicted``."""
+
+    event_type: ClassVar[str] = "model.prediction_requested"
+    model_version: str = Field(min_length=1, max_length=64, description="the published version voting saw")
+    items: list[PredictionItem] = Field(min_length=1, max_length=1000)
+
+
+class Prediction(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    item_kind: PredictedKind
+    item_key: str = Field(min_length=1, max_length=2000)
+    label: str | None = Field(None, max_length=300, description="top-1 class; None: the image cannot be read")
+    confidence: float = Field(0.0, ge=0, le=1, description="softmax probability of the top-1 class")
+    trained_on: bool = Field(
+        description="the model's training snapshot held this item (or its pixels): its prediction repeats the "
+        "label it was taught, so it is no evidence for that label"
+    )
+
+
+class ModelPredicted(Event):
+    """The published model's predictions, through the client path, for the items of one request."""
+
+    event_type: ClassVar[str] = "model.predicted"
+    model_version: str = Field(min_length=1, max_length=64)
+    request_id: str = Field("", max_length=128, description="the message id of the request answered")
+    predictions: list[Prediction] = Field(min_length=1, max_length=1000)
+
+
 EVENT_TYPES: dict[str, dict[int, type[Event]]] = {}
 for _event_class in (
     IconCropContributed,
@@ -279,6 +323,8 @@ for _event_class in (
     ModelTrained,
     ModelPublished,
     KnowledgePublished,
+    PredictionRequested,
+    ModelPredicted,
 ):
     _version = _event_class.model_fields["schema_version"].default
     EVENT_TYPES.setdefault(_event_class.event_type, {})[_version] = _event_class

@@ -45,8 +45,13 @@ class FeedQueue:
 
 
 CONSUMER_QUEUES = (
-    ConsumerQueue("voting", ("contribution.*", "training.force_requested", "moderation.*")),
+    ConsumerQueue(
+        "voting", ("contribution.*", "training.force_requested", "moderation.*", "model.predicted")
+    ),
     ConsumerQueue("trainer", ("training.requested",), single_active_consumer=True),
+    # the trainer's predictor: the published model's predictions voting asks for (a queue of its own, so a
+    # training run never delays them, nor they a training request)
+    ConsumerQueue("predictor", ("model.prediction_requested",)),
     # one active publisher (others stand by): releases are committed to the Hub one at a time, in queue order
     ConsumerQueue(
         "publisher",

@@ -201,7 +201,7 @@ async def admin_rollback(version: Annotated[str, Path(min_length=1, max_length=6
     return await _requested(runtime, RollbackRequested(target_version=version))
 
 
-Role = Literal["voting", "trainer", "publisher"]
+Role = Literal["voting", "trainer", "predictor", "publisher"]
 
 
 @contextlib.asynccontextmanager

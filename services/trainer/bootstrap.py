@@ -1,7 +1,9 @@
 """Composition root of the trainer: ``bootstrap(settings)`` wires the real adapters; tests pass in-memory fakes
 (store, blobs, publisher, clock, model work) as keyword overrides.
 
-The queue has a single active consumer with prefetch 1; a request is recorded as a run and acked at once
+It also consumes ``model.prediction_requested`` (queue ``predictor``) with ``handlers.Predictor``.
+
+The training queue has a single active consumer with prefetch 1; a request is recorded as a run and acked at once
 (RabbitMQ cancels consumers that hold a message unacked for 30 minutes). Runs are executed by whichever trainer
 process holds a Postgres advisory lock, so a standby trainer takes over — and resumes unfinished runs from
 their checkpoints — when the active one dies.
@@ -18,7 +20,7 @@ from typing import Any
 from faststream.rabbit import RabbitBroker
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.trainer.handlers import ActiveTrainer, ModelWork, RunLedger, TrainingRunner
+from services.trainer.handlers import ActiveTrainer, ModelWork, Predictor, RunLedger, TrainingRunner
 from services.trainer.settings import TrainerSettings
 from services.trainer.store import PostgresTrainerStore, TrainerStore
 from shared.blobstore import BlobStore, PostgresBlobStore
@@ -26,7 +28,7 @@ from shared.broker import EventPublisher
 from shared.clock import Clock, utc_now
 from shared.consumer import subscribe_events
 from shared.db import create_engine
-from shared.events import TrainingRequested
+from shared.events import PredictionRequested, TrainingRequested
 from shared.outbox import OutboxRelay
 from shared.worker_main import run_service
 
@@ -43,6 +45,7 @@ class Trainer:
     ledger: RunLedger
     runner: TrainingRunner
     active: ActiveTrainer
+    predictor: Predictor
 
     async def run(self) -> None:
         """Consume requests, run the recorded runs while active, relay the outbox and answer health checks
@@ -84,6 +87,11 @@ def bootstrap(
         store, blobs, settings, clock=clock, monotonic=monotonic, progress=publisher.publish, work=work
     )
     subscribe_events(broker, topology, "trainer", {TrainingRequested: ledger.record}, publisher, prefetch=1)
+    # the published model's predictions for voting: a queue of their own, one request at a time
+    predictor = Predictor(store, blobs, publisher.publish)
+    subscribe_events(
+        broker, topology, "predictor", {PredictionRequested: predictor.handle}, publisher, prefetch=1
+    )
     return Trainer(
         settings=settings,
         engine=engine,
@@ -95,4 +103,5 @@ def bootstrap(
         ledger=ledger,
         runner=runner,
         active=ActiveTrainer(store, runner, wake, after_runs=relay.wake),
+        predictor=predictor,
     )

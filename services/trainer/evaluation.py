@@ -25,19 +25,29 @@ class Scores:
 
 
 @torch.no_grad()
-def client_predictions(
+def client_top1(
     kind: str, model: nn.Module, images: torch.Tensor, indices: Sequence[int]
-) -> list[int]:
-    """Top-1 class indices for ``images[indices]`` (uint8 N x 3 x H x W) fed as the client feeds them."""
+) -> list[tuple[int, float]]:
+    """Top-1 class index and its softmax probability for ``images[indices]`` (uint8 N x 3 x H x W) fed as the
+    client feeds them."""
     if not indices:
         return []
     client_input = icon_input if kind == "icon" else screen_input_from_rgb
     batch = np.stack([client_input(images[i].permute(1, 2, 0).numpy()) for i in indices])
     model.eval()
-    predictions: list[int] = []
+    top: list[tuple[int, float]] = []
     for start in range(0, len(batch), BATCH):
-        predictions += model(torch.from_numpy(batch[start : start + BATCH])).argmax(1).tolist()
-    return predictions
+        probabilities = model(torch.from_numpy(batch[start : start + BATCH])).softmax(1)
+        confidence, index = probabilities.max(1)
+        top += zip(index.tolist(), confidence.tolist(), strict=True)
+    return top
+
+
+def client_predictions(
+    kind: str, model: nn.Module, images: torch.Tensor, indices: Sequence[int]
+) -> list[int]:
+    """Top-1 class indices for ``images[indices]`` (uint8 N x 3 x H x W) fed as the client feeds them."""
+    return [index for index, _ in client_top1(kind, model, images, indices)]
 
 
 def accuracy(predicted: Sequence[Any], truth: Sequence[Any]) -> float:

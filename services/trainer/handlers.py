@@ -17,7 +17,8 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
-from prometheus_client import Counter, Gauge
+from PIL import UnidentifiedImageError
+from prometheus_client import Counter, Gauge, Histogram
 
 from services.trainer import release
 from services.trainer.checkpoints import Checkpoints
@@ -42,9 +43,10 @@ from services.trainer.domain.gold import (
     gold_gate,
     judged,
 )
+from services.trainer.domain.predictions import Wanted, by_model, trained_ref
 from services.trainer.imprint import Imprinted, imprint
 from services.trainer.settings import TrainerSettings
-from services.trainer.store import RunTakenOver, TrainerStore
+from services.trainer.store import PredictionStore, PublishedRelease, RunTakenOver, TrainerStore
 from services.trainer.training import (
     ICON_CONFIG,
     SCREEN_CONFIG,
@@ -56,12 +58,22 @@ from services.trainer.training import (
     TrainConfig,
     dataset,
     gold_counts,
+    predict_images,
     train_model,
 )
-from shared.blobstore import BlobStore
+from shared.blobstore import BlobNotFound, BlobStore
 from shared.clock import Clock, utc_now
 from shared.consumer import is_outage
-from shared.events import TrainingProgress, TrainingRequested, format_trained_at
+from shared.events import (
+    Event,
+    ModelPredicted,
+    Prediction,
+    PredictionRequested,
+    TrainingProgress,
+    TrainingRequested,
+    format_trained_at,
+)
+from shared.imagekeys import keys_of_png
 from shared.reads import FINISHED_RUN_STATUSES
 
 log = logging.getLogger(__name__)
@@ -69,6 +81,12 @@ EPOCHS = Counter("warp_trainer_epochs_total", "Training epochs completed", ["mod
 VAL_ACCURACY = Gauge("warp_trainer_val_accuracy", "Held-out accuracy of the latest epoch", ["model"])
 THROUGHPUT = Gauge("warp_trainer_images_per_second", "Training throughput of the latest epoch", ["model"])
 RUNS = Counter("warp_trainer_runs_total", "Training runs ended", ["status"])
+PREDICTED = Counter(
+    "warp_trainer_predictions_total", "Items the published model predicted for voting", ["model"]
+)
+PREDICTION_SECONDS = Histogram(
+    "warp_trainer_prediction_seconds", "Time to answer one model.prediction_requested (its items together)"
+)
 
 ProgressSink = Callable[[TrainingProgress], Awaitable[None]]
 TrainModel = Callable[[ModelJob], ModelOutcome]
@@ -449,6 +467,95 @@ def _both(gate: GateDecision, gold: GoldDecision) -> GateDecision:
 def _log_unsent(sent: concurrent.futures.Future[None]) -> None:
     if not sent.cancelled() and sent.exception() is not None:
         log.warning("progress event not sent: %r", sent.exception())
+
+
+PredictImages = Callable[[str, PublishedModel, Sequence[bytes]], list[tuple[str | None, float]]]
+Publish = Callable[[Event], Awaitable[None]]
+
+
+class Predictor:
+    """Answers voting's ``model.prediction_requested`` with ``model.predicted``: the published release's icon
+    model (icons, knowledge crops) or screen model (screenshots) run on each item's stored image through the
+    client path, with whether that release's training snapshot held the item (then its answer is no evidence).
+
+    Cost: one forward pass per distinct item of a request (voting sends at most ``prediction_batch`` items an
+    event, only for items it is waiting on, once per model version), in a worker thread; the release's
+    models are loaded once per version. Before the first release a request is acked unanswered (voting asks
+    again after ``WARP_PREDICTION_RETRY_SECONDS``)."""
+
+    def __init__(
+        self,
+        store: PredictionStore,
+        blobs: BlobStore,
+        publish: Publish,
+        *,
+        predict: PredictImages = predict_images,
+    ) -> None:
+        self._store = store
+        self._blobs = blobs
+        self._publish = publish
+        self._predict = predict
+        self._loaded: tuple[str, dict[str, PublishedModel | None]] | None = None
+
+    async def handle(self, request: PredictionRequested) -> None:
+        published = await self._store.published_release()
+        if published is None:
+            log.info("no published model yet: prediction request %s left unanswered", request.message_id)
+            return
+        with PREDICTION_SECONDS.time():
+            models = await self._models(published)
+            trained = await self._store.snapshot_refs(published.snapshot_id)
+            wanted = [Wanted(i.item_kind, i.item_key, i.image_sha256) for i in request.items]
+            predictions: list[Prediction] = []
+            for model_kind, items in sorted(by_model(wanted).items()):
+                images = [await self._image(item.image_sha256) for item in items]
+                model = models.get(model_kind)
+                answers = (
+                    [(None, 0.0)] * len(items)
+                    if model is None
+                    else await asyncio.to_thread(self._predict, model_kind, model, images)
+                )
+                for item, image, (label, confidence) in zip(items, images, answers, strict=True):
+                    ref = trained_ref(item.item_kind, item.item_key, _pixels_key(image))
+                    predictions.append(
+                        Prediction(
+                            item_kind=item.item_kind,
+                            item_key=item.item_key,
+                            label=label,
+                            confidence=min(1.0, max(0.0, confidence)),
+                            trained_on=ref is None or ref in trained,
+                        )
+                    )
+                PREDICTED.labels(model_kind).inc(len(items))
+        await self._publish(
+            ModelPredicted(
+                model_version=published.version, request_id=request.message_id, predictions=predictions
+            )
+        )
+
+    async def _image(self, sha256: str) -> bytes:
+        try:
+            return await self._blobs.get(sha256)
+        except BlobNotFound:
+            return b""  # answered as unreadable: voting counts no prediction for it
+
+    async def _models(self, published: PublishedRelease) -> dict[str, PublishedModel | None]:
+        """The release's icon and screen models (None where it has none), loaded once per version."""
+        if self._loaded is None or self._loaded[0] != published.version:
+            models: dict[str, PublishedModel | None] = {}
+            for kind, paths in release.MODEL_FILES.items():
+                shas = await self._store.release_artifacts(published.run_id, paths)
+                files = {path: await self._blobs.get(sha) for path, sha in shas.items()}
+                models[kind] = release.read_model(kind, files)
+            self._loaded = (published.version, models)
+        return self._loaded[1]
+
+
+def _pixels_key(image: bytes) -> str | None:
+    try:
+        return keys_of_png(image).pixels_sha256
+    except (ValueError, OSError, UnidentifiedImageError):
+        return None
 
 
 class ActiveTrainer:

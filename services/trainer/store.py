@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -77,6 +78,23 @@ class TrainerStore(Protocol):
     async def finish_imprint(self, parent: Run, release: Release, now: datetime) -> None: ...
 
     def active_lock(self) -> contextlib.AbstractAsyncContextManager[Callable[[], Awaitable[None]]]: ...
+
+
+class PredictionStore(Protocol):
+    """What the predictor reads: the published release and its training snapshot's items."""
+
+    async def published_release(self) -> PublishedRelease | None: ...
+
+    async def release_artifacts(self, run_id: uuid.UUID, paths: Collection[str]) -> dict[str, str]: ...
+
+    async def snapshot_refs(self, snapshot_id: uuid.UUID) -> set[tuple[str, str]]: ...
+
+
+@dataclass(frozen=True)
+class PublishedRelease:
+    version: str
+    run_id: uuid.UUID
+    snapshot_id: uuid.UUID
 
 
 class PostgresTrainerStore:
@@ -243,6 +261,24 @@ class PostgresTrainerStore:
             if published is None:
                 return {}
             return await run_artifacts(connection, published.run_id, paths)
+
+    async def published_release(self) -> PublishedRelease | None:
+        """The release clients are told about (the publisher's ``model_versions``); None before the first."""
+        async with self._engine.connect() as connection:
+            published = await latest_published_version(connection)
+        if published is None:
+            return None
+        return PublishedRelease(published.version, published.run_id, published.snapshot_id)
+
+    async def release_artifacts(self, run_id: uuid.UUID, paths: Collection[str]) -> dict[str, str]:
+        """{path: blob sha} of those of ``paths`` that the run's release holds."""
+        async with self._engine.connect() as connection:
+            return await run_artifacts(connection, run_id, paths)
+
+    async def snapshot_refs(self, snapshot_id: uuid.UUID) -> set[tuple[str, str]]:
+        """(kind, key) of every icon and screenshot of a training snapshot."""
+        async with self._engine.connect() as connection:
+            return set(await snapshot_labels(connection, snapshot_id))
 
     async def n_users(self, snapshot_id: uuid.UUID) -> int:
         """How many installs voted on the snapshot's icons (voting's ``votes``)."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -517,6 +518,34 @@ def gold_counts(
         return evaluation.label_counts(kind, built, model.classes, gold.images, gold.labels)
 
     return counts(candidate), None if published is None else counts(published)
+
+
+Build = Callable[[str, Sequence[str], dict[str, torch.Tensor]], nn.Module]
+
+
+def predict_images(
+    kind: str, published: PublishedModel, images: Sequence[bytes], build: Build | None = None
+) -> list[tuple[str | None, float]]:
+    """The published ``kind`` model's top-1 label and confidence for each encoded image, decoded and fed
+    exactly as clients do (``domain/client_path``); (None, 0) for an image that cannot be decoded. ``build``
+    makes the network from the weights (``network``; tests pass a tiny one). Blocking: run it in a thread."""
+    decode = icon_crop_64 if kind == "icon" else screen_rgb
+    pixels: list[np.ndarray | None] = []
+    for image in images:
+        try:
+            pixels.append(decode(image))
+        except (ValueError, cv2.error):
+            pixels.append(None)
+    readable = [i for i, p in enumerate(pixels) if p is not None]
+    out: list[tuple[str | None, float]] = [(None, 0.0)] * len(images)
+    if not readable:
+        return out
+    stacked = torch.from_numpy(np.stack([pixels[i] for i in readable])).permute(0, 3, 1, 2).contiguous()
+    model = (build or network)(kind, published.classes, published.state)
+    top = evaluation.client_top1(kind, model, stacked, range(len(readable)))
+    for i, (index, confidence) in zip(readable, top, strict=True):
+        out[i] = (published.classes[index], float(confidence))
+    return out
 
 
 def train_model(job: ModelJob) -> ModelOutcome:

@@ -17,13 +17,24 @@ from shared.batch_consumer import BatchConsumer
 from shared.broker import EventPublisher
 from shared.clock import Clock, utc_now
 from shared.db import create_engine
-from shared.events import EVENT_TYPES, InstallModerated, ItemModerated, TrainingForceRequested
+from shared.events import (
+    EVENT_TYPES,
+    InstallModerated,
+    ItemModerated,
+    ModelPredicted,
+    TrainingForceRequested,
+)
 from shared.outbox import OutboxRelay
 from shared.worker_main import run_service
 
 ACCEPTED_EVENTS = frozenset(
     {t for t in EVENT_TYPES if t.startswith("contribution.")}
-    | {TrainingForceRequested.event_type, ItemModerated.event_type, InstallModerated.event_type}
+    | {
+        TrainingForceRequested.event_type,
+        ItemModerated.event_type,
+        InstallModerated.event_type,
+        ModelPredicted.event_type,
+    }
 )
 
 

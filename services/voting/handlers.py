@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -19,6 +20,7 @@ from services.voting.domain.items import batch_of
 from services.voting.domain.snapshots import compose_snapshot, decide_snapshot, refresh_pause
 from services.voting.domain.tally import (
     ESTIMATED_KINDS,
+    MODEL_OF_KIND,
     DecisionInputs,
     ItemRef,
     consensus_rows,
@@ -35,6 +37,9 @@ from shared.events import (
     Event,
     InstallModerated,
     ItemModerated,
+    ModelPredicted,
+    PredictionItem,
+    PredictionRequested,
     TrainingForceRequested,
     TrainingRequested,
 )
@@ -46,6 +51,12 @@ STORED = Counter(
 REFRESH_SECONDS = Histogram("warp_voting_refresh_seconds", "Duration of a consensus refresh")
 DECIDED = Counter("warp_voting_items_decided_total", "Items a refresh decided again", ["kind"])
 CHANGED = Counter("warp_voting_decisions_changed_total", "Consensus rows a refresh changed", ["kind"])
+PREDICTIONS_REQUESTED = Counter(
+    "warp_voting_predictions_requested_total", "Items voting asked the published model to predict"
+)
+PREDICTIONS_STORED = Counter(
+    "warp_voting_predictions_stored_total", "The published model's predictions voting stored"
+)
 DIRTY_LEFT = Gauge("warp_voting_items_waiting", "Items queued for the next refresh beyond this one's limit")
 
 
@@ -81,6 +92,7 @@ class ConsensusRefresher:
         self.trust_params = settings.trust_params()
         self.evidence_params = settings.evidence_params()
         self._trust_estimated_at: float | None = None
+        self._model_version: str | None = None  # the published version the last refresh saw
 
     async def refresh(self, force: TrainingForceRequested | None = None) -> RefreshOutcome:
         """Decide what changed; snapshot and request training when the rules say so. Returns without doing
@@ -158,6 +170,7 @@ class ConsensusRefresher:
         installs = {vote.install_id for item_votes in votes.values() for vote in item_votes}
         trust = await unit.trust_of(installs)
         known = await unit.known_labels()
+        predictions, model_versions = await self._model_inputs(unit, refs)
         own_votes = [vote for ref in refs for vote in votes.get(ref, ())]
         await unit.write_judgements(judgements(own_votes, current, gold))
         inputs = DecisionInputs(
@@ -168,8 +181,11 @@ class ConsensusRefresher:
             known,
             self._settings.anchor_min_contributors,
             self._settings.cold_start_labels,
+            predictions,
+            model_versions,
         )
         decisions = decide(refs, inputs, self.evidence_params, self.trust_params)
+        requested = await self._request_predictions(unit, decisions, model_versions)
         rows = consensus_rows(decisions, current, votes)
         changed = await unit.write_consensus(rows)
         establishing: dict[str, set[str]] = {}
@@ -188,7 +204,60 @@ class ConsensusRefresher:
                 CHANGED.labels(row.kind).inc()
         waiting = len(work) >= self._settings.refresh_max_items
         DIRTY_LEFT.set(1 if waiting else 0)
-        return {"decided": len(rows), "changed": changed, "waiting": waiting}
+        return {
+            "decided": len(rows),
+            "changed": changed,
+            "waiting": waiting,
+            "predictions_requested": requested,
+            "model_version": self._model_version,
+        }
+
+    async def _model_inputs(self, unit: RefreshUnit, refs: set[ItemRef]) -> tuple[dict, dict[str, str]]:
+        """The stored predictions of the items and the published version of each model; a version not seen
+        before queues every withheld item it could decide (for the next refresh)."""
+        version = await unit.published_version()
+        if self._model_version is None:  # a process that just started: the version the last refresh saw
+            self._model_version = (await unit.last_refresh_stats() or {}).get("model_version")
+        if version is not None and version != self._model_version:
+            queued = await unit.queue_withheld(sorted(MODEL_OF_KIND))
+            log.info("published model %s: %d withheld items queued for its predictions", version, queued)
+        self._model_version = version
+        predictions = await unit.predictions_of([ref for ref in refs if ref[0] in MODEL_OF_KIND])
+        if version is None or self._settings.prediction_max_per_refresh == 0:
+            return predictions, {}  # no model to wait for or to ask
+        versions = {model: version for model in set(MODEL_OF_KIND.values())}
+        return predictions, versions
+
+    async def _request_predictions(
+        self, unit: RefreshUnit, decisions: dict, model_versions: dict[str, str]
+    ) -> int:
+        """Ask the trainer for the published model's prediction on the items whose decision it could change
+        (deduplicated per version and bounded per refresh; answered by ``model.predicted``)."""
+        wanted = [
+            ref
+            for ref, decision in decisions.items()
+            if isinstance(decision, ItemDecision) and decision.wants_prediction
+        ]
+        versions = {model_versions.get(MODEL_OF_KIND[kind]) for kind, _ in wanted} - {None}
+        if not versions:
+            return 0
+        settings = self._settings
+        [version] = versions  # one release carries both models
+        due = await unit.request_predictions(
+            wanted,
+            version,
+            self._clock(),
+            timedelta(seconds=settings.prediction_retry_seconds),
+            settings.prediction_max_per_refresh,
+        )
+        for start in range(0, len(due), settings.prediction_batch):
+            chunk = due[start : start + settings.prediction_batch]
+            items = [PredictionItem(item_kind=k, item_key=key, image_sha256=sha) for k, key, sha in chunk]
+            await unit.send(PredictionRequested(model_version=version, items=items))
+        PREDICTIONS_REQUESTED.inc(len(due))
+        if due:
+            self._on_snapshot()  # the outbox relay's wake-up
+        return len(due)
 
     async def _estimate_trust(self, unit: RefreshUnit) -> dict:
         """Weights of the installs with new judgements, cohorts from every contradiction of a settled label,
@@ -270,5 +339,7 @@ class VotingService:
                 await self._store.moderate_item(event)
             elif isinstance(event, InstallModerated):
                 await self._store.moderate_install(event)
+            elif isinstance(event, ModelPredicted):
+                PREDICTIONS_STORED.inc(await self._store.store_predictions(event))
             elif isinstance(event, TrainingForceRequested):
                 await self._refresher.refresh(force=event)

@@ -74,6 +74,15 @@ class VotingSettings(CommonSettings):
         True,
         description="icons: one voice is not enough on a crop whose look-alikes (its pHash family) carry another label",
     )
+    look_alike_model_voice: bool = Field(
+        True,
+        description="icons: on such a crop, the published model's agreement (not trained on it) is the second voice",
+    )
+    fresh_need_model: bool = Field(
+        True,
+        description="once a published model exists and predicted an item, a label no trusted install backs needs "
+        "its confident agreement",
+    )
     new_label_origins: int = Field(
         3, ge=1, description="trusted installs of distinct origins a label nobody has yet needs"
     )
@@ -85,6 +94,39 @@ class VotingSettings(CommonSettings):
     )
     trusted_weight: float = Field(
         0.5, gt=0, le=1, description="weight from which an install counts as trusted for a new label"
+    )
+    model_support: float = Field(
+        0.65,
+        ge=0,
+        description="evidence the published model's prediction (not trained on the item) adds to a known label "
+        "the item's voters gave, when it agrees at model_agree_confidence or more",
+    )
+    model_agree_confidence: float = Field(
+        0.8, ge=0, le=1, description="the published model's confidence from which its agreement counts"
+    )
+    model_contradict_confidence: float = Field(
+        0.6,
+        ge=0,
+        le=1,
+        description="the published model's confidence in another label from which a label needs "
+        "model_contradict_origins trusted installs",
+    )
+    model_contradict_origins: int = Field(
+        2,
+        ge=1,
+        description="trusted installs of distinct origins a label the published model contradicts needs",
+    )
+    prediction_batch: int = Field(
+        200, ge=1, le=1000, description="items per model.prediction_requested event"
+    )
+    prediction_max_per_refresh: int = Field(
+        2_000,
+        ge=0,
+        description="items one refresh asks the published model about at most (0: the published model's "
+        "prediction is neither asked for nor waited on)",
+    )
+    prediction_retry_seconds: float = Field(
+        600.0, gt=0, description="an unanswered prediction request is sent again after this long"
     )
     cohort_min_shared_flips: int = Field(
         3, ge=1, description="settled items two installs contradicted with the same label to be linked"
@@ -130,10 +172,16 @@ class VotingSettings(CommonSettings):
             family_cap=self.family_cap,
             new_label_origins=self.new_label_origins,
             trusted_weight=self.trusted_weight,
+            model_support=self.model_support,
+            model_agree_confidence=self.model_agree_confidence,
+            model_contradict_confidence=self.model_contradict_confidence,
+            model_contradict_origins=self.model_contradict_origins,
         )
         icon = EvidenceParams(
             accept_score=self.icon_accept_score,
             look_alike_second_voice=self.look_alike_second_voice,
+            look_alike_model_voice=self.look_alike_model_voice,
+            fresh_need_model=self.fresh_need_model,
             **common,
         )
         single = EvidenceParams(accept_score=self.single_voter_accept_score, **common)

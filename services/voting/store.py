@@ -10,14 +10,14 @@ import contextlib
 import json
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.voting.domain.consensus import Flip
-from services.voting.domain.evidence import Gold, TrustCounts
+from services.voting.domain.evidence import Gold, ModelPrediction, TrustCounts
 from services.voting.domain.items import BallotBatch
 from services.voting.domain.snapshots import Accepted, LabelChanges, NewSnapshot, PreviousSnapshot
 from services.voting.domain.tally import (
@@ -31,7 +31,14 @@ from services.voting.domain.tally import (
 )
 from services.voting.tables import consensus_refreshes, training_snapshots
 from shared import db, reads
-from shared.events import Contribution, InstallModerated, ItemModerated, TrainingRequested
+from shared.events import (
+    Contribution,
+    Event,
+    InstallModerated,
+    ItemModerated,
+    ModelPredicted,
+    TrainingRequested,
+)
 from shared.outbox import enqueue
 
 REFRESH_LOCK = 0x57A7_0001  # pg advisory lock key: one consensus refresher at a time across processes
@@ -113,6 +120,25 @@ class RefreshUnit(Protocol):
 
     async def log_refresh(self, stats: dict[str, Any]) -> None: ...
 
+    async def published_version(self) -> str | None:
+        """The version of the release clients are told about; None before the first."""
+
+    async def predictions_of(self, refs: Collection[ItemRef]) -> dict[ItemRef, ModelPrediction]:
+        """The published model's predictions stored for these items (answered requests only)."""
+
+    async def request_predictions(
+        self, refs: Collection[ItemRef], version: str, now: datetime, retry_after: timedelta, limit: int
+    ) -> list[tuple[str, str, str]]:
+        """Of ``refs``, those not yet predicted by ``version`` nor asked of it within ``retry_after``, at most
+        ``limit``, marked as asked: (kind, key, image sha256 of its first stored crop) each. Those over the
+        limit are queued for the next refresh."""
+
+    async def queue_withheld(self, kinds: Collection[str]) -> int:
+        """Queue every withheld item of ``kinds`` for the next refresh (a new model can decide them)."""
+
+    async def send(self, event: Event) -> None:
+        """Send ``event`` once this refresh commits (the outbox)."""
+
 
 class VotingStore(Protocol):
     async def record(self, batch: BallotBatch) -> None:
@@ -120,6 +146,9 @@ class VotingStore(Protocol):
 
     async def moderate_item(self, decision: ItemModerated) -> bool:
         """Record a moderator's decision (once per message) and queue the item; False for a redelivery."""
+
+    async def store_predictions(self, event: ModelPredicted) -> int:
+        """Store the published model's predictions and queue their items; returns how many were stored."""
 
     async def moderate_install(self, decision: InstallModerated) -> bool:
         """Shadow-ban or unban an install (once per message) and queue its items; False for a redelivery."""
@@ -293,6 +322,63 @@ JOIN contributions c ON c.contribution_id = v.contribution_id
 WHERE v.item_kind = 'icon' AND v.item_key = ANY($1::text[]) AND c.image_sha256 IS NOT NULL
 ORDER BY v.item_key, v.seq
 """
+# The published model's predictions: a row per item voting asked about; the answer fills it in and queues the
+# item. Kept per item (the latest answer), so a refresh reads one row per item it decides.
+_PREDICTIONS_OF = """
+SELECT p.item_kind, p.item_key, p.label, p.confidence, p.model_version, p.trained_on
+FROM model_predictions p JOIN unnest($1::text[], $2::text[]) AS r(kind, key)
+  ON p.item_kind = r.kind AND p.item_key = r.key
+WHERE p.model_version IS NOT NULL
+"""
+_REQUEST_PREDICTIONS = """
+WITH images AS (
+    SELECT DISTINCT ON (v.item_kind, v.item_key) v.item_kind, v.item_key, c.image_sha256
+    FROM votes v
+    JOIN unnest($1::text[], $2::text[]) AS r(kind, key) ON v.item_kind = r.kind AND v.item_key = r.key
+    JOIN contributions c ON c.contribution_id = v.contribution_id
+    WHERE c.image_sha256 IS NOT NULL
+    ORDER BY v.item_kind, v.item_key, v.seq
+), due_all AS (
+    SELECT i.* FROM images i
+    LEFT JOIN model_predictions p ON p.item_kind = i.item_kind AND p.item_key = i.item_key
+    WHERE p.item_key IS NULL
+       OR (p.model_version IS DISTINCT FROM $3::text
+           AND (p.requested_version IS DISTINCT FROM $3::text OR p.requested_at < $5::timestamptz))
+), due AS (
+    SELECT * FROM due_all ORDER BY 1, 2 LIMIT $6
+), asked AS (
+    INSERT INTO model_predictions AS p (item_kind, item_key, requested_version, requested_at)
+    SELECT item_kind, item_key, $3::text, $4::timestamptz FROM due ORDER BY 1, 2
+    ON CONFLICT (item_kind, item_key) DO UPDATE
+    SET requested_version = excluded.requested_version, requested_at = excluded.requested_at
+), later AS (  -- over this refresh's limit: queued, so the next refresh asks
+    INSERT INTO dirty_items (item_kind, item_key)
+    SELECT item_kind, item_key FROM due_all EXCEPT SELECT item_kind, item_key FROM due
+    ORDER BY 1, 2 ON CONFLICT DO NOTHING
+)
+SELECT item_kind, item_key, image_sha256 FROM due ORDER BY 1, 2
+"""
+_STORE_PREDICTIONS = """
+WITH written AS (
+    INSERT INTO model_predictions AS p
+        (item_kind, item_key, model_version, label, confidence, trained_on, predicted_at)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::bool[], $7::timestamptz[])
+    ON CONFLICT (item_kind, item_key) DO UPDATE
+    SET model_version = excluded.model_version, label = excluded.label, confidence = excluded.confidence,
+        trained_on = excluded.trained_on, predicted_at = excluded.predicted_at
+    WHERE p.predicted_at IS NULL OR p.predicted_at <= excluded.predicted_at
+    RETURNING p.item_kind, p.item_key
+), queued AS (
+    INSERT INTO dirty_items (item_kind, item_key)
+    SELECT item_kind, item_key FROM written ORDER BY 1, 2 ON CONFLICT DO NOTHING
+)
+SELECT count(*) FROM written
+"""
+_QUEUE_WITHHELD = """
+INSERT INTO dirty_items (item_kind, item_key)
+SELECT item_kind, item_key FROM consensus WHERE status = 'withheld' AND item_kind = ANY($1::text[])
+ORDER BY 1, 2 ON CONFLICT DO NOTHING
+"""
 _STORE_MODERATION = """
 INSERT INTO moderator_decisions (message_id, item_kind, item_key, label, moderator, note, decided_at, before)
 SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::timestamptz, (
@@ -442,6 +528,23 @@ class PostgresVotingStore:
                 )
         return True
 
+    async def store_predictions(self, event: ModelPredicted) -> int:
+        # one answer per item: the latest of a redelivered or repeated answer in the event wins
+        latest = {(p.item_kind, p.item_key): p for p in event.predictions}
+        keys = sorted(latest)
+        async with self._engine.begin() as connection:
+            raw = await _asyncpg(connection)
+            return await raw.fetchval(
+                _STORE_PREDICTIONS,
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+                [event.model_version] * len(keys),
+                [latest[k].label for k in keys],
+                [latest[k].confidence for k in keys],
+                [latest[k].trained_on for k in keys],
+                [event.occurred_at] * len(keys),
+            )
+
     async def moderate_install(self, decision: InstallModerated) -> bool:
         async with self._engine.begin() as connection:
             raw = await _asyncpg(connection)
@@ -493,6 +596,10 @@ _EXPLAIN_GOLD = """
 SELECT label, moderator, note, decided_at FROM moderator_decisions
 WHERE item_kind = $1 AND item_key = $2 ORDER BY decided_at, id
 """
+_EXPLAIN_PREDICTION = """
+SELECT model_version, label, confidence, trained_on, predicted_at, requested_version, requested_at
+FROM model_predictions WHERE item_kind = $1 AND item_key = $2
+"""
 _EXPLAIN_FAMILY = """
 SELECT c.item_key, c.label, c.status FROM consensus c WHERE c.item_kind = 'icon' AND c.item_key = ANY($1::text[])
 ORDER BY c.item_key
@@ -532,6 +639,7 @@ class PostgresExplainer:
             if row is None and not votes:
                 return None
             gold = await raw.fetch(_EXPLAIN_GOLD, kind, key)
+            prediction = await raw.fetchrow(_EXPLAIN_PREDICTION, kind, key)
             family: list[dict[str, Any]] = []
             if kind == "icon":
                 members = await PostgresRefresh(connection).families([key], self._family_distance)
@@ -546,6 +654,7 @@ class PostgresExplainer:
             "voters": [dict(v) for v in votes],
             "distinct_origins": len({v["origin"] or f"install:{v['install_id']}" for v in votes}),
             "moderator_decisions": [dict(g) for g in gold],
+            "published_model": None if prediction is None else dict(prediction),
             "family": family,
         }
 
@@ -779,6 +888,35 @@ class PostgresRefresh:
             [i.image_sha256 for i in items],
         )
         await enqueue(self._connection, request)
+
+    async def published_version(self) -> str | None:
+        published = await reads.latest_published_version(self._connection)
+        return None if published is None else published.version
+
+    async def predictions_of(self, refs: Collection[ItemRef]) -> dict[ItemRef, ModelPrediction]:
+        if not refs:
+            return {}
+        rows = await (await self._raw()).fetch(_PREDICTIONS_OF, *_unzip(refs))
+        return {
+            (row[0], row[1]): ModelPrediction(row[2], row[3] or 0.0, row[4], bool(row[5])) for row in rows
+        }
+
+    async def request_predictions(
+        self, refs: Collection[ItemRef], version: str, now: datetime, retry_after: timedelta, limit: int
+    ) -> list[tuple[str, str, str]]:
+        if not refs:
+            return []
+        rows = await (await self._raw()).fetch(
+            _REQUEST_PREDICTIONS, *_unzip(refs), version, now, now - retry_after, limit
+        )
+        return [(row[0], row[1], row[2]) for row in rows]
+
+    async def queue_withheld(self, kinds: Collection[str]) -> int:
+        status = await (await self._raw()).execute(_QUEUE_WITHHELD, sorted(kinds))
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def send(self, event: Event) -> None:
+        await enqueue(self._connection, event)
 
     async def last_refresh_stats(self) -> dict[str, Any] | None:
         latest = select(consensus_refreshes.c.stats).order_by(consensus_refreshes.c.id.desc()).limit(1)

@@ -183,6 +183,24 @@ consensus = Table(
     Index("ix_consensus_updated_at", "updated_at"),
 )
 
+# The published model's prediction on an item (the trainer's ``model.predicted``), and voting's request for it:
+# a row exists once voting asked; the prediction fills it in. Evidence only when the model did not train on it.
+model_predictions = Table(
+    "model_predictions",
+    metadata,
+    Column("item_kind", String(16), primary_key=True),
+    Column("item_key", Text, primary_key=True),
+    Column("requested_version", String(64)),
+    Column("requested_at", DateTime(timezone=True)),
+    Column("model_version", String(64)),
+    Column("label", Text),
+    Column("confidence", Float),
+    Column("trained_on", Boolean),
+    Column("predicted_at", DateTime(timezone=True)),
+    CheckConstraint("item_kind IN ('icon', 'knowledge', 'screen')", name="predicted_kind"),
+    CheckConstraint("confidence IS NULL OR (confidence >= 0 AND confidence <= 1)", name="confidence_range"),
+)
+
 # Immutable once written (enforced by triggers in the migration): what exactly a training run learned from.
 training_snapshots = Table(
     "training_snapshots",

@@ -41,6 +41,7 @@ EXPECTED_TABLES = {
     "install_bans",
     "consensus_refreshes",
     "gold_items",
+    "model_predictions",
 }
 
 

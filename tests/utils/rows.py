@@ -64,9 +64,10 @@ async def add_version(
     status: str = "published",
     n_classes: int = 3,
     metrics: dict | None = None,
+    snapshot_id: uuid.UUID | None = None,
 ) -> uuid.UUID:
-    """A model version of a run of a new, empty snapshot; returns the run's id."""
-    snapshot_id = await add_snapshot(connection)
+    """A model version of a run of ``snapshot_id`` (default: a new, empty snapshot); returns the run's id."""
+    snapshot_id = snapshot_id or await add_snapshot(connection)
     run_id = await add_run(connection, snapshot_id)
     await connection.execute(
         text(

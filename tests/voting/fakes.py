@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from services.voting.domain.consensus import Flip
-from services.voting.domain.evidence import Gold, TrustCounts
+from services.voting.domain.evidence import Gold, ModelPrediction, TrustCounts
 from services.voting.domain.items import BallotBatch, VoteKey
 from services.voting.domain.snapshots import Accepted, LabelChanges, NewSnapshot, PreviousSnapshot
 from services.voting.domain.tally import (
@@ -23,7 +23,7 @@ from services.voting.domain.tally import (
     Judgement,
     StoredVote,
 )
-from shared.events import InstallModerated, ItemModerated, TrainingRequested
+from shared.events import Event, InstallModerated, ItemModerated, ModelPredicted, TrainingRequested
 from shared.imagekeys import hamming
 from shared.reads import FINISHED_RUN_STATUSES
 
@@ -98,7 +98,10 @@ class FakeVotingStore:
         self.claimed: set[str] = set()
         self.snapshots: list[tuple[NewSnapshot, datetime]] = []
         self.runs: dict[uuid.UUID, list[str]] = {}  # the trainer's runs of each snapshot, by status
-        self.outbox: list[TrainingRequested] = []
+        self.outbox: list[Event] = []
+        self.published: str | None = None  # the published model version
+        self.predictions: dict[ItemRef, ModelPrediction] = {}
+        self.asked: dict[ItemRef, tuple[str, datetime]] = {}  # item: (version, when) of its last request
         self.refreshes: list[dict[str, Any]] = []
         self.lock_held_elsewhere = False
         self._seq = 0
@@ -164,6 +167,13 @@ class FakeVotingStore:
             row.weight = 0.0
         self._queue_installs([decision.install_id])
         return True
+
+    async def store_predictions(self, event: ModelPredicted) -> int:
+        for p in event.predictions:
+            ref = (p.item_kind, p.item_key)
+            self.predictions[ref] = ModelPrediction(p.label, p.confidence, event.model_version, p.trained_on)
+            self.dirty.add(ref)
+        return len({(p.item_kind, p.item_key) for p in event.predictions})
 
     @contextlib.asynccontextmanager
     async def refresh_lock(self, *, wait: bool) -> AsyncIterator[bool]:
@@ -362,6 +372,44 @@ class FakeRefresh:
         created_at = self._store._clock()
         self.writes.append(lambda: self._store.snapshots.append((snapshot, created_at)))
         self.writes.append(lambda: self._store.outbox.append(request))
+
+    async def published_version(self) -> str | None:
+        return self._store.published
+
+    async def predictions_of(self, refs: Collection[ItemRef]) -> dict[ItemRef, ModelPrediction]:
+        return {ref: self._store.predictions[ref] for ref in refs if ref in self._store.predictions}
+
+    async def request_predictions(
+        self, refs: Collection[ItemRef], version: str, now: datetime, retry_after: timedelta, limit: int
+    ) -> list[tuple[str, str, str]]:
+        images: dict[ItemRef, tuple[int, str]] = {}
+        for (kind, key, _), row in self._store.votes.items():
+            if row.image_sha256 is not None and images.get((kind, key), (row.seq + 1,))[0] > row.seq:
+                images[(kind, key)] = (row.seq, row.image_sha256)
+        due = []
+        for ref in sorted(set(refs) & set(images)):
+            held = self._store.predictions.get(ref)
+            asked = self._store.asked.get(ref)
+            if held is not None and held.version == version:
+                continue
+            if asked is not None and asked[0] == version and asked[1] >= now - retry_after:
+                continue
+            due.append(ref)
+        self._store.dirty |= set(due[limit:])
+        due = due[:limit]
+        for ref in due:
+            self._store.asked[ref] = (version, now)
+        return [(kind, key, images[(kind, key)][1]) for kind, key in due]
+
+    async def queue_withheld(self, kinds: Collection[str]) -> int:
+        refs = {
+            ref for ref, row in self._store.consensus.items() if row.status == "withheld" and ref[0] in kinds
+        }
+        self._store.dirty |= refs
+        return len(refs)
+
+    async def send(self, event: Event) -> None:
+        self.writes.append(lambda: self._store.outbox.append(event))
 
     async def last_refresh_stats(self) -> dict[str, Any] | None:
         return self._store.refreshes[-1] if self._store.refreshes else None

@@ -4,6 +4,7 @@ from services.voting.domain.consensus import Flip, Vote, cohort_names, find_coho
 from services.voting.domain.evidence import (
     EvidenceParams,
     Gold,
+    ModelPrediction,
     TrustCounts,
     TrustParams,
     WeighedVote,
@@ -167,3 +168,145 @@ def test_a_cold_start_ends_with_a_release_a_moderator_or_enough_accepted_labels(
     assert not cold("icon", {"icon": {"Item 0": "published"}}, 10)
     assert not cold("knowledge", {"icon": {"Item 0": "moderator"}}, 10)  # knowledge names icon items
     assert cold("ocr", {"icon": {"Item 0": "published"}}, 10)
+
+
+# --- the published model's prediction (server side, unforgeable) ------------------------------------------------
+
+VERSION = "v3"
+
+
+def predicted(label, confidence=0.95, trained_on=False, version=VERSION) -> ModelPrediction:
+    return ModelPrediction(label, confidence, version, trained_on)
+
+
+def test_one_fresh_vote_the_published_model_agrees_with_settles_a_known_label():
+    honest = [vote("a", "Phaser", guess="Phaser")]
+    without = decide_item(honest, known=KNOWN, params=PARAMS, model_version=VERSION)
+    assert not without.accepted and without.wants_prediction  # it asks for the model's check
+    agreed = decide_item(
+        honest, known=KNOWN, params=PARAMS, model_version=VERSION, prediction=predicted("Phaser")
+    )
+    assert agreed.accepted and agreed.label == "Phaser" and not agreed.wants_prediction
+    assert agreed.evidence["published_model"]["agrees"]
+    # not from a model that trained on the item, nor below the confidence knob
+    for prediction in (predicted("Phaser", trained_on=True), predicted("Phaser", confidence=0.5)):
+        decision = decide_item(
+            honest, known=KNOWN, params=PARAMS, model_version=VERSION, prediction=prediction
+        )
+        assert not decision.accepted and decision.reason == "not enough evidence yet"
+    # the model supports what the item's voters say; it never decides alone
+    alone = decide_item([], known=KNOWN, params=PARAMS, model_version=VERSION, prediction=predicted("Mine"))
+    assert not alone.accepted and alone.label is None
+
+
+def test_a_new_label_stays_held_back_whatever_the_model_says():
+    planted = [vote(i, "Planted", guess="Planted") for i in "ab"]
+    decision = decide_item(
+        planted, known=KNOWN, params=PARAMS, model_version=VERSION, prediction=predicted("Planted")
+    )
+    assert not decision.accepted and decision.reason.startswith("new label")
+    assert not decision.wants_prediction  # no model can know it: nothing to ask
+
+
+def test_a_label_the_model_confidently_contradicts_needs_trusted_origins():
+    swarm = [vote(f"sybil{i}", "Torpedo", guess="Torpedo") for i in range(10)]  # forged client guesses
+    contradicted = decide_item(
+        swarm, known=KNOWN, params=PARAMS, model_version=VERSION, prediction=predicted("Phaser", 0.9)
+    )
+    assert not contradicted.accepted
+    assert contradicted.reason.startswith("the published model says Phaser (0.90): needs 2 trusted")
+    trusted = [vote("t1", "Torpedo", 0.9), vote("t2", "Torpedo", 0.9)]
+    accepted = decide_item(
+        trusted, known=KNOWN, params=PARAMS, model_version=VERSION, prediction=predicted("Phaser", 0.9)
+    )
+    assert accepted.accepted and accepted.label == "Torpedo"
+    # an unsure model does not block trusted installs; untrusted ones need its confident agreement
+    unsure = predicted("Phaser", 0.4)
+    backed = [vote("t1", "Torpedo", 1.0)]
+    assert decide_item(backed, known=KNOWN, params=PARAMS, model_version=VERSION, prediction=unsure).accepted
+    fresh = decide_item(swarm, known=KNOWN, params=PARAMS, model_version=VERSION, prediction=unsure)
+    assert not fresh.accepted
+    assert fresh.reason.startswith("only untrusted installs back it and the published model does not confirm")
+    # ... unless it is the label the model was trained on for this very item
+    repeated = decide_item(
+        swarm,
+        known=KNOWN,
+        params=PARAMS,
+        model_version=VERSION,
+        prediction=predicted("Torpedo", 0.99, trained_on=True),
+    )
+    assert repeated.accepted
+    # a model that trained on the item learned another label for it: relabelling it takes trusted installs
+    trained = decide_item(
+        swarm,
+        known=KNOWN,
+        params=PARAMS,
+        model_version=VERSION,
+        prediction=predicted("Phaser", 0.99, trained_on=True),
+    )
+    assert not trained.accepted and trained.reason.startswith("the published model says Phaser")
+
+
+def test_labels_fewer_than_two_trusted_origins_back_wait_for_the_published_model():
+    fresh = [vote(i, "Torpedo") for i in "abc"]
+    before_any_release = decide_item(fresh, known=KNOWN, params=PARAMS)
+    assert before_any_release.accepted and not before_any_release.wants_prediction
+    waiting = decide_item(fresh, known=KNOWN, params=PARAMS, model_version=VERSION)
+    assert not waiting.accepted and waiting.reason == "waiting for the published model's prediction"
+    assert waiting.wants_prediction
+    # one trusted install is checked too (the model's contradiction would need two): it waits
+    one = decide_item([vote("t", "Torpedo", 1.0)], known=KNOWN, params=PARAMS, model_version=VERSION)
+    assert not one.accepted and one.wants_prediction
+    agreed = decide_item(
+        [vote("t", "Torpedo", 1.0)],
+        known=KNOWN,
+        params=PARAMS,
+        model_version=VERSION,
+        prediction=predicted("Torpedo", 0.5),
+    )
+    assert agreed.accepted  # an unsure model does not hold back a trusted install
+    two = [vote("t1", "Torpedo", 1.0), vote("t2", "Torpedo", 1.0)]
+    trusted = decide_item(two, known=KNOWN, params=PARAMS, model_version=VERSION)
+    assert trusted.accepted and not trusted.wants_prediction
+    # an older version's answer is used meanwhile, and the current version is asked
+    older = decide_item(
+        fresh,
+        known=KNOWN,
+        params=PARAMS,
+        model_version=VERSION,
+        prediction=predicted("Torpedo", version="v2"),
+    )
+    assert older.accepted and older.wants_prediction
+
+
+def test_the_model_s_agreement_is_the_second_voice_on_a_look_alike_crop_unless_turned_off():
+    lone = [vote("t", "Phaser", 0.9, guess="Phaser")]
+    family = [vote("x", "Mine", 0.9), vote("y", "Mine", 0.9)]
+    agree = predicted("Phaser", 0.9)
+    strict = decide_item(
+        lone,
+        known=KNOWN,
+        params=EvidenceParams(look_alike_model_voice=False),
+        family=family,
+        family_items=1,
+        model_version=VERSION,
+        prediction=agree,
+    )
+    assert not strict.accepted and strict.reason.startswith(
+        "one voice on a crop that looks like another item"
+    )
+    lenient = PARAMS  # the default
+    asks = decide_item(
+        lone, known=KNOWN, params=lenient, family=family, family_items=1, model_version=VERSION
+    )
+    assert not asks.accepted and asks.wants_prediction  # a trusted voter's look-alike crop is asked about too
+    voiced = decide_item(
+        lone,
+        known=KNOWN,
+        params=lenient,
+        family=family,
+        family_items=1,
+        model_version=VERSION,
+        prediction=agree,
+    )
+    assert voiced.accepted and voiced.label == "Phaser"

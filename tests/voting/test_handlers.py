@@ -4,7 +4,7 @@ import pytest
 
 from services.voting.bootstrap import Voting, bootstrap
 from services.voting.settings import VotingSettings
-from shared.events import TrainingForceRequested
+from shared.events import ModelPredicted, Prediction, PredictionRequested, TrainingForceRequested
 from tests.utils.clock import FakeClock
 from tests.voting.conftest import crop_vote
 from tests.voting.fakes import FakeRelay, FakeVotingStore
@@ -138,3 +138,31 @@ async def test_a_snapshot_wakes_the_outbox_relay(store, clock):
     await app.service.handle(agreeing_votes(range(9, 10)))
     await app.refresher.refresh()
     assert relay.woken == 1
+
+
+async def test_requests_for_the_published_model_are_batched_bounded_and_answers_re_decide(store, clock):
+    relay = FakeRelay()
+    app = voting(store, clock, relay, prediction_batch=2, prediction_max_per_refresh=3)
+    store.published = "v1"
+    await app.service.handle([crop_vote("a", crop, f"Item {crop}") for crop in range(5)])
+    first = await app.refresher.refresh()
+    requests = [e for e in store.outbox if isinstance(e, PredictionRequested)]
+    assert [len(r.items) for r in requests] == [2, 1] and first.stats["predictions_requested"] == 3
+    requests = list(requests)
+    assert relay.woken >= 1  # the relay sends them at once
+    assert len(store.dirty) == 2  # over the limit: queued for the next refresh, which asks them
+    second = await app.refresher.refresh()
+    assert second.stats["predictions_requested"] == 2 and not store.dirty
+    asked = {(i.item_kind, i.item_key) for r in requests for i in r.items}
+    kind, key = sorted(asked)[0]
+    answer = Prediction(
+        item_kind=kind,
+        item_key=key,
+        label=store.votes[(kind, key, "a")].label,
+        confidence=0.9,
+        trained_on=False,
+    )
+    await app.service.handle([ModelPredicted(model_version="v1", predictions=[answer])])
+    assert (kind, key) in store.dirty
+    await app.refresher.refresh()
+    assert store.consensus[(kind, key)].status == "accepted"

@@ -24,6 +24,13 @@ What it draws (all seeded; times are a fraction ``t`` of a 30-day window):
   one had voted on yet); their clients' model guess is honest, except a share forged to the planted label; an
   **OCR raw-text attack** (a few installs map raw texts that one or two honest users corrected to a wrong name);
   a **screen troll** (two installs of one origin mislabelling their own screenshots).
+- **The published model** (what the trainer's predictor answers, ``Workload.published_prediction``): the same
+  model as the clients' of each release, published on the server from ``first_release_at`` (unavailable
+  before), run on an item's first stored image: the icon model on icon and knowledge crops, a screen model on
+  screenshots. Its confidence is high when right and spread lower when wrong (look-alikes, new items before the
+  last release); whether it trained on an item is the benchmark's to say (what was accepted at the release).
+- **Forged existing-label swarms**: 3, 5 and 10 fresh installs of as many origins label crops nobody labelled
+  with an existing item's name (the look-alike twin's where there is one) and forge every client guess to it.
 - **A moderator** settles the first honest screenshot of each screen type (``ItemModerated``, gold): what a
   published screen model would know; no screenshot has a second voter.
 
@@ -73,6 +80,9 @@ NEW_ITEMS_AT = 0.45
 SWARM_SIZES = (2, 5, 10)
 SWARM_MODES = ("one-origin", "many-origins")
 SWARM_TARGETS = ("re-encoded", "new-crop")
+FORGED_SWARM_SIZES = (3, 5, 10)
+FORGED_TARGET = "existing-label"
+SCREEN_MODEL_ERROR = (0.12, 0.06, 0.03)  # per release, like RELEASES: the screen model's error
 ICON, KNOWLEDGE, OCR, SCREEN = "icon", "knowledge", "ocr", "screen"
 KINDS = (ICON, KNOWLEDGE, OCR, SCREEN)
 
@@ -99,6 +109,8 @@ class CommunitySpec:
     ocr_attacked_texts: int = 4
     screen_troll_screens: int = 6
     moderated_screens: int = 1  # per screen type: early honest screenshots a moderator settles (gold)
+    forged_swarm_crops: int = 5  # crops each forged existing-label swarm labels
+    first_release_at: float = 0.1  # the published model reaches the server (predictions) from here
     seed: int = 1
 
 
@@ -120,6 +132,13 @@ SCALES = {
 
 def swarm_name(size: int, mode: str, target: str) -> str:
     return f"swarm {size:>2} {mode} {target}"
+
+
+def swarm_names() -> list[tuple[str, int, str, str]]:
+    """Every swarm the workload draws: (name, size, origin mode, target)."""
+    planting = [(s, m, t) for s in SWARM_SIZES for m in SWARM_MODES for t in SWARM_TARGETS]
+    forged = [(s, "many-origins", FORGED_TARGET) for s in FORGED_SWARM_SIZES]
+    return [(swarm_name(*spec), *spec) for spec in planting + forged]
 
 
 def origin_key(seed: int, network: str) -> str:
@@ -242,6 +261,13 @@ class Workload:
     model_guess: Callable[[int, int, float], str]  # (item, crop id, t) -> the client model's guess
     guesses: list[tuple[float, bool, bool]] = field(default_factory=list)  # icon votes: t, lookalike, right
     moderations: list[ItemModerated] = field(default_factory=list)  # a moderator's decisions (gold), in order
+    # (item kind, item key, t) -> the published model's (label, confidence, snapshot ref it would be trained
+    # under), None before its first release or for an item it cannot see
+    published_prediction: Callable[[str, str, float], tuple[str, float, tuple[str, str]] | None] | None = None
+    model_releases: tuple[float, ...] = ()  # when each published model version reaches the server
+    # release number -> what it was trained on besides the community's accepted labels: a base crop of every
+    # item it knows (its class list), as (kind, key, label)
+    model_training: Callable[[int], list[tuple[str, str, str]]] | None = None
 
     def stream(self) -> list[Event]:
         """Contributions and moderator decisions together, in arrival order."""
@@ -312,6 +338,10 @@ class _Builder:
         self.ocr_readings = {k: [r for r in v if readers[r] == 1] for k, v in self.ocr_readings.items()}
         self.serial = 0
         self.farmed: set[int] = set()
+        self.pixels_crop: dict[str, int] = {}  # icon item key -> a crop with those pixels
+        self.knowledge_crop: dict[str, int] = {}  # knowledge pHash -> the first crop sent for it
+        self.screen_truth: dict[str, int] = {}  # screenshot sha256 -> its screen type
+        self.model_releases = tuple(max(start, spec.first_release_at) for start, _, _ in RELEASES)
 
     # crops and their PNGs
 
@@ -346,6 +376,58 @@ class _Builder:
         if item in self.twin:
             return self.names[self.twin[item]] if chance < lookalike_error else self.names[item]
         return self.names[other] if chance < plain_error else self.names[item]
+
+    def release_at(self, t: float) -> int | None:
+        """The published model version on the server at ``t`` (an index of RELEASES), None before the first."""
+        out = [i for i, at in enumerate(self.model_releases) if at <= t]
+        return out[-1] if out else None
+
+    def published_prediction(
+        self, kind: str, key: str, t: float
+    ) -> tuple[str, float, tuple[str, str]] | None:
+        """What the trainer's predictor would answer: the published version's label for the item's first
+        stored image and its confidence (high when right; spread lower when wrong, as on look-alikes)."""
+        release = self.release_at(t)
+        if release is None:
+            return None
+        if kind == SCREEN:
+            if key not in self.screen_truth:
+                return None
+            truth = self.screen_truth[key]
+            chance = self._chance("screen", key, release)
+            wrong = chance < SCREEN_MODEL_ERROR[release]
+            other = SCREEN_CONFUSED.get(SCREEN_TYPES[truth], SCREEN_TYPES[(truth + 1) % len(SCREEN_TYPES)])
+            label = other if wrong else SCREEN_TYPES[truth]
+            return label, self._confidence("screen", key, release, not wrong), (SCREEN, key)
+        crop = (self.pixels_crop if kind == ICON else self.knowledge_crop).get(key)
+        if crop is None:
+            return None
+        item = self.crops[crop].item
+        # the published model is the clients' model of that release: the same answer for the same pixels
+        label = self.model_guess(item, crop, self.model_releases[release])
+        right = label == self.names[item]
+        return label, self._confidence(kind, key, release, right), (ICON, self.png(crop, 0)[2])
+
+    def model_training(self, release: int) -> list[tuple[str, str, str]]:
+        """A base crop of every item the release knows (new items only from the last release): the training
+        data that gives the published model its classes, beside the community's accepted labels."""
+        last = release == len(RELEASES) - 1
+        return [
+            (ICON, self.png(ids[0], 0)[2], self.names[item])
+            for item, ids in enumerate(self.variants)
+            if last or item not in self.new_items
+        ]
+
+    def _chance(self, *parts: object) -> float:
+        digest = hashlib.blake2b(
+            ":".join(map(str, (self.spec.seed, *parts))).encode(), digest_size=8
+        ).digest()
+        return int.from_bytes(digest) / 2**64
+
+    def _confidence(self, kind: str, key: str, release: int, right: bool) -> float:
+        """Softmax-like confidence: right answers mostly confident, wrong ones spread over 0.3-0.9."""
+        u = self._chance("confidence", kind, key, release)
+        return round(0.55 + 0.45 * u**0.35, 4) if right else round(0.3 + 0.6 * u, 4)
 
     def _other(self, item: int, draw: np.random.Generator) -> int:
         return (item + int(draw.integers(1, self.spec.items))) % self.spec.items
@@ -385,6 +467,7 @@ class _Builder:
         self.guesses.append((t, item in self.twin, model == self.names[item]))
         self.truth[ICON][sha] = self.names[item]
         self.pixels_key[sha] = pixels_key
+        self.pixels_crop.setdefault(pixels_key, crop)
         self.emit(
             t,
             IconCropContributed,
@@ -425,6 +508,7 @@ class _Builder:
             if len(self.phash_items[phash]) > 1 or (install, KNOWLEDGE, phash) in self.voted:
                 return
             self.voted.add((install, KNOWLEDGE, phash))
+            self.knowledge_crop.setdefault(phash, crop)
             guess = self.model_guess(item, crop, t)
             name = (
                 self.names[int(rng.integers(self.spec.items))] if spammer else self.honest_label(item, guess)
@@ -490,6 +574,7 @@ class _Builder:
         data = screen_png(truth, self.rng)
         sha = hashlib.sha256(data).hexdigest()
         self.truth[SCREEN][sha] = SCREEN_TYPES[truth]
+        self.screen_truth.setdefault(sha, truth)
         self.emit(t, ScreenTypeContributed, install, image_sha256=sha, png=data, screen_type=label)
         return sha
 
@@ -608,6 +693,38 @@ class _Builder:
                             self.attacked[ICON][sha] = name
                             self.planted[sha] = (label, name)
 
+    def forged_swarms(self) -> None:
+        """Fresh installs of one origin each label crops nobody labelled with an existing item's name (the
+        look-alike twin's where there is one), every client guess forged to it."""
+        spec, rng = self.spec, self.rng
+        used: set[int] = set()
+        for size in FORGED_SWARM_SIZES:
+            name = swarm_name(size, "many-origins", FORGED_TARGET)
+            members = [
+                hashlib.sha256(f"{spec.seed}:{name}:{n}".encode()).hexdigest()[:24] for n in range(size)
+            ]
+            for n, install in enumerate(members):
+                self.roles[install] = name
+                self.origins[install] = origin_key(spec.seed, f"{name}-{n}")
+            start = float(rng.uniform(0.55, 0.9))
+            unvoted = [int(c) for c in rng.permutation(self.unvoted_crops(start + 0.005)) if c not in used]
+            for n in range(spec.forged_swarm_crops):
+                if n % 2 and unvoted:
+                    crop = unvoted.pop()
+                else:  # a near-copy of a random known item's crop: new pixels
+                    crop = self.near_copy_of(
+                        int(rng.choice([i for i in range(spec.items) if i not in self.new_items]))
+                    )
+                used.add(crop)
+                item = self.crops[crop].item
+                label = self.names[self.twin.get(item, self._other(item, rng))]
+                for install in members:
+                    t = start + float(rng.uniform(0, 0.005))
+                    sha = self.icon_vote(t, install, crop, 0, label, guess=label)
+                    if sha:
+                        self.attacked[ICON][sha] = name
+                        self.planted[sha] = (label, name)
+
     def ocr_attack(self) -> None:
         spec, rng = self.spec, self.rng
         honest_keys = Counter(
@@ -650,6 +767,7 @@ class _Builder:
         self.community()
         self.farming_group()
         self.swarms()
+        self.forged_swarms()
         self.ocr_attack()
         self.screen_troll()
         moderations = self.moderator()
@@ -676,6 +794,9 @@ class _Builder:
             self.model_guess,
             self.guesses,
             moderations,
+            self.published_prediction,
+            self.model_releases,
+            self.model_training,
         )
 
     def moderator(self) -> list[ItemModerated]:
@@ -764,7 +885,7 @@ def score(workload: Workload, decided: dict[str, dict[str, str | None]]) -> dict
     out["farming_safe"] = _share(
         sum(icon.get(unit) in (None, workload.truth[ICON][unit]) for unit in farmed), len(farmed)
     )
-    planted = {swarm_name(s, m, t): 0 for s in SWARM_SIZES for m in SWARM_MODES for t in SWARM_TARGETS}
+    planted = {name: 0 for name, *_ in swarm_names()}
     for unit, (label, swarm) in workload.planted.items():
         planted[swarm] += icon.get(unit) == label
     out["planted"] = planted
@@ -776,10 +897,8 @@ def score(workload: Workload, decided: dict[str, dict[str, str | None]]) -> dict
 def planted_breakdown(planted: dict[str, int]) -> dict[str, int]:
     """Planted labels accepted per swarm size, origin mode and target (from the per-swarm counts)."""
     parts: dict[str, int] = {}
-    for size in SWARM_SIZES:
-        for mode in SWARM_MODES:
-            for target in SWARM_TARGETS:
-                accepted = planted.get(swarm_name(size, mode, target), 0)
-                for part in (f"{size} installs", mode, target):
-                    parts[part] = parts.get(part, 0) + accepted
+    for name, size, mode, target in swarm_names():
+        accepted = planted.get(name, 0)
+        for part in (f"{size} installs", mode, target):
+            parts[part] = parts.get(part, 0) + accepted
     return parts

@@ -31,6 +31,24 @@ a cohort (installs that pushed the same labels onto the same settled items) shar
   Where the family holds another label, though, one voice is not enough: look-alikes are where honest users
   and client models err together.
 
+**The published model's prediction** (icons, knowledge crops, screenshots): computed by the trainer on the
+server, so no client can forge it, and counted only from a model version that did not train on the item (a
+label never vouches for itself). It is asked for only where it can matter: items whose leading label fewer
+than ``model_contradict_origins`` trusted installs back.
+- It agrees (same known label, confidence >= ``model_agree_confidence``) and the item's own voters gave that
+  label: it adds ``model_support``, so one fresh install's vote (with the client model's confirmation) is enough
+  for a known label. Like the family, it never decides alone.
+- It contradicts (another label, confidence >= ``model_contradict_confidence``): the label needs
+  ``model_contradict_origins`` trusted installs of distinct origins, however many fresh ones back it. This is
+  what stops a swarm of fresh installs with forged client guesses planting an existing label. A model that
+  trained on the item contradicts too (it learned another label for it): only agreement must come from a
+  model that never saw the item's label.
+- A published model exists but has not answered yet, and fewer than ``model_contradict_origins`` trusted
+  installs back the label: the item waits for the prediction (withheld) rather than being decided before the
+  check. Once it
+  answered, a label only untrusted installs back needs its confident agreement (``fresh_need_model``), unless
+  it is the label the model was trained on for this very item.
+
 **Decision.** An item is accepted when its best label's score leads the next by ``accept_score``. A label
 that is not yet known (no published model, accepted item or moderator has it) also needs
 ``new_label_origins`` trusted installs (weight >= ``trusted_weight``) of distinct origins (before the first
@@ -90,6 +108,25 @@ class EvidenceParams:
     new_label_origins: int = 3
     trusted_weight: float = 0.5
     look_alike_second_voice: bool = True
+    look_alike_model_voice: bool = True
+    fresh_need_model: bool = True
+    model_support: float = 0.65
+    model_agree_confidence: float = 0.8
+    model_contradict_confidence: float = 0.6
+    model_contradict_origins: int = 2
+
+
+@dataclass(frozen=True)
+class ModelPrediction:
+    """The published model's top-1 on an item, computed on the server (``model.predicted``)."""
+
+    label: str | None
+    confidence: float
+    version: str
+    trained_on: bool  # the version's training snapshot held the item: no evidence for its label
+
+    def usable(self) -> bool:
+        return not self.trained_on and self.label is not None
 
 
 @dataclass(frozen=True)
@@ -120,6 +157,7 @@ class ItemDecision:
     reason: str
     establishes: bool  # accepted with enough trusted origins to make its label known
     evidence: dict[str, Any] = field(default_factory=dict)
+    wants_prediction: bool = False  # the published model's (current) prediction could change this decision
 
 
 def _voice_scores(
@@ -165,8 +203,12 @@ def decide_item(
     family_items: int = 0,
     gold: Gold | None = None,
     cold_start: bool = False,
+    prediction: ModelPrediction | None = None,
+    model_version: str | None = None,
 ) -> ItemDecision:
-    """The decision on one item from its votes (already weighed), its visual family's votes and gold.
+    """The decision on one item from its votes (already weighed), its visual family's votes, gold and the
+    published model's ``prediction`` (``model_version``: the version published now, None when the kind has no
+    published model).
 
     At a ``cold_start`` (no published model and no moderator has given the kind a label yet) nobody can have
     earned trust, so a new label needs ``new_label_origins`` distinct origins of any weight; the first release
@@ -205,6 +247,15 @@ def decide_item(
     }
     for label in held_back:
         del totals[label]
+    usable = prediction if prediction is not None and prediction.usable() else None
+    agrees = (
+        usable is not None
+        and usable.label in voters
+        and usable.label in known
+        and usable.confidence >= params.model_agree_confidence
+    )
+    if agrees and usable is not None and usable.label is not None:
+        totals[usable.label] += params.model_support
     evidence: dict[str, Any] = {
         "scores": {label: round(score, 4) for label, score in sorted(totals.items(), key=lambda kv: -kv[1])},
         "held_back_new_labels": {label: round(score, 4) for label, score in held_back.items()},
@@ -223,6 +274,33 @@ def decide_item(
     backers = 0 if best is None else trusted_origins(best)
     evidence |= {"margin": round(best_score - runner_up, 4), "trusted_origins": backers}
     establishes = backers >= params.new_label_origins
+    look_alikes = sorted(label for label in family_raw if label != best)
+    # a lone voice is enough only where nothing that looks like the crop is labelled otherwise: look-alike
+    # items are where honest users and client models err together; with ``look_alike_model_voice`` the
+    # published model's agreement is the second voice
+    lone_look_alike = support == 1 and bool(look_alikes) and params.look_alike_second_voice
+    model_voice = lone_look_alike and params.look_alike_model_voice
+    # the model's prediction can change the decision while fewer trusted origins back the label than its
+    # contradiction would need: such items are checked (asked about, and waited for)
+    checked = backers < params.model_contradict_origins
+    wants_prediction = (
+        model_version is not None
+        and best is not None
+        and best in known
+        and (checked or model_voice)
+        and (prediction is None or prediction.version != model_version)
+    )
+    if prediction is not None:
+        evidence["published_model"] = {
+            "label": prediction.label,
+            "confidence": round(prediction.confidence, 4),
+            "version": prediction.version,
+            "trained_on": prediction.trained_on,
+            "agrees": agrees,
+        }
+
+    def withheld(label: str | None, confidence: float, support: int, reason: str) -> ItemDecision:
+        return ItemDecision(label, False, confidence, support, reason, False, evidence, wants_prediction)
 
     if gold is not None:
         evidence["gold"] = {"label": gold.label, "moderator": gold.moderator}
@@ -237,14 +315,44 @@ def decide_item(
         return ItemDecision(label, False, 0.0, voices, reason, False, evidence)
     if best is None or best_score <= 0:
         reason = "no counted votes" if votes else "no votes"
-        return ItemDecision(None, False, 0.0, 0, reason, False, evidence)
+        return withheld(None, 0.0, 0, reason)
     if best_score - runner_up < params.accept_score:
         reason = "contested" if runner_up > 0 else "not enough evidence yet"
-        return ItemDecision(best, False, confidence, support, reason, False, evidence)
-    look_alikes = sorted(label for label in family_raw if label != best)
-    if support == 1 and look_alikes and params.look_alike_second_voice:
-        # a lone voice is enough only where nothing that looks like the crop is labelled otherwise: look-alike
-        # items are where honest users and client models err together
+        return withheld(best, confidence, support, reason)
+    if (
+        prediction is not None
+        and prediction.label is not None
+        and prediction.label != best
+        and prediction.confidence >= params.model_contradict_confidence
+        and backers < params.model_contradict_origins
+    ):
+        # the published model says otherwise: fresh voices (and the client guesses they send, which a troll
+        # forges) cannot outvote it; trusted installs can. A model that trained on the item contradicts too:
+        # it learned another label for it, so relabelling a trained item takes trusted installs
+        reason = (
+            f"the published model says {prediction.label} ({prediction.confidence:.2f}): needs "
+            f"{params.model_contradict_origins} trusted installs of distinct origins"
+        )
+        return withheld(best, confidence, support, reason)
+    if checked and model_version is not None and prediction is None and not cold_start:
+        return withheld(best, confidence, support, "waiting for the published model's prediction")
+    repeats_training = prediction is not None and prediction.trained_on and prediction.label == best
+    if (
+        params.fresh_need_model
+        and backers == 0
+        and model_version is not None
+        and prediction is not None
+        and not agrees
+        and not repeats_training
+    ):
+        # only untrusted installs back it and the published model does not confirm it: the look-alike twin's
+        # name, which the model itself half-believes, is what a swarm with forged client guesses would plant
+        reason = (
+            f"only untrusted installs back it and the published model does not confirm it "
+            f"({prediction.label}, {prediction.confidence:.2f})"
+        )
+        return withheld(best, confidence, support, reason)
+    if lone_look_alike and not (model_voice and agrees):
         reason = f"one voice on a crop that looks like another item ({look_alikes[0]}): needs a second"
-        return ItemDecision(best, False, confidence, support, reason, False, evidence)
-    return ItemDecision(best, True, confidence, support, "accepted", establishes, evidence)
+        return withheld(best, confidence, support, reason)
+    return ItemDecision(best, True, confidence, support, "accepted", establishes, evidence, wants_prediction)

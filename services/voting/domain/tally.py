@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from services.voting.domain.derived import anchor_consensus
@@ -13,6 +13,7 @@ from services.voting.domain.evidence import (
     EvidenceParams,
     Gold,
     ItemDecision,
+    ModelPrediction,
     TrustCounts,
     TrustParams,
     WeighedVote,
@@ -22,6 +23,8 @@ from services.voting.domain.evidence import (
 
 ESTIMATED_KINDS = ("icon", "knowledge", "screen", "ocr")
 ITEM_KINDS = (*ESTIMATED_KINDS, "anchor")
+# the published model that predicts each kind: knowledge crops are icon crops, named by the icon model
+MODEL_OF_KIND = {"icon": "icon", "knowledge": "icon", "screen": "screen"}
 # knowledge entries name icon items: a label the icon model knows is a known knowledge label too
 KNOWN_FROM = {"icon": ("icon",), "knowledge": ("knowledge", "icon"), "screen": ("screen",), "ocr": ("ocr",)}
 
@@ -142,6 +145,8 @@ class DecisionInputs:
     known: Mapping[str, Mapping[str, str]]  # kind -> {known label: its source}
     anchor_min_contributors: int
     cold_start_labels: int = 10
+    predictions: Mapping[ItemRef, ModelPrediction] = field(default_factory=dict)
+    model_versions: Mapping[str, str] = field(default_factory=dict)  # model kind -> version published now
 
 
 AUTHORITIES = ("published", "moderator")
@@ -194,6 +199,8 @@ def decide(
             family=family,
             family_items=len(members),
             gold=inputs.gold.get(ref),
+            prediction=inputs.predictions.get(ref),
+            model_version=inputs.model_versions.get(MODEL_OF_KIND.get(kind, "")),
         )
     return out
 
