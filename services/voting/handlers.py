@@ -147,10 +147,10 @@ class ConsensusRefresher:
         family they are in) and write the rows that changed."""
         refs = set(work)
         distance = self._settings.family_max_distance
-        families = await unit.families([key for kind, key in refs if kind == "icon"], distance)
-        refs |= {("icon", member) for members in families.values() for member in members}
-        missing = [key for kind, key in refs if kind == "icon" and key not in families]
-        families |= await unit.families(missing, distance)
+        icons = [key for kind, key in refs if kind == "icon"]
+        # the queued icons' families, and those members' own families (they are decided again too): one query
+        families = await unit.families(icons, distance, hops=2)
+        refs |= {("icon", member) for key in icons for member in families.get(key, ())}
         members = {("icon", m) for key, ms in families.items() if ("icon", key) in refs for m in ms}
         votes = group_votes(await unit.votes_of(refs | members))
         current = await unit.consensus_of(refs)
