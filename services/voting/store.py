@@ -192,21 +192,23 @@ SELECT DISTINCT item_kind, item_key FROM votes WHERE install_id = ANY($1::text[]
 ORDER BY 1, 2 ON CONFLICT DO NOTHING
 """
 # Near-copies share at least one 16-bit band of their pHash (any two within 3 bits do, by pigeonhole). A walk
-# from the given keys: hop 1 gives their families, hop 2 the families of those members, and so on. Each key's
-# neighbours are index lookups on its four bands, so the cost is that of the keys, not of the stored crops.
+# from the given keys: hop 1 gives their families, hop 2 the families of those members, and so on. A key's
+# candidates are index-only scans of its four bands ((band, phash) indexes); only the pHashes within the
+# distance are then looked up, so the cost is that of the keys, not of the stored crops.
 _FAMILIES = """
 WITH RECURSIVE walk(item, other, hop) AS (
     SELECT NULL::text, k, 0 FROM unnest($1::text[]) AS k
     UNION
-    SELECT w.other, n.item_key, w.hop + 1
+    SELECT w.other, o.item_key, w.hop + 1
     FROM walk w CROSS JOIN LATERAL (SELECT * FROM icon_phashes q WHERE q.item_key = w.other LIMIT 1) q
     CROSS JOIN LATERAL (
-        SELECT o.item_key, o.phash FROM icon_phashes o WHERE o.band0 = q.band0
-        UNION SELECT o.item_key, o.phash FROM icon_phashes o WHERE o.band1 = q.band1
-        UNION SELECT o.item_key, o.phash FROM icon_phashes o WHERE o.band2 = q.band2
-        UNION SELECT o.item_key, o.phash FROM icon_phashes o WHERE o.band3 = q.band3
+        SELECT o.phash FROM icon_phashes o WHERE o.band0 = q.band0
+        UNION SELECT o.phash FROM icon_phashes o WHERE o.band1 = q.band1
+        UNION SELECT o.phash FROM icon_phashes o WHERE o.band2 = q.band2
+        UNION SELECT o.phash FROM icon_phashes o WHERE o.band3 = q.band3
     ) n
-    WHERE w.hop < $3 AND n.item_key <> q.item_key AND bit_count((q.phash # n.phash)::bit(64)) <= $2
+    JOIN icon_phashes o ON o.phash = n.phash
+    WHERE w.hop < $3 AND o.item_key <> q.item_key AND bit_count((q.phash # n.phash)::bit(64)) <= $2
 )
 SELECT DISTINCT item, other FROM walk WHERE item IS NOT NULL
 """
@@ -270,14 +272,17 @@ WITH written AS (
 )
 SELECT count(*) FROM written
 """
+# Per stale install, its judgements counted through the install index (not a join over every judgement).
 _STALE_TRUST = """
-SELECT t.install_id, t.banned,
-       count(j.install_id) FILTER (WHERE j.agree AND NOT j.gold) AS agree,
-       count(j.install_id) FILTER (WHERE NOT j.agree AND NOT j.gold) AS disagree,
-       count(j.install_id) FILTER (WHERE j.agree AND j.gold) AS gold_agree,
-       count(j.install_id) FILTER (WHERE NOT j.agree AND j.gold) AS gold_disagree
-FROM install_trust t LEFT JOIN trust_judgements j ON j.install_id = t.install_id
-WHERE t.stale GROUP BY t.install_id, t.banned
+SELECT t.install_id, t.banned, j.agree, j.disagree, j.gold_agree, j.gold_disagree
+FROM install_trust t CROSS JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE j.agree AND NOT j.gold) AS agree,
+           count(*) FILTER (WHERE NOT j.agree AND NOT j.gold) AS disagree,
+           count(*) FILTER (WHERE j.agree AND j.gold) AS gold_agree,
+           count(*) FILTER (WHERE NOT j.agree AND j.gold) AS gold_disagree
+    FROM trust_judgements j WHERE j.install_id = t.install_id
+) j
+WHERE t.stale
 """
 _FLIPS = "SELECT item_kind, item_key, label, install_id FROM trust_judgements WHERE NOT agree AND NOT gold"
 _COHORTS = "SELECT install_id, cohort FROM install_trust WHERE cohort IS NOT NULL"
