@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import Counter as Tally
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -181,11 +182,17 @@ class ConsensusRefresher:
             added = await unit.add_known_labels(kind, labels, "accepted")
             if added:
                 log.info("labels now known for %s: %s", kind, ", ".join(sorted(added)))
+        decided: Tally[str] = Tally()
+        moved: Tally[str] = Tally()
         for row in rows:
-            DECIDED.labels(row.kind).inc()
+            decided[row.kind] += 1
             held = current.get((row.kind, row.key))
             if held is None or (held.label, held.status) != (row.label, row.status):
-                CHANGED.labels(row.kind).inc()
+                moved[row.kind] += 1
+        for kind, count in decided.items():
+            DECIDED.labels(kind).inc(count)
+        for kind, count in moved.items():
+            CHANGED.labels(kind).inc(count)
         waiting = len(work) >= self._settings.refresh_max_items
         DIRTY_LEFT.set(1 if waiting else 0)
         return {"decided": len(rows), "changed": changed, "waiting": waiting}
