@@ -154,7 +154,7 @@ async def poll_votes(database_url: str, pipe: Pipe) -> None:
     connection = await asyncpg.connect(
         asyncpg_dsn(database_url), server_settings={"plan_cache_mode": "force_custom_plan", "jit": "off"}
     )
-    last = 0
+    last = await connection.fetchval("SELECT coalesce(max(seq), 0) FROM votes")  # not the preloaded history
     gaps: dict[int, float] = {}
     try:
         while True:
