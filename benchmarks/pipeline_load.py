@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import hashlib
 import json
 import math
 import shutil
@@ -64,6 +63,7 @@ from benchmarks.common import (  # noqa: E402
     namespace,
     service_env,
 )
+from shared.imagekeys import keys_of_png  # noqa: E402
 from shared.topology import Topology, delete_topology  # noqa: E402
 from tools.stack import LocalStack  # noqa: E402
 
@@ -82,7 +82,7 @@ class Pipe:
     """The requests, and what was seen of them: answers, votes, backlog samples (times are time.monotonic())."""
 
     host: str
-    crops: list[tuple[bytes, bytes, str]]  # per crop: request bytes before and after the install id, sha256
+    crops: list[tuple[bytes, bytes, str]]  # per crop: request bytes before and after the install id, item key
     waiting: dict[tuple[str, str], float] = field(default_factory=dict)  # accepted, vote not seen yet
     voted_first: dict[tuple[str, str], float] = field(default_factory=dict)  # vote seen, no 2xx answer yet
     counted: set[tuple[str, str]] = field(default_factory=set)
@@ -109,7 +109,8 @@ class Pipe:
                 f"POST /contribute/bulk-crops HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {length}\r\n\r\n"
             )
-            crops.append(((head + before).encode(), after.encode(), hashlib.sha256(png).hexdigest()))
+            # voting keys an icon vote by the crop's pixels (shared.imagekeys), not by its PNG's sha256
+            crops.append(((head + before).encode(), after.encode(), keys_of_png(png).pixels_sha256))
         return cls(host, crops)
 
     def key(self, index: int) -> tuple[str, str]:
