@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import hashlib
 import json
 import math
 import shutil
@@ -59,11 +58,12 @@ from benchmarks.common import (  # noqa: E402
     asyncpg_dsn,
     drop_database,
     fresh_database,
+    fresh_database_with_history,
     icon_crop,
     namespace,
-    preload_votes,
     service_env,
 )
+from shared.imagekeys import keys_of_png  # noqa: E402
 from shared.topology import Topology, delete_topology  # noqa: E402
 from tools.stack import LocalStack  # noqa: E402
 
@@ -82,7 +82,7 @@ class Pipe:
     """The requests, and what was seen of them: answers, votes, backlog samples (times are time.monotonic())."""
 
     host: str
-    crops: list[tuple[bytes, bytes, str]]  # per crop: request bytes before and after the install id, sha256
+    crops: list[tuple[bytes, bytes, str]]  # per crop: request bytes before and after the install id, item key
     waiting: dict[tuple[str, str], float] = field(default_factory=dict)  # accepted, vote not seen yet
     voted_first: dict[tuple[str, str], float] = field(default_factory=dict)  # vote seen, no 2xx answer yet
     counted: set[tuple[str, str]] = field(default_factory=set)
@@ -109,7 +109,8 @@ class Pipe:
                 f"POST /contribute/bulk-crops HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {length}\r\n\r\n"
             )
-            crops.append(((head + before).encode(), after.encode(), hashlib.sha256(png).hexdigest()))
+            # voting keys an icon vote by the crop's pixels (shared.imagekeys), not by its PNG's sha256
+            crops.append(((head + before).encode(), after.encode(), keys_of_png(png).pixels_sha256))
         return cls(host, crops)
 
     def key(self, index: int) -> tuple[str, str]:
@@ -149,8 +150,12 @@ async def poll_votes(database_url: str, pipe: Pipe) -> None:
     """Every POLL_INTERVAL, the vote rows past the last seq seen, plus any skipped seqs: a batch committed by
     another voting process may have taken lower seqs and commit later; a seq also stays unused for good when a
     batch rolls back or a conflict updates nothing, hence GAP_PATIENCE."""
-    connection = await asyncpg.connect(asyncpg_dsn(database_url))
-    last = 0
+    # custom plans: a generic plan of ``seq > $1`` walks the whole seq index (seconds at 10⁷ votes), and the
+    # poll's own duration would be counted as latency
+    connection = await asyncpg.connect(
+        asyncpg_dsn(database_url), server_settings={"plan_cache_mode": "force_custom_plan", "jit": "off"}
+    )
+    last = await connection.fetchval("SELECT coalesce(max(seq), 0) FROM votes")  # not the preloaded history
     gaps: dict[int, float] = {}
     try:
         while True:
@@ -206,11 +211,15 @@ async def run(args: argparse.Namespace) -> int:
     print(
         f"database {database_name}, broker namespace {bench_namespace}, service logs in {workdir}", flush=True
     )
-    database_url = await fresh_database(args.database_url, database_name)
-    await asyncio.to_thread(migrations.upgrade, database_url)
     if args.preload_votes:
-        print(f"loading {args.preload_votes:,} votes of history ...", flush=True)
-        print(f"loaded in {await preload_votes(database_url, args.preload_votes):.0f} s", flush=True)
+        print(f"{args.preload_votes:,} votes of history ...", flush=True)
+        database_url, how = await fresh_database_with_history(
+            args.database_url, database_name, args.preload_votes
+        )
+        print(how, flush=True)
+    else:
+        database_url = await fresh_database(args.database_url, database_name)
+        await asyncio.to_thread(migrations.upgrade, database_url)
     env = service_env(database_url, args.broker_url, bench_namespace)
     stack = LocalStack(env, workdir)
     broker = await aio_pika.connect(args.broker_url)

@@ -111,8 +111,10 @@ class BatchConsumer:
             log.warning("batch of %d failed; judging its messages one by one", len(decoded))
             await self._isolate(decoded)
             return
-        for message, _ in decoded:
-            await _settle(message.ack())
+        # One frame acknowledges the batch: every earlier delivery on the channel is settled already (batches
+        # are processed one at a time, in delivery order; undecodable ones were dead-lettered above), and one
+        # frame per message was most of a drain's own cost (a socket write each).
+        await _settle(decoded[-1][0].ack(multiple=True))
         self.processed += len(decoded)
 
     async def _isolate(self, decoded: list[tuple[AbstractIncomingMessage, Event]]) -> None:

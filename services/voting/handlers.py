@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import Counter as Tally
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -57,6 +58,9 @@ PREDICTIONS_REQUESTED = Counter(
 PREDICTIONS_STORED = Counter(
     "warp_voting_predictions_stored_total", "The published model's predictions voting stored"
 )
+# Items decided between two yields to the event loop: deciding is pure Python, and the queue consumer shares the
+# loop, so a large refresh must not hold back the votes arriving meanwhile (accept-to-vote latency).
+DECIDE_CHUNK = 200
 DIRTY_LEFT = Gauge("warp_voting_items_waiting", "Items queued for the next refresh beyond this one's limit")
 
 
@@ -159,10 +163,10 @@ class ConsensusRefresher:
         family they are in) and write the rows that changed."""
         refs = set(work)
         distance = self._settings.family_max_distance
-        families = await unit.families([key for kind, key in refs if kind == "icon"], distance)
-        refs |= {("icon", member) for members in families.values() for member in members}
-        missing = [key for kind, key in refs if kind == "icon" and key not in families]
-        families |= await unit.families(missing, distance)
+        icons = [key for kind, key in refs if kind == "icon"]
+        # the queued icons' families, and those members' own families (they are decided again too): one query
+        families = await unit.families(icons, distance, hops=2)
+        refs |= {("icon", member) for key in icons for member in families.get(key, ())}
         members = {("icon", m) for key, ms in families.items() if ("icon", key) in refs for m in ms}
         votes = group_votes(await unit.votes_of(refs | members))
         current = await unit.consensus_of(refs)
@@ -184,7 +188,12 @@ class ConsensusRefresher:
             predictions,
             model_versions,
         )
-        decisions = decide(refs, inputs, self.evidence_params, self.trust_params)
+        decisions: dict = {}
+        ordered = sorted(refs)
+        for start in range(0, len(ordered), DECIDE_CHUNK):
+            chunk = ordered[start : start + DECIDE_CHUNK]
+            decisions |= decide(chunk, inputs, self.evidence_params, self.trust_params)
+            await asyncio.sleep(0)  # the consumer's batches (same process) are stored between chunks
         requested = await self._request_predictions(unit, decisions, model_versions)
         rows = consensus_rows(decisions, current, votes)
         changed = await unit.write_consensus(rows)
@@ -197,11 +206,17 @@ class ConsensusRefresher:
             added = await unit.add_known_labels(kind, labels, "accepted")
             if added:
                 log.info("labels now known for %s: %s", kind, ", ".join(sorted(added)))
+        decided: Tally[str] = Tally()
+        moved: Tally[str] = Tally()
         for row in rows:
-            DECIDED.labels(row.kind).inc()
+            decided[row.kind] += 1
             held = current.get((row.kind, row.key))
             if held is None or (held.label, held.status) != (row.label, row.status):
-                CHANGED.labels(row.kind).inc()
+                moved[row.kind] += 1
+        for kind, count in decided.items():
+            DECIDED.labels(kind).inc(count)
+        for kind, count in moved.items():
+            CHANGED.labels(kind).inc(count)
         waiting = len(work) >= self._settings.refresh_max_items
         DIRTY_LEFT.set(1 if waiting else 0)
         return {

@@ -54,8 +54,11 @@ class RefreshUnit(Protocol):
     async def mark_all_dirty(self) -> int:
         """Queue every item (a full recompute); returns how many."""
 
-    async def families(self, icon_keys: Collection[str], max_distance: int) -> dict[str, set[str]]:
-        """{icon key: other icon keys within ``max_distance`` bits of its pHash}."""
+    async def families(
+        self, icon_keys: Collection[str], max_distance: int, *, hops: int = 1
+    ) -> dict[str, set[str]]:
+        """{icon key: other icon keys within ``max_distance`` bits of its pHash}; with ``hops`` = 2 also the
+        families of those members (and so on), in one query."""
 
     async def votes_of(self, refs: Collection[ItemRef]) -> list[StoredVote]: ...
 
@@ -217,34 +220,52 @@ INSERT INTO dirty_items (item_kind, item_key)
 SELECT DISTINCT item_kind, item_key FROM votes WHERE install_id = ANY($1::text[])
 ORDER BY 1, 2 ON CONFLICT DO NOTHING
 """
-# Near-copies share at least one 16-bit band of their pHash (any two within 3 bits do, by pigeonhole).
+# Near-copies share at least one 16-bit band of their pHash (any two within 3 bits do, by pigeonhole). A walk
+# from the given keys: hop 1 gives their families, hop 2 the families of those members, and so on. A key's
+# candidates are index-only scans of its four bands ((band, phash) indexes); only the pHashes within the
+# distance are then looked up, so the cost is that of the keys, not of the stored crops.
 _FAMILIES = """
-WITH q AS (SELECT * FROM icon_phashes WHERE item_key = ANY($1::text[])),
-candidates AS (
-    SELECT q.item_key AS item, o.item_key AS other, q.phash # o.phash AS x FROM q JOIN icon_phashes o ON o.band0 = q.band0
-    UNION ALL SELECT q.item_key, o.item_key, q.phash # o.phash FROM q JOIN icon_phashes o ON o.band1 = q.band1
-    UNION ALL SELECT q.item_key, o.item_key, q.phash # o.phash FROM q JOIN icon_phashes o ON o.band2 = q.band2
-    UNION ALL SELECT q.item_key, o.item_key, q.phash # o.phash FROM q JOIN icon_phashes o ON o.band3 = q.band3
+WITH RECURSIVE walk(item, other, hop) AS (
+    SELECT NULL::text, k, 0 FROM unnest($1::text[]) AS k
+    UNION
+    SELECT w.other, o.item_key, w.hop + 1
+    FROM walk w CROSS JOIN LATERAL (SELECT * FROM icon_phashes q WHERE q.item_key = w.other LIMIT 1) q
+    CROSS JOIN LATERAL (
+        SELECT o.phash FROM icon_phashes o WHERE o.band0 = q.band0
+        UNION SELECT o.phash FROM icon_phashes o WHERE o.band1 = q.band1
+        UNION SELECT o.phash FROM icon_phashes o WHERE o.band2 = q.band2
+        UNION SELECT o.phash FROM icon_phashes o WHERE o.band3 = q.band3
+    ) n
+    JOIN icon_phashes o ON o.phash = n.phash
+    WHERE w.hop < $3 AND o.item_key <> q.item_key AND bit_count((q.phash # n.phash)::bit(64)) <= $2
 )
-SELECT item, other FROM candidates WHERE item <> other AND bit_count(x::bit(64)) <= $2
+SELECT DISTINCT item, other FROM walk WHERE item IS NOT NULL
 """
+# The refresh's reads by key are LATERAL lookups (with LIMIT 1 where the key is unique, which keeps the planner
+# from flattening them into a hash join over the whole table): they cost the keys asked for, not the history.
 # A vote's value matters to a decision only for anchor grids (the rest decide on labels): not sent otherwise.
 _VOTES_OF = """
 SELECT v.item_kind, v.item_key, v.install_id, v.label, CASE WHEN v.item_kind = 'anchor' THEN v.value END,
        v.origin, v.model_guess, v.seq
-FROM votes v JOIN unnest($1::text[], $2::text[]) AS r(kind, key) ON v.item_kind = r.kind AND v.item_key = r.key
+FROM unnest($1::text[], $2::text[]) AS r(kind, key)
+CROSS JOIN LATERAL (SELECT * FROM votes v WHERE v.item_kind = r.kind AND v.item_key = r.key) v
 ORDER BY v.item_kind, v.item_key, v.seq
 """
 _CONSENSUS_OF = """
 SELECT c.item_kind, c.item_key, c.label, c.status, c.settled_seq
-FROM consensus c JOIN unnest($1::text[], $2::text[]) AS r(kind, key) ON c.item_kind = r.kind AND c.item_key = r.key
+FROM unnest($1::text[], $2::text[]) AS r(kind, key)
+CROSS JOIN LATERAL (SELECT * FROM consensus c WHERE c.item_kind = r.kind AND c.item_key = r.key LIMIT 1) c
 """
-_TRUST_OF = "SELECT install_id, weight, cohort, banned FROM install_trust WHERE install_id = ANY($1::text[])"
+_TRUST_OF = """
+SELECT t.install_id, t.weight, t.cohort, t.banned FROM unnest($1::text[]) AS i(install_id)
+CROSS JOIN LATERAL (SELECT * FROM install_trust t WHERE t.install_id = i.install_id LIMIT 1) t
+"""
 _GOLD_OF = """
-SELECT DISTINCT ON (m.item_kind, m.item_key) m.item_kind, m.item_key, m.label, m.moderator
-FROM moderator_decisions m JOIN unnest($1::text[], $2::text[]) AS r(kind, key)
-  ON m.item_kind = r.kind AND m.item_key = r.key
-ORDER BY m.item_kind, m.item_key, m.decided_at DESC, m.id DESC
+SELECT m.item_kind, m.item_key, m.label, m.moderator FROM unnest($1::text[], $2::text[]) AS r(kind, key)
+CROSS JOIN LATERAL (
+    SELECT * FROM moderator_decisions m WHERE m.item_kind = r.kind AND m.item_key = r.key
+    ORDER BY m.decided_at DESC, m.id DESC LIMIT 1
+) m
 """
 _KNOWN = "SELECT item_kind, label, source FROM known_labels"
 _ADD_KNOWN = """
@@ -280,14 +301,17 @@ WITH written AS (
 )
 SELECT count(*) FROM written
 """
+# Per stale install, its judgements counted through the install index (not a join over every judgement).
 _STALE_TRUST = """
-SELECT t.install_id, t.banned,
-       count(j.install_id) FILTER (WHERE j.agree AND NOT j.gold) AS agree,
-       count(j.install_id) FILTER (WHERE NOT j.agree AND NOT j.gold) AS disagree,
-       count(j.install_id) FILTER (WHERE j.agree AND j.gold) AS gold_agree,
-       count(j.install_id) FILTER (WHERE NOT j.agree AND j.gold) AS gold_disagree
-FROM install_trust t LEFT JOIN trust_judgements j ON j.install_id = t.install_id
-WHERE t.stale GROUP BY t.install_id, t.banned
+SELECT t.install_id, t.banned, j.agree, j.disagree, j.gold_agree, j.gold_disagree
+FROM install_trust t CROSS JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE j.agree AND NOT j.gold) AS agree,
+           count(*) FILTER (WHERE NOT j.agree AND NOT j.gold) AS disagree,
+           count(*) FILTER (WHERE j.agree AND j.gold) AS gold_agree,
+           count(*) FILTER (WHERE NOT j.agree AND j.gold) AS gold_disagree
+    FROM trust_judgements j WHERE j.install_id = t.install_id
+) j
+WHERE t.stale
 """
 _FLIPS = "SELECT item_kind, item_key, label, install_id FROM trust_judgements WHERE NOT agree AND NOT gold"
 _COHORTS = "SELECT install_id, cohort FROM install_trust WHERE cohort IS NOT NULL"
@@ -579,6 +603,8 @@ class PostgresVotingStore:
     @contextlib.asynccontextmanager
     async def refresh(self) -> AsyncIterator[PostgresRefresh]:
         async with self._engine.begin() as connection:
+            # a refresh's queries are many small index lookups: JIT compiling them costs more than they do
+            await connection.execute(text("SET LOCAL jit = off"))
             yield PostgresRefresh(connection, self._fresh_weight)
 
 
@@ -702,11 +728,14 @@ class PostgresRefresh:
         status = await (await self._raw()).execute(_MARK_ALL_DIRTY)
         return int(status.rsplit(" ", 1)[-1])
 
-    async def families(self, icon_keys: Collection[str], max_distance: int) -> dict[str, set[str]]:
+    async def families(
+        self, icon_keys: Collection[str], max_distance: int, *, hops: int = 1
+    ) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
         if not icon_keys or max_distance < 0:
             return out
-        for item, other in await (await self._raw()).fetch(_FAMILIES, sorted(icon_keys), max_distance):
+        rows = await (await self._raw()).fetch(_FAMILIES, sorted(icon_keys), max_distance, hops)
+        for item, other in rows:
             out.setdefault(item, set()).add(other)
         return out
 

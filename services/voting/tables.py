@@ -81,10 +81,12 @@ icon_phashes = Table(
     Column("band1", Integer, nullable=False),
     Column("band2", Integer, nullable=False),
     Column("band3", Integer, nullable=False),
-    Index("ix_icon_phashes_band0", "band0"),
-    Index("ix_icon_phashes_band1", "band1"),
-    Index("ix_icon_phashes_band2", "band2"),
-    Index("ix_icon_phashes_band3", "band3"),
+    # each band index holds the pHash too: the family look-up filters candidates by distance from the index alone
+    Index("ix_icon_phashes_band0_phash", "band0", "phash"),
+    Index("ix_icon_phashes_band1_phash", "band1", "phash"),
+    Index("ix_icon_phashes_band2_phash", "band2", "phash"),
+    Index("ix_icon_phashes_band3_phash", "band3", "phash"),
+    Index("ix_icon_phashes_phash", "phash"),
 )
 
 # Trust's evidence: each install's vote on an item that was already settled when it voted (or that a moderator

@@ -208,19 +208,24 @@ class FakeRefresh:
         self._store.dirty |= refs
         return len(refs)
 
-    async def families(self, icon_keys: Collection[str], max_distance: int) -> dict[str, set[str]]:
+    async def families(
+        self, icon_keys: Collection[str], max_distance: int, *, hops: int = 1
+    ) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
-        for key in icon_keys:
-            mine = self._store.phashes.get(key)
-            if mine is None or max_distance < 0:
-                continue
-            near = {
-                other
-                for other, phash in self._store.phashes.items()
-                if other != key and hamming(mine, phash) <= max_distance and _share_band(mine, phash)
-            }
-            if near:
-                out[key] = near
+        frontier = set(icon_keys)
+        for _ in range(hops):
+            for key in frontier - set(out):
+                mine = self._store.phashes.get(key)
+                if mine is None or max_distance < 0:
+                    continue
+                near = {
+                    other
+                    for other, phash in self._store.phashes.items()
+                    if other != key and hamming(mine, phash) <= max_distance and _share_band(mine, phash)
+                }
+                if near:
+                    out[key] = near
+            frontier = {member for key in frontier for member in out.get(key, ())}
         return out
 
     async def votes_of(self, refs: Collection[ItemRef]) -> list[StoredVote]:

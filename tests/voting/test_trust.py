@@ -11,7 +11,7 @@ from sqlalchemy import text
 from starlette.applications import Starlette
 
 from services.voting.routes import ops_routes
-from services.voting.store import PostgresExplainer
+from services.voting.store import PostgresExplainer, PostgresRefresh
 from shared.blobstore import sha256_hex
 from shared.events import InstallModerated, ItemModerated
 from shared.imagekeys import keys_of_png
@@ -101,6 +101,37 @@ async def test_a_re_encoded_crop_is_the_same_item(voting, engine):
     assert (await decided(engine, 5)).support == 3
     assert len(await rows(engine, "SELECT 1 FROM consensus WHERE item_kind = 'icon'")) == 1
     assert len(await rows(engine, "SELECT 1 FROM blobs")) == 2
+
+
+async def test_visual_families_are_near_pHashes_found_hop_by_hop_in_one_query(voting, engine):
+    base = 0x0123_4567_89AB_CDEF
+    phashes = {
+        "a": base,
+        "b": base ^ 0b111,  # 3 bits from a
+        "c": base ^ 0b111 ^ (0b11 << 20),  # 2 bits from b, 5 from a
+        "spread": base ^ (1 | 1 << 16 | 1 << 32 | 1 << 48),  # 4 bits from a, but in every band: not found
+        "far": base ^ 0xFFFF_0000_FFFF_0000,
+    }
+    item = {name: sha256_hex(name.encode()) for name in phashes}
+    await voting.service.handle(
+        [
+            vote(f"i-{name}", n, "Item 1", pixels_sha256=item[name], phash=f"{phash:016x}")
+            for n, (name, phash) in enumerate(phashes.items())
+        ]
+    )
+    names = {key: name for name, key in item.items()}
+    async with engine.connect() as connection:
+        unit = PostgresRefresh(connection)
+        one = await unit.families([item["a"]], 4)
+        two = await unit.families([item["a"]], 4, hops=2)
+        everything = await unit.families(list(item.values()), 4)
+
+    def named(families):
+        return {names[key]: {names[m] for m in members} for key, members in families.items()}
+
+    assert named(one) == {"a": {"b"}}
+    assert named(two) == {"a": {"b"}, "b": {"a", "c"}}
+    assert named(everything) == {"a": {"b"}, "b": {"a", "c"}, "c": {"b"}}
 
 
 async def earn_trust(voting, install: str, crops) -> None:

@@ -175,6 +175,13 @@ def decide(
     known = {kind: known_for(kind, inputs.known) for kind in ESTIMATED_KINDS}
     cold_start = {kind: cold(kind, inputs.known, inputs.cold_start_labels) for kind in ESTIMATED_KINDS}
     out: dict[ItemRef, ItemDecision | dict[str, Any] | None] = {}
+    weighed: dict[ItemRef, list[WeighedVote]] = {}  # each item's votes weighed once (families share members)
+
+    def weighed_of(ref: ItemRef) -> list[WeighedVote]:
+        if ref not in weighed:
+            weighed[ref] = weigh(inputs.votes.get(ref, ()), inputs.trust, trust_params.fresh_weight)
+        return weighed[ref]
+
     for ref in refs:
         kind, key = ref
         votes = inputs.votes.get(ref, ())
@@ -186,13 +193,12 @@ def decide(
             }
             out[ref] = anchor_consensus(key, list(by_voice.values()), inputs.anchor_min_contributors)
             continue
-        weighed = weigh(votes, inputs.trust, trust_params.fresh_weight)
         family: list[WeighedVote] = []
         members = inputs.families.get(key, ()) if kind == "icon" else ()
         for member in members:
-            family += weigh(inputs.votes.get(("icon", member), ()), inputs.trust, trust_params.fresh_weight)
+            family += weighed_of(("icon", member))
         out[ref] = decide_item(
-            weighed,
+            weighed_of(ref),
             known=known[kind],
             params=params[kind],
             cold_start=cold_start[kind],

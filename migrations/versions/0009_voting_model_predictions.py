@@ -1,14 +1,14 @@
 """voting: the published model's predictions on the items it asked about (issue 13)
 
-Revision ID: 0008
+Revision ID: 0009
 Revises: 0007
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
