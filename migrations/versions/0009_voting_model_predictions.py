@@ -1,7 +1,7 @@
 """voting: the published model's predictions on the items it asked about (issue 13)
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 """
 
 import sqlalchemy as sa
