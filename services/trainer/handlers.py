@@ -495,7 +495,8 @@ class Predictor:
         self._blobs = blobs
         self._publish = publish
         self._predict = predict
-        self._loaded: tuple[str, dict[str, PublishedModel | None]] | None = None
+        # the release's version, its models and its training snapshot's items: read once per version
+        self._loaded: tuple[str, dict[str, PublishedModel | None], set[tuple[str, str]]] | None = None
 
     async def handle(self, request: PredictionRequested) -> None:
         published = await self._store.published_release()
@@ -503,8 +504,7 @@ class Predictor:
             log.info("no published model yet: prediction request %s left unanswered", request.message_id)
             return
         with PREDICTION_SECONDS.time():
-            models = await self._models(published)
-            trained = await self._store.snapshot_refs(published.snapshot_id)
+            models, trained = await self._release(published)
             wanted = [Wanted(i.item_kind, i.item_key, i.image_sha256) for i in request.items]
             predictions: list[Prediction] = []
             for model_kind, items in sorted(by_model(wanted).items()):
@@ -539,16 +539,19 @@ class Predictor:
         except BlobNotFound:
             return b""  # answered as unreadable: voting counts no prediction for it
 
-    async def _models(self, published: PublishedRelease) -> dict[str, PublishedModel | None]:
-        """The release's icon and screen models (None where it has none), loaded once per version."""
+    async def _release(
+        self, published: PublishedRelease
+    ) -> tuple[dict[str, PublishedModel | None], set[tuple[str, str]]]:
+        """The release's icon and screen models (None where it has none) and the (kind, key) of its training
+        snapshot, loaded once per version: a published snapshot does not change."""
         if self._loaded is None or self._loaded[0] != published.version:
             models: dict[str, PublishedModel | None] = {}
             for kind, paths in release.MODEL_FILES.items():
                 shas = await self._store.release_artifacts(published.run_id, paths)
                 files = {path: await self._blobs.get(sha) for path, sha in shas.items()}
                 models[kind] = release.read_model(kind, files)
-            self._loaded = (published.version, models)
-        return self._loaded[1]
+            self._loaded = (published.version, models, await self._store.snapshot_refs(published.snapshot_id))
+        return self._loaded[1], self._loaded[2]
 
 
 def _pixels_key(image: bytes) -> str | None:

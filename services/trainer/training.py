@@ -1,8 +1,9 @@
 """CPU training of a classifier within a deadline, on inputs made the way clients make them.
 
 Crops are decoded once into memory (uint8, 64x64 BGR for icons as the client has them before upscaling);
-augmentation runs on whole batches of tensors. Icons train most of the budget at 64 px, then adapt at 224 px,
-the size clients feed; the best state seen is what is kept. The deadline is checked after every batch.
+augmentation runs on whole batches of tensors, on the crops as stored (icons: at 64 px, before the upscale).
+Icons train at 64 px, then 128 px, then 224 px, the size clients feed; the best state of the last phase is what
+is kept. The deadline is checked after every batch.
 
 ``train_model`` is one model of a run: the network, its start (the published model or local initial weights),
 ``fit``, and the score through the client path (``evaluation.py``).
@@ -137,8 +138,8 @@ def focal_loss(
 
 
 def swap_background(batch: torch.Tensor, chosen: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
-    """Repaint the rarity background of the ``chosen`` icons in ``colours`` (one row per chosen icon), keeping its vertical
-    shading: an item met at a rarity it never had in training (the most common miss on players' crops).
+    """Repaint the rarity background of the ``chosen`` icons in ``colours`` (a row per chosen icon), keeping its
+    vertical shading: an item met at a rarity it never had in training (the most common miss on players' crops).
 
     The background of each row is the median of the pixels just inside the frame at both sides (game icons put
     their art in the middle of a rarity gradient); a pixel within a small distance of its row's background is
