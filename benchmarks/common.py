@@ -265,6 +265,11 @@ _PRELOAD = [
     FROM (SELECT encode(sha256(('pre' || i)::bytea), 'hex') AS key,
                  ('x' || substr(md5('phash' || i), 1, 16))::bit(64)::bigint AS h
           FROM generate_series(0, $1::bigint / 10 - 1) AS i) AS p""",
+    # every item's first image (one stored blob stands for them all: a snapshot copies the references)
+    """INSERT INTO blobs (sha256, size, data) VALUES (repeat('0', 64), 0, ''::bytea)""",
+    """INSERT INTO item_images (item_kind, item_key, image_sha256)
+    SELECT 'icon', encode(sha256(('pre' || i)::bytea), 'hex'), repeat('0', 64)
+    FROM generate_series(0, $1::bigint / 10 - 1) AS i""",
     """INSERT INTO install_trust (install_id, weight)
     SELECT 'pre-install-' || i, 0.35 FROM generate_series(0, 19999) AS i""",
     """INSERT INTO known_labels (item_kind, label, source)

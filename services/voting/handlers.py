@@ -142,11 +142,14 @@ class ConsensusRefresher:
     async def _refresh_locked(
         self, force: TrainingForceRequested | None, *, estimate_trust: bool = True
     ) -> RefreshOutcome:
-        async with self._store.refresh() as unit:
-            stats: dict = {}
-            if estimate_trust and (self._trust_due() or force is not None):
+        stats: dict = {}
+        if estimate_trust and (self._trust_due() or force is not None):
+            # its own transaction: the items it queues are visible to the consumer's upserts (which would
+            # otherwise wait for the whole refresh) and to the decisions below
+            async with self._store.refresh() as unit:
                 stats["trust"] = await self._estimate_trust(unit)
-                self._trust_estimated_at = self._monotonic()
+            self._trust_estimated_at = self._monotonic()
+        async with self._store.refresh() as unit:
             work = await unit.take_dirty(self._settings.refresh_max_items)
             pending = bool((await unit.last_refresh_stats() or {}).get("snapshot_pending"))
             if not work and "trust" not in stats and force is None and not pending:
@@ -326,14 +329,21 @@ class ConsensusRefresher:
             decision.trigger,
             self.rules,
         )
+        icons = await unit.write_snapshot(snapshot)
         request = TrainingRequested(
             snapshot_id=snapshot.id,
             reason=snapshot.reason,
             new_labels=snapshot.new_label_count,
-            total_labels=snapshot.total_icon_labels,
+            total_labels=icons,
         )
-        await unit.write_snapshot(snapshot, request)
-        log.info("snapshot %s made: %s; %d items", snapshot.id, decision.reason, len(snapshot.items))
+        await unit.send(request)
+        log.info(
+            "snapshot %s made: %s; %d icons, %d other items",
+            snapshot.id,
+            decision.reason,
+            icons,
+            len(snapshot.items),
+        )
         return snapshot.id, False
 
 

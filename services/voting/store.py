@@ -17,7 +17,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.voting.domain.consensus import Flip
-from services.voting.domain.evidence import Gold, ModelPrediction, TrustCounts
+from services.voting.domain.evidence import SETTLED_BY_MODERATOR, Gold, ModelPrediction, TrustCounts
 from services.voting.domain.items import BallotBatch
 from services.voting.domain.snapshots import Accepted, LabelChanges, NewSnapshot, PreviousSnapshot
 from services.voting.domain.tally import (
@@ -29,7 +29,7 @@ from services.voting.domain.tally import (
     Judgement,
     StoredVote,
 )
-from services.voting.tables import consensus_refreshes, training_snapshots
+from services.voting.tables import consensus_refreshes
 from shared import db, reads
 from shared.events import (
     Contribution,
@@ -37,7 +37,6 @@ from shared.events import (
     InstallModerated,
     ItemModerated,
     ModelPredicted,
-    TrainingRequested,
 )
 from shared.outbox import enqueue
 
@@ -106,7 +105,7 @@ class RefreshUnit(Protocol):
         """Accepted icon and screen labels new or changed since that snapshot."""
 
     async def accepted(self) -> Accepted:
-        """Every accepted item, for a snapshot."""
+        """Every accepted item but icons (``write_snapshot`` copies those), for a snapshot."""
 
     async def claim_message(self, message_id: str) -> bool:
         """False when this message was served before."""
@@ -116,8 +115,9 @@ class RefreshUnit(Protocol):
     async def last_arrival(self) -> datetime | None:
         """When the latest contribution was received."""
 
-    async def write_snapshot(self, snapshot: NewSnapshot, request: TrainingRequested) -> None:
-        """The snapshot, its items, and its training request in the outbox."""
+    async def write_snapshot(self, snapshot: NewSnapshot) -> int:
+        """The snapshot with its items and a copy of every accepted icon with its first stored crop; returns the
+        icons copied."""
 
     async def last_refresh_stats(self) -> dict[str, Any] | None: ...
 
@@ -163,6 +163,8 @@ class VotingStore(Protocol):
         """A transaction for one refresh: committed when the block ends without an error."""
 
 
+# Queueing an item for the refresh gives it a new version (the refresh removes only the versions it read).
+_REQUEUE = "ON CONFLICT (item_kind, item_key) DO UPDATE SET version = excluded.version"
 _STORE_BLOBS = """
 INSERT INTO blobs (sha256, size, data)
 SELECT sha, octet_length(data), data FROM unnest($1::text[], $2::bytea[]) AS v(sha, data)
@@ -175,7 +177,7 @@ ON CONFLICT (contribution_id) DO NOTHING
 """
 # Last writer wins by the contribution's time; a redelivery or resend of the same vote changes nothing. The
 # items of the votes written are queued for the next refresh in the same statement.
-_STORE_VOTES = """
+_STORE_VOTES = f"""
 WITH written AS (
     INSERT INTO votes AS v (item_kind, item_key, install_id, label, value, contribution_id, voted_at, origin, model_guess)
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7::timestamptz[], $8::text[], $9::text[])
@@ -189,36 +191,50 @@ WITH written AS (
 )
 INSERT INTO dirty_items (item_kind, item_key)
 SELECT DISTINCT item_kind, item_key FROM written ORDER BY 1, 2
-ON CONFLICT DO NOTHING
+{_REQUEUE}
+"""
+# An item's first stored image (per batch, the earliest contribution's): what a snapshot and the published model get.
+_STORE_ITEM_IMAGES = """
+INSERT INTO item_images (item_kind, item_key, image_sha256)
+SELECT DISTINCT ON (kind, key) kind, key, sha
+FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS i(kind, key, sha, at)
+ORDER BY kind, key, at, sha
+ON CONFLICT (item_kind, item_key) DO NOTHING
 """
 _STORE_PHASHES = """
 INSERT INTO icon_phashes (item_key, phash, band0, band1, band2, band3)
 SELECT * FROM unnest($1::text[], $2::int8[], $3::int4[], $4::int4[], $5::int4[], $6::int4[])
 ON CONFLICT (item_key) DO NOTHING
 """
-_TAKE_DIRTY = """
+# The queue is read without locks (one refresher at a time holds the refresh lock), oldest change first; the
+# rows read are removed when the refresh commits, unless their item was queued again meanwhile (a new version).
+# Storing a vote therefore never waits for a refresh transaction, only for this last statement's row locks.
+_TAKE_DIRTY = "SELECT item_kind, item_key, version FROM dirty_items ORDER BY version LIMIT $1"
+_DONE_DIRTY = """
 DELETE FROM dirty_items d USING (
-    SELECT item_kind, item_key FROM dirty_items ORDER BY item_kind, item_key LIMIT $1 FOR UPDATE SKIP LOCKED
+    SELECT x.item_kind, x.item_key FROM dirty_items x
+    JOIN unnest($1::text[], $2::text[], $3::int8[]) AS t(kind, key, version)
+      ON x.item_kind = t.kind AND x.item_key = t.key AND x.version = t.version
+    ORDER BY 1, 2 FOR UPDATE OF x
 ) t WHERE d.item_kind = t.item_kind AND d.item_key = t.item_key
-RETURNING d.item_kind, d.item_key
 """
-_MARK_DIRTY = """
+_MARK_DIRTY = f"""
 INSERT INTO dirty_items (item_kind, item_key)
-SELECT DISTINCT * FROM unnest($1::text[], $2::text[]) ORDER BY 1, 2 ON CONFLICT DO NOTHING
+SELECT DISTINCT * FROM unnest($1::text[], $2::text[]) ORDER BY 1, 2 {_REQUEUE}
 """
-_MARK_ALL_DIRTY = """
+_MARK_ALL_DIRTY = f"""
 INSERT INTO dirty_items (item_kind, item_key)
-SELECT DISTINCT item_kind, item_key FROM votes ORDER BY 1, 2 ON CONFLICT DO NOTHING
+SELECT DISTINCT item_kind, item_key FROM votes ORDER BY 1, 2 {_REQUEUE}
 """
-_MARK_DIRTY_BY_LABELS = """
+_MARK_DIRTY_BY_LABELS = f"""
 INSERT INTO dirty_items (item_kind, item_key)
 SELECT DISTINCT item_kind, item_key FROM votes WHERE item_kind = ANY($1::text[]) AND label = ANY($2::text[])
-ORDER BY 1, 2 ON CONFLICT DO NOTHING
+ORDER BY 1, 2 {_REQUEUE}
 """
-_MARK_DIRTY_BY_INSTALLS = """
+_MARK_DIRTY_BY_INSTALLS = f"""
 INSERT INTO dirty_items (item_kind, item_key)
 SELECT DISTINCT item_kind, item_key FROM votes WHERE install_id = ANY($1::text[])
-ORDER BY 1, 2 ON CONFLICT DO NOTHING
+ORDER BY 1, 2 {_REQUEUE}
 """
 # Near-copies share at least one 16-bit band of their pHash (any two within 3 bits do, by pigeonhole). A walk
 # from the given keys: hop 1 gives their families, hop 2 the families of those members, and so on. A key's
@@ -336,15 +352,28 @@ WHERE c.status = 'accepted' AND c.item_kind IN ('icon', 'screen') AND c.updated_
 GROUP BY c.item_kind
 """
 _ACCEPTED = """
-SELECT item_kind, item_key, label, value, confidence, reason FROM consensus WHERE status = 'accepted'
+SELECT item_kind, item_key, label, value FROM consensus
+WHERE item_kind IN ('knowledge', 'screen', 'ocr', 'anchor') AND status = 'accepted'
 ORDER BY item_kind, item_key
 """
-# An icon item is its pixels; the image a snapshot gives training is the first crop stored for it.
-_ICON_IMAGES = """
-SELECT DISTINCT ON (v.item_key) v.item_key, c.image_sha256 FROM votes v
-JOIN contributions c ON c.contribution_id = v.contribution_id
-WHERE v.item_kind = 'icon' AND v.item_key = ANY($1::text[]) AND c.image_sha256 IS NOT NULL
-ORDER BY v.item_key, v.seq
+# A snapshot's icons, copied in the database (10⁶ accepted icons must not pass through the refresher's event
+# loop): every accepted icon with its first stored crop; its value, the confidence and whether a moderator settled
+# it. The snapshot row (with the item count) and its icons are one statement, so the count is of the rows copied.
+_SNAPSHOT_ICONS = """
+WITH icons AS (
+    SELECT c.item_key, c.label,
+           jsonb_build_object('confidence', round(c.confidence::numeric, 4), 'gold', c.reason = $7::text) AS value,
+           i.image_sha256
+    FROM consensus c JOIN item_images i ON i.item_kind = 'icon' AND i.item_key = c.item_key
+    WHERE c.item_kind = 'icon' AND c.status = 'accepted'
+), snapshot AS (
+    INSERT INTO training_snapshots (id, parent_id, reason, item_count, new_label_count, details)
+    SELECT $1::uuid, $2::uuid, $3::text, $4::int + count(*), $5::int, $6::jsonb FROM icons
+), copied AS (
+    INSERT INTO snapshot_items (snapshot_id, item_kind, item_key, label, value, image_sha256)
+    SELECT $1::uuid, 'icon', item_key, label, value, image_sha256 FROM icons
+)
+SELECT count(*) FROM icons
 """
 # The published model's predictions: a row per item voting asked about; the answer fills it in and queues the
 # item. Kept per item (the latest answer), so a refresh reads one row per item it decides.
@@ -354,14 +383,12 @@ FROM model_predictions p JOIN unnest($1::text[], $2::text[]) AS r(kind, key)
   ON p.item_kind = r.kind AND p.item_key = r.key
 WHERE p.model_version IS NOT NULL
 """
-_REQUEST_PREDICTIONS = """
+_REQUEST_PREDICTIONS = f"""
 WITH images AS (
-    SELECT DISTINCT ON (v.item_kind, v.item_key) v.item_kind, v.item_key, c.image_sha256
-    FROM votes v
-    JOIN unnest($1::text[], $2::text[]) AS r(kind, key) ON v.item_kind = r.kind AND v.item_key = r.key
-    JOIN contributions c ON c.contribution_id = v.contribution_id
-    WHERE c.image_sha256 IS NOT NULL
-    ORDER BY v.item_kind, v.item_key, v.seq
+    SELECT i.item_kind, i.item_key, i.image_sha256 FROM unnest($1::text[], $2::text[]) AS r(kind, key)
+    CROSS JOIN LATERAL (
+        SELECT * FROM item_images i WHERE i.item_kind = r.kind AND i.item_key = r.key LIMIT 1
+    ) i
 ), due_all AS (
     SELECT i.* FROM images i
     LEFT JOIN model_predictions p ON p.item_kind = i.item_kind AND p.item_key = i.item_key
@@ -378,11 +405,11 @@ WITH images AS (
 ), later AS (  -- over this refresh's limit: queued, so the next refresh asks
     INSERT INTO dirty_items (item_kind, item_key)
     SELECT item_kind, item_key FROM due_all EXCEPT SELECT item_kind, item_key FROM due
-    ORDER BY 1, 2 ON CONFLICT DO NOTHING
+    ORDER BY 1, 2 {_REQUEUE}
 )
 SELECT item_kind, item_key, image_sha256 FROM due ORDER BY 1, 2
 """
-_STORE_PREDICTIONS = """
+_STORE_PREDICTIONS = f"""
 WITH written AS (
     INSERT INTO model_predictions AS p
         (item_kind, item_key, model_version, label, confidence, trained_on, predicted_at)
@@ -394,14 +421,14 @@ WITH written AS (
     RETURNING p.item_kind, p.item_key
 ), queued AS (
     INSERT INTO dirty_items (item_kind, item_key)
-    SELECT item_kind, item_key FROM written ORDER BY 1, 2 ON CONFLICT DO NOTHING
+    SELECT item_kind, item_key FROM written ORDER BY 1, 2 {_REQUEUE}
 )
 SELECT count(*) FROM written
 """
-_QUEUE_WITHHELD = """
+_QUEUE_WITHHELD = f"""
 INSERT INTO dirty_items (item_kind, item_key)
 SELECT item_kind, item_key FROM consensus WHERE status = 'withheld' AND item_kind = ANY($1::text[])
-ORDER BY 1, 2 ON CONFLICT DO NOTHING
+ORDER BY 1, 2 {_REQUEUE}
 """
 _STORE_MODERATION = """
 INSERT INTO moderator_decisions (message_id, item_kind, item_key, label, moderator, note, decided_at, before)
@@ -502,6 +529,15 @@ class PostgresVotingStore:
                 [json.dumps(_payload(contributions[i][0])) for i in ids],
                 [contributions[i][0].occurred_at for i in ids],
             )
+            pictured = sorted(i for i in ids if contributions[i][1].image_sha256 is not None)
+            if pictured:
+                await raw.execute(
+                    _STORE_ITEM_IMAGES,
+                    [contributions[i][1].item_kind for i in pictured],
+                    [contributions[i][1].item_key for i in pictured],
+                    [contributions[i][1].image_sha256 for i in pictured],
+                    [contributions[i][0].occurred_at for i in pictured],
+                )
             phashes = batch.phashes
             if phashes:
                 keys = sorted(phashes)
@@ -605,7 +641,9 @@ class PostgresVotingStore:
         async with self._engine.begin() as connection:
             # a refresh's queries are many small index lookups: JIT compiling them costs more than they do
             await connection.execute(text("SET LOCAL jit = off"))
-            yield PostgresRefresh(connection, self._fresh_weight)
+            unit = PostgresRefresh(connection, self._fresh_weight)
+            yield unit
+            await unit.done_with_taken()
 
 
 _EXPLAIN_ITEM = """
@@ -716,13 +754,22 @@ class PostgresRefresh:
     def __init__(self, connection: AsyncConnection, fresh_weight: float = 0.35) -> None:
         self._connection = connection
         self._fresh_weight = fresh_weight
+        self._taken: list[tuple[str, str, int]] = []  # (kind, key, version) read off the queue
 
     async def _raw(self):
         return await _asyncpg(self._connection)
 
     async def take_dirty(self, limit: int) -> list[ItemRef]:
         rows = await (await self._raw()).fetch(_TAKE_DIRTY, limit)
+        self._taken += [(row[0], row[1], row[2]) for row in rows]
         return [(row[0], row[1]) for row in rows]
+
+    async def done_with_taken(self) -> None:
+        """Remove the queue rows this refresh read and decided, unless queued again since (called last)."""
+        if self._taken:
+            taken = sorted(self._taken)
+            await (await self._raw()).execute(_DONE_DIRTY, *([row[i] for row in taken] for i in range(3)))
+            self._taken = []
 
     async def mark_all_dirty(self) -> int:
         status = await (await self._raw()).execute(_MARK_ALL_DIRTY)
@@ -869,17 +916,8 @@ class PostgresRefresh:
 
     async def accepted(self) -> Accepted:
         out = Accepted()
-        raw = await self._raw()
-        for kind, key, label, value, confidence, reason in await raw.fetch(_ACCEPTED):
+        for kind, key, label, value in await (await self._raw()).fetch(_ACCEPTED):
             out.labels.setdefault(kind, {})[key] = label if kind != "anchor" else _from_json(value)
-            if kind == "icon":
-                out.icon_values[key] = {
-                    "confidence": round(confidence, 4),
-                    "gold": reason == "settled by a moderator",
-                }
-        icons = sorted(out.labels.get("icon", {}))
-        if icons:
-            out.icon_images.update({row[0]: row[1] for row in await raw.fetch(_ICON_IMAGES, icons)})
         return out
 
     async def claim_message(self, message_id: str) -> bool:
@@ -894,19 +932,19 @@ class PostgresRefresh:
     async def last_arrival(self) -> datetime | None:
         return await self._connection.scalar(_LAST_ARRIVAL)
 
-    async def write_snapshot(self, snapshot: NewSnapshot, request: TrainingRequested) -> None:
-        await self._connection.execute(
-            training_snapshots.insert().values(
-                id=snapshot.id,
-                parent_id=snapshot.parent_id,
-                reason=snapshot.reason,
-                item_count=len(snapshot.items),
-                new_label_count=snapshot.new_label_count,
-                details=snapshot.details,
-            )
-        )
+    async def write_snapshot(self, snapshot: NewSnapshot) -> int:
         items = snapshot.items
         raw = await self._raw()
+        icons = await raw.fetchval(
+            _SNAPSHOT_ICONS,
+            snapshot.id,
+            snapshot.parent_id,
+            snapshot.reason,
+            len(items),
+            snapshot.new_label_count,
+            _json(snapshot.details),
+            SETTLED_BY_MODERATOR,
+        )
         await raw.execute(
             _STORE_SNAPSHOT_ITEMS,
             snapshot.id,
@@ -916,7 +954,7 @@ class PostgresRefresh:
             [_json(i.value) for i in items],
             [i.image_sha256 for i in items],
         )
-        await enqueue(self._connection, request)
+        return icons
 
     async def published_version(self) -> str | None:
         published = await reads.latest_published_version(self._connection)

@@ -63,12 +63,24 @@ votes = Table(
     Index("ix_votes_kind_label", "item_kind", "label"),
 )
 
-# Items whose votes changed since the last refresh: the refresh takes them, so it costs what changed.
+# Items whose votes changed since the last refresh: the refresh takes them, so it costs what changed. Each
+# change gives the row a new version; a refresh removes, when it commits, only the versions it read.
 dirty_items = Table(
     "dirty_items",
     metadata,
     Column("item_kind", String(16), primary_key=True),
     Column("item_key", Text, primary_key=True),
+    Column("version", BigInteger, nullable=False, server_default=text("nextval('dirty_item_version')")),
+    Index("ix_dirty_items_version", "version"),  # oldest change first
+)
+
+# The image an item is given to training and to the published model: its first stored crop (or screenshot).
+item_images = Table(
+    "item_images",
+    metadata,
+    Column("item_kind", String(16), primary_key=True),
+    Column("item_key", Text, primary_key=True),
+    Column("image_sha256", String(64), ForeignKey("blobs.sha256"), nullable=False),
 )
 
 # An icon crop's perceptual hash, in four 16-bit bands: near-copies share a band (the family look-up).

@@ -34,6 +34,7 @@ EXPECTED_TABLES = {
     "console_audit",
     "dirty_items",
     "icon_phashes",
+    "item_images",
     "trust_judgements",
     "install_trust",
     "known_labels",

@@ -4,6 +4,7 @@ that moves only when told, and a relay that counts its wake-ups."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -11,9 +12,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from services.voting.domain.consensus import Flip
-from services.voting.domain.evidence import Gold, ModelPrediction, TrustCounts
+from services.voting.domain.evidence import SETTLED_BY_MODERATOR, Gold, ModelPrediction, TrustCounts
 from services.voting.domain.items import BallotBatch, VoteKey
-from services.voting.domain.snapshots import Accepted, LabelChanges, NewSnapshot, PreviousSnapshot
+from services.voting.domain.snapshots import (
+    Accepted,
+    LabelChanges,
+    NewSnapshot,
+    PreviousSnapshot,
+    SnapshotItem,
+)
 from services.voting.domain.tally import (
     KNOWN_FROM,
     CurrentConsensus,
@@ -23,7 +30,7 @@ from services.voting.domain.tally import (
     Judgement,
     StoredVote,
 )
-from shared.events import Event, InstallModerated, ItemModerated, ModelPredicted, TrainingRequested
+from shared.events import Event, InstallModerated, ItemModerated, ModelPredicted
 from shared.imagekeys import hamming
 from shared.reads import FINISHED_RUN_STATUSES
 
@@ -339,22 +346,25 @@ class FakeRefresh:
     async def accepted(self) -> Accepted:
         out = Accepted()
         for (kind, key), row in sorted(self._store.consensus.items()):
-            if row.status != "accepted":
-                continue
-            out.labels.setdefault(kind, {})[key] = row.value if kind == "anchor" else row.label
-            if kind == "icon":
-                out.icon_values[key] = {
-                    "confidence": round(row.confidence, 4),
-                    "gold": row.reason == "settled by a moderator",
-                }
-                images = sorted(
-                    (r.seq, r.image_sha256)
-                    for (k, item, _), r in self._store.votes.items()
-                    if (k, item) == (kind, key) and r.image_sha256
-                )
-                if images:
-                    out.icon_images[key] = images[0][1]
+            if row.status == "accepted" and kind != "icon":
+                out.labels.setdefault(kind, {})[key] = row.value if kind == "anchor" else row.label
         return out
+
+    def _icons(self) -> list[SnapshotItem]:
+        """Every accepted icon with its first stored crop (what the Postgres store copies in SQL)."""
+        icons = []
+        for (kind, key), row in sorted(self._store.consensus.items()):
+            if kind != "icon" or row.status != "accepted":
+                continue
+            images = sorted(
+                (r.seq, r.image_sha256)
+                for (k, item, _), r in self._store.votes.items()
+                if (k, item) == (kind, key) and r.image_sha256
+            )
+            if images:
+                value = {"confidence": round(row.confidence, 4), "gold": row.reason == SETTLED_BY_MODERATOR}
+                icons.append(SnapshotItem("icon", key, row.label, value, images[0][1]))
+        return icons
 
     async def claim_message(self, message_id: str) -> bool:
         if message_id in self._store.claimed:
@@ -373,10 +383,14 @@ class FakeRefresh:
     async def last_arrival(self) -> datetime | None:
         return max(self._store.received.values(), default=None)
 
-    async def write_snapshot(self, snapshot: NewSnapshot, request: TrainingRequested) -> None:
+    async def write_snapshot(self, snapshot: NewSnapshot) -> int:
         created_at = self._store._clock()
-        self.writes.append(lambda: self._store.snapshots.append((snapshot, created_at)))
-        self.writes.append(lambda: self._store.outbox.append(request))
+        icons = self._icons()
+        whole = dataclasses.replace(
+            snapshot, items=sorted(icons + snapshot.items, key=lambda i: (i.kind, i.key))
+        )
+        self.writes.append(lambda: self._store.snapshots.append((whole, created_at)))
+        return len(icons)
 
     async def published_version(self) -> str | None:
         return self._store.published

@@ -103,15 +103,12 @@ def test_a_long_refresh_runs_at_most_a_quarter_of_the_time():
 
 def test_a_snapshot_holds_every_kind_in_its_published_form_and_says_why():
     labels = {
-        "icon": {"c1": "Phaser", "c2": "Mine"},
         "screen": {f"{i:064x}": "TRAITS" for i in range(200)},
         "knowledge": {"00ff": "Phaser"},
         "ocr": {"Ship Type\x1fCrulser": "Cruiser", "Ship Tier\x1fT6": "T6"},
         "anchor": {"SPACE\x1f1.78": {"slots": {}}},
     }
-    value = {"confidence": 0.9, "gold": False}
-    # an icon item is its pixels; its image is a stored crop (c2 has none: it cannot be trained on)
-    accepted = Accepted(labels, icon_images={"c1": "f" * 64}, icon_values={"c1": value})
+    accepted = Accepted(labels)  # icons are copied by the store (tests/voting/test_snapshots.py)
     screens = cap_screen_types(accepted.of("screen"))
     parent = uuid.uuid4()
     snapshot = compose_snapshot(
@@ -119,15 +116,14 @@ def test_a_snapshot_holds_every_kind_in_its_published_form_and_says_why():
     )
     kinds = [item.kind for item in snapshot.items]
     assert {kind: kinds.count(kind) for kind in set(kinds)} == {
-        "icon": 1,
         "screen": 150,
         "knowledge": 1,
         "ocr": 1,
         "anchor": 1,
     }
-    assert [
-        (i.key, i.label, i.value, i.image_sha256) for i in snapshot.items if i.kind in ("icon", "ocr")
-    ] == [("c1", "Phaser", value, "f" * 64), ("Crulser", "Cruiser", None, None)]
+    assert [(i.key, i.label, i.value, i.image_sha256) for i in snapshot.items if i.kind == "ocr"] == [
+        ("Crulser", "Cruiser", None, None)
+    ]
     assert (snapshot.parent_id, snapshot.reason, snapshot.new_label_count) == (parent, "threshold", 1)
     assert snapshot.details == {
         "trigger": "screen_threshold",

@@ -1,12 +1,14 @@
 """Consensus refreshes, immutable snapshots and the threshold events they send through the outbox."""
 
 import asyncio
+import json
 import uuid
 
 import pytest_asyncio
 from sqlalchemy import insert, text
 
 from services.trainer.tables import training_runs
+from shared.blobstore import sha256_hex
 from shared.events import (
     AnchorGridContributed,
     KnowledgeContributed,
@@ -178,3 +180,49 @@ async def test_a_snapshot_nobody_trained_stops_blocking_after_the_wait_limit(vot
     ).snapshot_id is None  # the first one still waits for its training
     clock.advance(hours=3)  # its request was lost: no run ever appeared
     assert (await voting.refresher.refresh()).snapshot_id is not None
+
+
+async def test_a_snapshot_copies_every_accepted_icon_with_its_first_crop_and_counts_them(voting, engine):
+    await voting.service.handle(agreeing_votes(range(12)) + [crop_vote("a", 50, "Lonely")])
+    snapshot = (await voting.refresher.refresh()).snapshot_id
+    assert snapshot is not None
+    async with engine.connect() as connection:
+        rows = (
+            await connection.execute(
+                text(
+                    "SELECT s.item_key, s.label, s.value, s.image_sha256, b.size FROM snapshot_items s "
+                    "JOIN blobs b ON b.sha256 = s.image_sha256 WHERE s.snapshot_id = :s AND s.item_kind = 'icon'"
+                ),
+                {"s": snapshot},
+            )
+        ).all()
+        count = await connection.scalar(
+            text("SELECT item_count FROM training_snapshots WHERE id = :s"), {"s": snapshot}
+        )
+        request = await connection.scalar(
+            text("SELECT body FROM outbox WHERE routing_key = 'training.requested'")
+        )
+    expected = {keys_of_png(make_png(64, 64, crop)).pixels_sha256: f"Item {crop}" for crop in range(12)}
+    assert {row.item_key: row.label for row in rows} == expected  # "Lonely" is withheld
+    crops = {
+        keys_of_png(make_png(64, 64, c)).pixels_sha256: sha256_hex(make_png(64, 64, c)) for c in range(12)
+    }
+    assert all(row.image_sha256 == crops[row.item_key] and row.size > 0 for row in rows)
+    assert all(set(row.value) == {"confidence", "gold"} and row.value["gold"] is False for row in rows)
+    assert count == 12 and json.loads(request)["total_labels"] == 12
+
+
+async def test_storing_votes_never_waits_for_a_refresh_and_a_vote_during_one_is_decided_after_it(
+    voting, engine
+):
+    service, store = voting.service, voting.store
+    await service.handle([crop_vote("a", 1, "Item 1"), crop_vote("b", 1, "Item 1")])
+    async with store.refresh() as unit:  # a refresh that has taken the item and is still deciding
+        assert len(await unit.take_dirty(100)) == 1
+        # a vote of the same item is stored while the refresh transaction is open (it used to wait for it)
+        await asyncio.wait_for(service.handle([crop_vote("c", 1, "Item 1")]), timeout=5)
+    # the refresh committed what it read; the item, voted on meanwhile, stays queued for the next one
+    assert await scalar(engine, "SELECT count(*) FROM dirty_items") == 1
+    async with store.refresh() as unit:
+        assert len(await unit.take_dirty(100)) == 1
+    assert await scalar(engine, "SELECT count(*) FROM dirty_items") == 0

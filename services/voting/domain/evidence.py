@@ -64,6 +64,9 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+# The reason of an item a moderator decided (a snapshot marks such icons as gold).
+SETTLED_BY_MODERATOR = "settled by a moderator"
+
 
 @dataclass(frozen=True)
 class TrustParams:
@@ -307,7 +310,7 @@ def decide_item(
         if gold.label is None:
             return ItemDecision(None, False, 1.0, support, "rejected by a moderator", False, evidence)
         gold_support = len({vote.voice for vote in counted if vote.label == gold.label})
-        return ItemDecision(gold.label, True, 1.0, gold_support, "settled by a moderator", True, evidence)
+        return ItemDecision(gold.label, True, 1.0, gold_support, SETTLED_BY_MODERATOR, True, evidence)
     if (best is None or best_score <= 0) and held_back:
         label = max(held_back, key=lambda k: (held_back[k], k))
         reason = f"new label: needs {params.new_label_origins} trusted installs of distinct origins"

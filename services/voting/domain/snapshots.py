@@ -114,12 +114,12 @@ class SnapshotItem:
 
 @dataclass
 class Accepted:
-    """Every accepted item: {kind: {key: label (anchors: the merged grid)}}, and for icons the image training
-    gets and the value a snapshot item carries (its confidence, whether a moderator settled it)."""
+    """Every accepted item of the kinds composed here: {kind: {key: label (anchors: the merged grid)}}. Icons
+    are not among them: the store copies every accepted icon into the snapshot with its first stored crop and a
+    value (its confidence, whether a moderator settled it), in the database, since they are most of a
+    community's items."""
 
     labels: dict[str, dict[str, Any]] = field(default_factory=dict)
-    icon_images: dict[str, str] = field(default_factory=dict)
-    icon_values: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def of(self, kind: str) -> dict[str, Any]:
         return self.labels.get(kind, {})
@@ -132,7 +132,6 @@ class NewSnapshot:
     reason: Literal["threshold", "admin"]
     items: list[SnapshotItem]
     new_label_count: int
-    total_icon_labels: int
     details: dict[str, Any]
 
 
@@ -145,15 +144,10 @@ def compose_snapshot(
     trigger: Trigger,
     rules: SnapshotRules,
 ) -> NewSnapshot:
-    """What training gets: accepted icon labels (with their image), ``screens`` (capped per type), knowledge
-    entries; derived maps in their published form (OCR: {raw text: corrected name}; anchor grids)."""
+    """What training gets besides the accepted icons (which the store copies): ``screens`` (capped per type),
+    knowledge entries; derived maps in their published form (OCR: {raw text: corrected name}; anchor grids)."""
     corrections = ocr_corrections(accepted.of("ocr"))
-    items = [
-        SnapshotItem("icon", key, label, accepted.icon_values.get(key), accepted.icon_images[key])
-        for key, label in accepted.of("icon").items()
-        if key in accepted.icon_images
-    ]
-    items += [SnapshotItem("screen", key, label, None, key) for key, label in screens.items()]
+    items = [SnapshotItem("screen", key, label, None, key) for key, label in screens.items()]
     items += [
         SnapshotItem("knowledge", key, label, None, None) for key, label in accepted.of("knowledge").items()
     ]
@@ -166,7 +160,6 @@ def compose_snapshot(
         reason="admin" if trigger == "admin" else "threshold",
         items=items,
         new_label_count=changes.icons,
-        total_icon_labels=len(accepted.of("icon")),
         details={
             "trigger": trigger,
             "new_icon_labels": changes.icons,
