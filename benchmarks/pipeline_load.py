@@ -227,8 +227,10 @@ async def run(args: argparse.Namespace) -> int:
     passed = False
     try:
         ingest = stack.start("ingest", WARP_HTTP_WORKERS=str(args.ingest_workers))
-        for _ in range(args.voting):
-            stack.start("voting")
+        for _ in range(args.voting):  # as compose runs them: consumers, and the refresher apart
+            stack.start("voting", WARP_ROLE="consumer" if args.refresher == "apart" else "all")
+        if args.refresher == "apart":
+            stack.start("voting", WARP_ROLE="refresher")
         await stack.wait_ready()
         host, port = "127.0.0.1", ingest.port
         print(f"generating {args.crops} distinct 64x64 crops ...", flush=True)
@@ -475,6 +477,12 @@ def main() -> int:
         "--drain-timeout", type=float, default=60, help="seconds to wait for the last votes after the load"
     )
     parser.add_argument("--plot", default="var/bench/pipeline_load.png")
+    parser.add_argument(
+        "--refresher",
+        choices=["apart", "inline"],
+        default="apart",
+        help="the consensus refresher in a process of its own (compose's deployment) or in every voting process",
+    )
     parser.add_argument(
         "--preload-votes", type=int, default=0, help="votes of history loaded before the load (e.g. 10000000)"
     )

@@ -5,7 +5,8 @@ pass in-memory fakes instead."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Coroutine
+from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -57,17 +58,24 @@ class Voting:
     service: VotingService
     consumer: BatchConsumer
 
+    def loops(self) -> list[Coroutine[Any, Any, None]]:
+        """What this process runs, by its role (``WARP_ROLE``)."""
+        role = self.settings.role
+        loops = [self.relay.run()]  # both roles write the outbox (snapshots, prediction and forced requests)
+        if role in ("all", "consumer"):
+            loops.append(self.consumer.run())
+        if role in ("all", "refresher"):
+            loops.append(self.refresher.run_forever(self.settings.refresh_seconds))
+        return loops
+
     async def run(self) -> None:
+        role = self.settings.role
         await run_service(
-            [
-                self.consumer.run(),
-                self.refresher.run_forever(self.settings.refresh_seconds),
-                self.relay.run(),
-            ],
+            self.loops(),
             publisher=self.publisher,
             engine=self.engine,
             health_port=self.settings.health_port,
-            health_details=lambda: {"processed": self.consumer.processed},
+            health_details=lambda: {"role": role, "processed": self.consumer.processed},
             ops_routes=ops_routes(PostgresExplainer(self.engine, self.settings), self.refresher),
         )
 

@@ -58,9 +58,10 @@ PREDICTIONS_REQUESTED = Counter(
 PREDICTIONS_STORED = Counter(
     "warp_voting_predictions_stored_total", "The published model's predictions voting stored"
 )
-# Items decided between two yields to the event loop: deciding is pure Python, and the queue consumer shares the
-# loop, so a large refresh must not hold back the votes arriving meanwhile (accept-to-vote latency).
-DECIDE_CHUNK = 200
+# Votes weighed between two yields to the event loop (an item counts its votes plus one): deciding is pure
+# Python, and the queue consumer shares the loop, so a large refresh, or one of items with hundreds of votes each,
+# must not hold back the votes arriving meanwhile (accept-to-vote latency).
+DECIDE_CHUNK_VOTES = 2_000
 DIRTY_LEFT = Gauge("warp_voting_items_waiting", "Items queued for the next refresh beyond this one's limit")
 
 
@@ -192,11 +193,16 @@ class ConsensusRefresher:
             model_versions,
         )
         decisions: dict = {}
+        chunk: list[ItemRef] = []
+        weight = 0
         ordered = sorted(refs)
-        for start in range(0, len(ordered), DECIDE_CHUNK):
-            chunk = ordered[start : start + DECIDE_CHUNK]
-            decisions |= decide(chunk, inputs, self.evidence_params, self.trust_params)
-            await asyncio.sleep(0)  # the consumer's batches (same process) are stored between chunks
+        for position, ref in enumerate(ordered, 1):
+            chunk.append(ref)
+            weight += 1 + len(votes.get(ref, ()))
+            if weight >= DECIDE_CHUNK_VOTES or position == len(ordered):
+                decisions |= decide(chunk, inputs, self.evidence_params, self.trust_params)
+                chunk, weight = [], 0
+                await asyncio.sleep(0)  # the consumer's batches (same process) are stored between chunks
         requested = await self._request_predictions(unit, decisions, model_versions)
         rows = consensus_rows(decisions, current, votes)
         changed = await unit.write_consensus(rows)

@@ -1,4 +1,5 @@
 from datetime import timedelta
+from typing import Literal
 
 from pydantic import Field
 
@@ -24,6 +25,11 @@ class VotingSettings(CommonSettings):
     )
     training_wait_hours: float = Field(
         3.0, gt=0, description="a snapshot no trainer took up within this long stops blocking the next one"
+    )
+    role: Literal["all", "consumer", "refresher"] = Field(
+        "all",
+        description="what this process runs: the queue consumer and the consensus refresher (all), or one of them; "
+        "a deployment runs the refresher apart, so deciding (CPU-bound Python) never delays storing votes",
     )
     refresh_seconds: float = Field(
         2.0, gt=0, description="how often consensus is recomputed when votes changed"

@@ -166,3 +166,24 @@ async def test_requests_for_the_published_model_are_batched_bounded_and_answers_
     assert (kind, key) in store.dirty
     await app.refresher.refresh()
     assert store.consensus[(kind, key)].status == "accepted"
+
+
+@pytest.mark.parametrize(
+    ("role", "expected"),
+    [
+        ("all", {"run", "run_forever"}),
+        ("consumer", {"run"}),
+        ("refresher", {"run_forever"}),
+    ],
+)
+def test_a_process_runs_the_loops_of_its_role(store, clock, role, expected):
+    process = voting(store, clock, role=role)
+    loops = process.loops()
+    try:
+        owners = {(loop.cr_frame.f_locals["self"], loop.__name__) for loop in loops}
+        names = {name for owner, name in owners if owner is not process.relay}
+        assert names == expected  # the refresher apart from the consumer: deciding never delays storing votes
+        assert (process.relay, "run") in owners  # both write the outbox
+    finally:
+        for loop in loops:
+            loop.close()
