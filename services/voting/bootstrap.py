@@ -4,8 +4,8 @@ pass in-memory fakes instead."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
