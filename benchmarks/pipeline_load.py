@@ -241,7 +241,8 @@ async def run(args: argparse.Namespace) -> int:
             asyncio.create_task(sample_backlog(channel, topology.queue("voting"), pipe)),
         ]
         print(
-            f"ingest ({args.ingest_workers} workers) and {args.voting} voting process(es) ready; "
+            f"ingest ({args.ingest_workers} workers) and {args.voting} voting process(es) ready "
+            f"(refresher {args.refresher}); "
             f"{args.concurrency} connections, offered {args.rate:.0f} req/s for {args.duration:.0f} s",
             flush=True,
         )
@@ -439,7 +440,7 @@ def plot(args: argparse.Namespace, pipe: Pipe, begin: float, stop: float) -> Non
     backlog_axes.set_ylabel("messages")
     backlog_axes.set_title(
         f"pipeline load: offered {args.rate:.0f} req/s, {args.ingest_workers} ingest workers, "
-        f"{args.voting} voting process(es)"
+        f"{args.voting} voting process(es), refresher {args.refresher}"
     )
     ordered = sorted(seconds)
     latency_axes.plot(ordered, [percentile(sorted(seconds[s]), 0.5) for s in ordered], label="p50")
