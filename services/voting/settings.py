@@ -117,6 +117,13 @@ class VotingSettings(CommonSettings):
         description="the published model's confidence in another label from which a label needs "
         "model_contradict_origins trusted installs",
     )
+    model_unsure_confidence: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="a lone voice is withheld while the published model (not trained on the item) is less sure "
+        "than this of any label: an ambiguous crop needs a second voice (0: off)",
+    )
     model_contradict_origins: int = Field(
         2,
         ge=1,
@@ -182,6 +189,7 @@ class VotingSettings(CommonSettings):
             model_agree_confidence=self.model_agree_confidence,
             model_contradict_confidence=self.model_contradict_confidence,
             model_contradict_origins=self.model_contradict_origins,
+            model_unsure_confidence=self.model_unsure_confidence,
         )
         icon = EvidenceParams(
             accept_score=self.icon_accept_score,

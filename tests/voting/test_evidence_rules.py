@@ -222,8 +222,22 @@ def test_a_label_the_model_confidently_contradicts_needs_trusted_origins():
     assert accepted.accepted and accepted.label == "Torpedo"
     # an unsure model does not block trusted installs; untrusted ones need its confident agreement
     unsure = predicted("Phaser", 0.4)
-    backed = [vote("t1", "Torpedo", 1.0)]
+    backed = [vote("t1", "Torpedo", 1.0), vote("t2", "Torpedo", 0.9)]
     assert decide_item(backed, known=KNOWN, params=PARAMS, model_version=VERSION, prediction=unsure).accepted
+    # one trusted voice on a crop the model cannot tell (below 0.5 on any label) waits for a second voice
+    lone = decide_item(backed[:1], known=KNOWN, params=PARAMS, model_version=VERSION, prediction=unsure)
+    assert not lone.accepted
+    assert (
+        lone.reason
+        == "one voice, and the published model is unsure of this crop (Phaser, 0.40): needs a second"
+    )
+    off = EvidenceParams(model_unsure_confidence=0)
+    assert decide_item(backed[:1], known=KNOWN, params=off, model_version=VERSION, prediction=unsure).accepted
+    # a model that trained on the item is no judge of it, sure or not
+    trained_unsure = predicted("Torpedo", 0.3, trained_on=True)
+    assert decide_item(
+        backed[:1], known=KNOWN, params=PARAMS, model_version=VERSION, prediction=trained_unsure
+    ).accepted
     fresh = decide_item(swarm, known=KNOWN, params=PARAMS, model_version=VERSION, prediction=unsure)
     assert not fresh.accepted
     assert fresh.reason.startswith("only untrusted installs back it and the published model does not confirm")

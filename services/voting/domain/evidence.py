@@ -117,6 +117,7 @@ class EvidenceParams:
     model_agree_confidence: float = 0.8
     model_contradict_confidence: float = 0.6
     model_contradict_origins: int = 2
+    model_unsure_confidence: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -353,6 +354,19 @@ def decide_item(
         reason = (
             f"only untrusted installs back it and the published model does not confirm it "
             f"({prediction.label}, {prediction.confidence:.2f})"
+        )
+        return withheld(best, confidence, support, reason)
+    if (
+        support == 1
+        and usable is not None
+        and usable.confidence < params.model_unsure_confidence
+        and not (lone_look_alike and model_voice and agrees)
+    ):
+        # the published model, which never saw this item's label, cannot tell what the crop is: an ambiguous
+        # crop is where one honest voter errs as easily as the client model did
+        reason = (
+            f"one voice, and the published model is unsure of this crop ({usable.label}, "
+            f"{usable.confidence:.2f}): needs a second"
         )
         return withheld(best, confidence, support, reason)
     if lone_look_alike and not (model_voice and agrees):
