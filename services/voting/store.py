@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -499,19 +499,44 @@ async def _asyncpg(connection: AsyncConnection):
     return raw.driver_connection
 
 
+class _Recent:
+    """Keys this process stored recently, at most ``limit`` (the oldest forgotten first): a batch need not send
+    them again. Only a saving: the statements stay idempotent, so forgetting costs a redundant write."""
+
+    def __init__(self, limit: int) -> None:
+        self._keys: OrderedDict[Any, None] = OrderedDict()
+        self._limit = limit
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._keys
+
+    def add(self, keys: Iterable[Any]) -> None:
+        for key in keys:
+            self._keys[key] = None
+        while len(self._keys) > self._limit:
+            self._keys.popitem(last=False)
+
+
 class PostgresVotingStore:
     """Safe with several processes: every statement locks its rows in sorted key order, so concurrent batches
     cannot deadlock."""
 
     def __init__(self, engine: AsyncEngine, known_images: int = 100_000, fresh_weight: float = 0.35) -> None:
         self._engine = engine
-        self._known: OrderedDict[str, None] = OrderedDict()  # images already stored: skip sending their bytes
-        self._known_limit = known_images
+        self._known = _Recent(known_images)  # images already stored: skip sending their bytes
+        self._pictured = _Recent(known_images)  # items whose first image is stored
+        self._hashed = _Recent(known_images)  # icons whose pHash is stored
         self._fresh_weight = fresh_weight
 
     async def record(self, batch: BallotBatch) -> None:
         images = {sha: png for sha, png in batch.images.items() if sha not in self._known}
         contributions, votes = batch.contributions, batch.votes
+        first_images = {
+            (c.item_kind, c.item_key)
+            for _, c in contributions.values()
+            if c.image_sha256 is not None and (c.item_kind, c.item_key) not in self._pictured
+        }
+        phashes = {key: phash for key, phash in batch.phashes.items() if key not in self._hashed}
         async with self._engine.begin() as connection:
             raw = await _asyncpg(connection)
             if images:
@@ -529,7 +554,12 @@ class PostgresVotingStore:
                 [json.dumps(_payload(contributions[i][0])) for i in ids],
                 [contributions[i][0].occurred_at for i in ids],
             )
-            pictured = sorted(i for i in ids if contributions[i][1].image_sha256 is not None)
+            pictured = [
+                i
+                for i in ids
+                if contributions[i][1].image_sha256 is not None
+                and (contributions[i][1].item_kind, contributions[i][1].item_key) in first_images
+            ]
             if pictured:
                 await raw.execute(
                     _STORE_ITEM_IMAGES,
@@ -538,7 +568,6 @@ class PostgresVotingStore:
                     [contributions[i][1].image_sha256 for i in pictured],
                     [contributions[i][0].occurred_at for i in pictured],
                 )
-            phashes = batch.phashes
             if phashes:
                 keys = sorted(phashes)
                 bands = [_bands(phashes[k]) for k in keys]
@@ -561,10 +590,9 @@ class PostgresVotingStore:
                 [votes[k][0].origin for k in keys],
                 [votes[k][1].model_guess for k in keys],
             )
-        for sha in images:
-            self._known[sha] = None
-        while len(self._known) > self._known_limit:
-            self._known.popitem(last=False)
+        self._known.add(images)
+        self._pictured.add(first_images)
+        self._hashed.add(phashes)
 
     async def moderate_item(self, decision: ItemModerated) -> bool:
         async with self._engine.begin() as connection:
