@@ -27,6 +27,7 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,20 +38,27 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from services.publisher.hub import LocalHub  # noqa: E402
+from services.trainer import release  # noqa: E402
 from services.trainer.domain.budget import Deadline  # noqa: E402
 from services.trainer.domain.client_path import icon_crop_64, icon_input  # noqa: E402
 from services.trainer.domain.data import rendering_variants, variant_split  # noqa: E402
-from services.trainer.imprint import imprint  # noqa: E402
+from services.trainer.evaluation import client_predictions  # noqa: E402
+from services.trainer.imprint import VIEWS, imprint  # noqa: E402
 from services.trainer.models import ICON_HEAD, carry_over, icon_model  # noqa: E402
 from services.trainer.training import (  # noqa: E402
     ICON_CONFIG,
     Dataset,
+    ModelOutcome,
     Phase,
     PublishedModel,
     fit,
     focal_loss,
+    gold_counts,
     network,
 )
+from shared.clock import utc_now  # noqa: E402
+from shared.events import format_trained_at  # noqa: E402
 from shared.torchvision_compat import import_torchvision  # noqa: E402
 from tools.simulator.hard_icons import hard_dataset  # noqa: E402
 
@@ -163,14 +171,20 @@ def parse_phases(text: str) -> tuple[Phase, ...]:
     return tuple(phases)
 
 
+def phases_text(phases: tuple[Phase, ...]) -> str:
+    return ",".join(f"{p.size}:{p.share}:{p.batch_size}" for p in phases)
+
+
 def run_case(args) -> dict:
     torch.set_num_threads(args.threads)
     if args.clock == "cpu":
         global CLOCK
         CLOCK = lambda: time.process_time() / args.threads  # noqa: E731
+    global ICON_CONFIG
     if args.phases:
-        global ICON_CONFIG
         ICON_CONFIG = dataclasses.replace(ICON_CONFIG, phases=args.phases)
+    if args.fine_tune_phases:
+        ICON_CONFIG = dataclasses.replace(ICON_CONFIG, fine_tune_phases=args.fine_tune_phases)
     if args.case == "memory":
         train, _ = hard_dataset(range(3000), seed=args.seed)
         items = [item for _, item in train]
@@ -211,12 +225,26 @@ def run_case(args) -> dict:
             extra, _ = hard_dataset(range(first + 25 * (step - 1)), train_per_item=4, seed=args.seed + step)
             train += extra[3::4]
         items = [item for _, item in train]
-        model, classes, speed, _ = ours(train, items, args.minutes, previous)
         crops, labels = crops_of(held)
+        cached = args.first_run and step == 0 and Path(args.first_run).exists()
+        if (
+            cached
+        ):  # the first run (from scratch, the same for every fine-tuning recipe) as an earlier case left it
+            saved = torch.load(args.first_run, weights_only=True)
+            previous = {"state": saved["state"], "classes": saved["classes"]}
+            results.append(json.loads(saved["result"]) | {"reused_from": args.first_run})
+            print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+            continue
+        model, classes, speed, validation = ours(train, items, args.minutes, previous)
         index = {item: i for i, item in enumerate(classes)}
         top1 = client_top1(model, crops, [index[i] for i in labels])
-        results.append({"run": step + 1, "classes": count, "top1": top1, "images_per_second": speed})
+        results.append(
+            {"run": step + 1, "classes": count, "top1": top1, "images_per_second": speed} | validation
+        )
+        print(json.dumps(results[-1]), file=sys.stderr, flush=True)
         previous = {"state": model.state_dict(), "classes": classes}
+        if args.first_run and step == 0:
+            torch.save(previous | {"result": json.dumps(results[-1])}, args.first_run)
     return {"case": "continual", "recipe": "ours", "runs": results}
 
 
@@ -225,7 +253,15 @@ def imprint_case(args, harder: bool) -> dict:
     known = range(args.classes - 20)
     train, held = hard_dataset(range(args.classes), seed=args.seed, harder=harder)
     base_train = [pair for pair in train if pair[1] in known]
-    model, classes, _, _ = ours(base_train, [item for _, item in base_train], args.minutes)
+    if args.first_run and Path(args.first_run).exists():  # the base model an earlier case trained and left
+        saved = torch.load(args.first_run, weights_only=True)
+        classes = saved["classes"]
+        model = icon_model(len(classes))
+        model.load_state_dict(saved["state"])
+    else:
+        model, classes, _, _ = ours(base_train, [item for _, item in base_train], args.minutes)
+        if args.first_run:
+            torch.save({"state": model.state_dict(), "classes": classes}, args.first_run)
     crops, labels = crops_of(train)
     data = Dataset(
         [str(i) for i in range(len(crops))],
@@ -233,29 +269,67 @@ def imprint_case(args, harder: bool) -> dict:
         torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous(),
     )
     published = PublishedModel(model.state_dict(), [f"{item:05d}" for item in classes])
-    started = time.monotonic()
-    imprinted = imprint(published, data)
-    seconds = time.monotonic() - started
-    after = network("icon", imprinted.classes, imprinted.state)
     held_crops, held_labels = crops_of(held)
     new = [k for k, item in enumerate(held_labels) if item not in known]
     old = [k for k, item in enumerate(held_labels) if item in known]
 
-    def top1(net, names: list[str], chosen: list[int]) -> float:
+    def answers(net, names: list[str], chosen: list[int]) -> list[bool]:
         index = {name: i for i, name in enumerate(names)}
         truth = [index.get(f"{held_labels[k]:05d}", -1) for k in chosen]
-        return client_top1(net, [held_crops[k] for k in chosen], truth)
+        predicted = client_predictions("icon", net, held_images, chosen)
+        return [p == t for p, t in zip(predicted, truth, strict=True)]
 
-    return {
-        "case": "imprint",
-        "recipe": "ours",
-        "classes": args.classes,
-        "new_classes": len(imprinted.new_classes),
-        "imprint_seconds": seconds,
-        "new_top1": top1(after, imprinted.classes, new),
-        "old_top1_before": top1(model, published.classes, old),
-        "old_top1_after": top1(after, imprinted.classes, old),
-    }
+    held_images = torch.from_numpy(np.stack(held_crops)).permute(0, 3, 1, 2).contiguous()
+    before = answers(model, published.classes, old)
+    results = []
+    for views in args.imprint_views:  # the same base model, imprinted each way
+        started = time.monotonic()
+        imprinted = imprint(published, data, views=views)
+        seconds = time.monotonic() - started
+        after = network("icon", imprinted.classes, imprinted.state)
+        old_after = answers(after, imprinted.classes, old)
+        results.append(
+            {
+                "views": views,
+                "new_classes": len(imprinted.new_classes),
+                "imprint_seconds": seconds,
+                "release_seconds": release_path_seconds(published, imprinted, data, held_crops, held_labels),
+                "new_top1": float(np.mean(answers(after, imprinted.classes, new))),
+                "old_top1_before": float(np.mean(before)),
+                "old_top1_after": float(np.mean(old_after)),
+                # one held-out crop per item: an item is down when its crop was right before and is not now
+                "old_items_down": sum(b and not a for b, a in zip(before, old_after, strict=True)),
+                "old_items_up": sum(a and not b for b, a in zip(before, old_after, strict=True)),
+            }
+        )
+        print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+    return {"case": "imprint", "recipe": "ours", "classes": args.classes, "imprints": results}
+
+
+def release_path_seconds(published, imprinted, data, gold_crops, gold_labels) -> dict[str, float]:
+    """Seconds of what follows the imprinting on the way to a published release, in this process, on the wall
+    clock: the trainer's gold gate (both models through the client path on ``gold_crops``: here every item's
+    held-out crop, more than a gold set of this data would hold), the release files (weights, ONNX export and
+    its check, model card files), and the publisher writing them as one tagged commit (``LocalHub``; a Hugging
+    Face Hub upload is not measured)."""
+    gold = Dataset(
+        [str(i) for i in range(len(gold_crops))],
+        [f"{item:05d}" for item in gold_labels],
+        torch.from_numpy(np.stack(gold_crops)).permute(0, 3, 1, 2).contiguous(),
+    )
+    outcome = ModelOutcome(imprinted.state, imprinted.classes, 0.0, None, 0, [], 0.0, len(data.keys))
+    seconds = {}
+    started = time.monotonic()
+    gold_counts("icon", outcome, published, gold)
+    seconds["gold_gate"] = time.monotonic() - started
+    started = time.monotonic()
+    files = release.release_files([], data, outcome, None, format_trained_at(utc_now()))
+    seconds["release_files"] = time.monotonic() - started
+    with tempfile.TemporaryDirectory() as root:
+        started = time.monotonic()
+        LocalHub(Path(root), "bench/models").publish("v-bench", files)
+        seconds["publish_local_hub"] = time.monotonic() - started
+    return seconds
 
 
 def main() -> int:
@@ -282,12 +356,35 @@ def main() -> int:
         "compared on a machine other work loads get the same compute; images/s are then per CPU second)",
     )
     parser.add_argument(
+        "--imprint-views",
+        type=int,
+        nargs="+",
+        default=[VIEWS],
+        help=f"imprint: augmented copies of each crop, one imprint of the same base model per value (the "
+        f"service's: {VIEWS})",
+    )
+    parser.add_argument(
+        "--first-run",
+        default=None,
+        help="continual: a file for the first run's model (from scratch, the same whatever the fine-tuning "
+        "recipe); imprint: for the base model. Saved there when missing, reused when present, so recipes of "
+        "fine-tuning or imprinting start from one model",
+    )
+    parser.add_argument(
         "--phases",
         type=parse_phases,
         default=None,
         help="ours: another recipe's phases, SIZE:SHARE:BATCH,... (the service's: "
-        + ",".join(f"{p.size}:{p.share}:{p.batch_size}" for p in ICON_CONFIG.phases)
+        + phases_text(ICON_CONFIG.phases)
         + "; the previous one: 64:0.8:32,224:1:16)",
+    )
+    parser.add_argument(
+        "--fine-tune-phases",
+        type=parse_phases,
+        default=None,
+        help="ours, continual runs 2 and 3: the phases of a run fine-tuning the previous model (the service's: "
+        + phases_text(ICON_CONFIG.phases_for(True))
+        + "; before it had its own, the from-scratch phases)",
     )
     args = parser.parse_args()
     if args.case:
@@ -320,9 +417,12 @@ def main() -> int:
             "--threads",
             str(args.threads),
         ]
-        command += ["--clock", args.clock]
-        if args.phases:
-            command += ["--phases", ",".join(f"{p.size}:{p.share}:{p.batch_size}" for p in args.phases)]
+        command += ["--clock", args.clock, "--imprint-views", *[str(v) for v in args.imprint_views]]
+        if args.first_run:
+            command += ["--first-run", args.first_run]
+        for option, phases in (("--phases", args.phases), ("--fine-tune-phases", args.fine_tune_phases)):
+            if phases:
+                command += [option, phases_text(phases)]
         output = (
             subprocess.run(command, capture_output=True, text=True, check=True)
             .stdout.strip()
@@ -334,9 +434,10 @@ def main() -> int:
     print("| --- | --- | --- | --- | --- | --- |")
     for row in rows:
         if row["case"] == "imprint":
-            print(
-                f"| imprint of {row['new_classes']} new items, {row['imprint_seconds']:.0f} s | ours | {row['classes']} | - | new {100 * row['new_top1']:.1f} %, others {100 * row['old_top1_before']:.1f} -> {100 * row['old_top1_after']:.1f} % | {row['peak_rss_mb']:.0f} MB |"
-            )
+            for one in row["imprints"]:
+                print(
+                    f"| imprint of {one['new_classes']} new items ({one['views']} views), {one['imprint_seconds']:.0f} s (then gate, files, publish: {sum(one['release_seconds'].values()):.0f} s) | ours | {row['classes']} | - | new {100 * one['new_top1']:.1f} %, others {100 * one['old_top1_before']:.1f} -> {100 * one['old_top1_after']:.1f} % ({one['old_items_down']} down) | {row['peak_rss_mb']:.0f} MB |"
+                )
         elif row["case"] == "continual":
             for run in row["runs"]:
                 print(

@@ -19,10 +19,11 @@ from torch import nn
 
 from services.trainer.domain.client_path import icon_input
 from services.trainer.models import ICON_HEAD, carry_over
-from services.trainer.training import Dataset, PublishedModel, network
+from services.trainer.training import Dataset, PublishedModel, augment, network
 
 MAX_OTHER_CROPS = 256  # crops of known classes the new rows are fitted against
 FIT_STEPS = 300
+VIEWS = 0  # augmented copies of each crop
 PROTECT_KNOWN = 0.75
 BATCH = 32
 
@@ -47,8 +48,21 @@ def embeddings(model: nn.Module, images: torch.Tensor, indices: Sequence[int]) -
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
-def imprint(published: PublishedModel, data: Dataset, seed: int = 0) -> Imprinted:
-    """The published icon model with a row for every class of ``data`` it does not know (blocking)."""
+def augmented_views(images: torch.Tensor, indices: Sequence[int], views: int, seed: int) -> torch.Tensor:
+    """``views`` augmented copies of each of ``images[indices]`` (uint8 N x 3 x 64 x 64), made as training makes
+    them (``training.augment``: another rarity background, shifts, colour, blur, noise): what a player's crop
+    of the item may look like, where the crops at hand show one or two backgrounds."""
+    if not views or not indices:
+        return images[:0]
+    generator = torch.Generator().manual_seed(seed)
+    crops = images[list(indices)].float().div(255).repeat(views, 1, 1, 1)
+    return augment(crops, generator).mul(255).round().to(torch.uint8)
+
+
+def imprint(published: PublishedModel, data: Dataset, seed: int = 0, views: int = VIEWS) -> Imprinted:
+    """The published icon model with a row for every class of ``data`` it does not know (blocking). Each crop
+    counts with ``views`` augmented copies of it, the known classes' crops too (the new rows are fitted not to
+    take their degraded crops)."""
     new_classes = sorted(set(data.labels) - set(published.classes))
     classes = sorted(set(published.classes) | set(new_classes))
     model = network("icon", classes)
@@ -60,10 +74,11 @@ def imprint(published: PublishedModel, data: Dataset, seed: int = 0) -> Imprinte
     others = sorted(rng.choice(known, size=min(MAX_OTHER_CROPS, len(known)), replace=False).tolist())
     fresh = [i for i, label in enumerate(data.labels) if label in set(new_classes)]
     chosen = others + fresh
-    features = embeddings(model, data.images, chosen)
+    images = torch.cat([data.images[chosen], augmented_views(data.images, chosen, views, seed)])
+    features = embeddings(model, images, range(len(images)))
     with torch.no_grad():
         best_known = (features @ head.weight[old_rows].T + head.bias[old_rows]).max(1).values
-    labels = [data.labels[i] for i in chosen]
+    labels = [data.labels[i] for i in chosen] * (1 + views)
     crops = {}
     with torch.no_grad():
         for label in new_classes:
@@ -72,7 +87,7 @@ def imprint(published: PublishedModel, data: Dataset, seed: int = 0) -> Imprinte
             length, bias = _fit_row(features @ direction, best_known, mine)
             head.weight[classes.index(label)] = length * direction
             head.bias[classes.index(label)] = bias
-            crops[label] = int(mine.sum())
+            crops[label] = int(mine.sum()) // (1 + views)
     state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
     return Imprinted(state, classes, new_classes, crops)
 

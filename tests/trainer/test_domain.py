@@ -133,6 +133,30 @@ def test_training_stops_at_the_deadline():
     assert [(r.phase, r.epoch) for r in result.history] == [(0, 1), (1, 1)] and result.epochs == 2
 
 
+def test_a_run_fine_tuning_a_published_model_trains_at_its_own_phases():
+    scratch, tuning = (Phase(16, 0.5, 8), Phase(32, 1.0, 8)), (Phase(32, 1.0, 8),)
+    config = TrainConfig(phases=scratch, fine_tune_phases=tuning, min_epoch_images=16)
+    assert config.phases_for(False) == scratch and config.phases_for(True) == tuning
+    assert TrainConfig(phases=scratch).phases_for(True) == scratch  # none of its own: the same phases
+
+    def sizes(fine_tuning: bool) -> list[tuple[int, int]]:
+        clock = EpochsOfThreeSeconds()
+        result = fit(
+            tiny_model(4),
+            random_crops(24),
+            torch.arange(24) % 4,
+            list(range(16)),
+            list(range(16, 24)),
+            config,
+            Deadline(5.0, clock=clock),
+            fine_tuning=fine_tuning,
+            on_epoch=clock.on_epoch,
+        )
+        return [(r.phase, r.size) for r in result.history]
+
+    assert sizes(False) == [(0, 16), (1, 32)] and sizes(True) == [(0, 32), (0, 32)]
+
+
 def test_the_best_state_is_kept_not_the_last():
     clock = EpochsOfThreeSeconds()
     model = tiny_model(5)  # the labels use classes 0-3; class 4 is never right
