@@ -109,7 +109,7 @@ class TrainConfig:
 # then 224 alone. On the end-to-end test (12 items, 4 minutes) validation still fell at the hand-over (50 % at
 # 64 px, 8 % in the mixed phase) and the client reached 29 % held-out, below the test's 33 % floor (see
 # services/trainer/README.md, "Learning at the client's scale").
-ICON_CONFIG = TrainConfig(fine_tune_phases=(Phase(224, 1.0, 16),))
+ICON_CONFIG = TrainConfig()  # fine_tune_phases=(Phase(224, 1.0, 16),) is to be measured (issue 14, continual)
 SCREEN_CONFIG = TrainConfig(
     phases=(Phase(224, 1.0, 16),), normalise=(IMAGENET_MEAN.tolist(), IMAGENET_STD.tolist()), icons=False
 )
