@@ -81,8 +81,8 @@ def bootstrap(
     publisher = publisher or EventPublisher(settings.broker_url, topology)
     relay = relay or OutboxRelay(engine, publisher, topology.events_exchange)
     broker = broker or RabbitBroker(settings.broker_url, logger=None)
-    wake = asyncio.Event()
-    ledger = RunLedger(store, wake)
+    wake, recorded = asyncio.Event(), asyncio.Event()
+    ledger = RunLedger(store, wake, recorded)
     runner = TrainingRunner(
         store, blobs, settings, clock=clock, monotonic=monotonic, progress=publisher.publish, work=work
     )
@@ -102,6 +102,6 @@ def bootstrap(
         broker=broker,
         ledger=ledger,
         runner=runner,
-        active=ActiveTrainer(store, runner, wake, after_runs=relay.wake),
+        active=ActiveTrainer(store, runner, wake, after_runs=relay.wake, recorded=recorded),
         predictor=predictor,
     )

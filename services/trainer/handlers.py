@@ -109,14 +109,14 @@ async def _no_progress(event: TrainingProgress) -> None:
 class RunLedger:
     """Records a training request as a run; the consumer acks only after this committed."""
 
-    def __init__(self, store: TrainerStore, wake: asyncio.Event | None = None) -> None:
+    def __init__(self, store: TrainerStore, *wakes: asyncio.Event) -> None:
         self._store = store
-        self._wake = wake
+        self._wakes = wakes
 
     async def record(self, event: TrainingRequested) -> None:
         await self._store.record_request(event.message_id, event.snapshot_id)
-        if self._wake is not None:
-            self._wake.set()
+        for wake in self._wakes:
+            wake.set()
 
 
 @dataclass(frozen=True)
@@ -151,6 +151,9 @@ class TrainingRunner:
         self._monotonic = monotonic
         self._progress = progress
         self._work = work or ModelWork()
+        self._executing: uuid.UUID | None = None
+        # one imprint at a time, and none of a run while it is being started
+        self._imprinting = asyncio.Lock()
 
     async def run_unfinished(self) -> int:
         done = 0
@@ -174,55 +177,85 @@ class TrainingRunner:
         RUNS.labels("failed").inc()
 
     async def execute(self, run_id: uuid.UUID) -> str:
-        run = await self._store.run(run_id)
-        if run.status in FINISHED_RUN_STATUSES:
-            return run.status
-        if stop := runs.give_up(run.attempts):
-            await self._fail(run, stop.reason)
-            return stop.status
-        attempt = runs.next_attempt(run, self._clock(), timedelta(minutes=self._settings.budget_minutes))
-        await self._store.start_attempt(run_id, attempt)
-        run = runs.with_attempt(run, attempt)
+        self._executing = run_id
         try:
-            return await self._attempt(run)
-        except RunTakenOver:
-            raise
-        except Exception as error:
-            if is_outage(error):
+            async with self._imprinting:  # an imprint of this run in the other lane finishes first
+                run = await self._store.run(run_id)
+                if run.status in FINISHED_RUN_STATUSES:
+                    return run.status
+                if stop := runs.give_up(run.attempts):
+                    await self._fail(run, stop.reason)
+                    return stop.status
+                budget = timedelta(minutes=self._settings.budget_minutes)
+                attempt = runs.next_attempt(run, self._clock(), budget)
+                await self._store.start_attempt(run_id, attempt)
+            run = runs.with_attempt(run, attempt)
+            try:
+                return await self._attempt(run)
+            except RunTakenOver:
                 raise
-            log.exception("training run failed", extra={"run_id": str(run_id)})
-            await self._fail(run, repr(error))
-            return "failed"
+            except Exception as error:
+                if is_outage(error):
+                    raise
+                log.exception("training run failed", extra={"run_id": str(run_id)})
+                await self._fail(run, repr(error))
+                return "failed"
+        finally:
+            self._executing = None
+
+    async def imprint_ahead(self) -> uuid.UUID | None:
+        """While a run trains (minutes), the newest run recorded after it gets its imprint release now rather
+        than after that training: its snapshot's new classes reach clients within minutes. Returns the run
+        whose imprint release was made."""
+        executing = self._executing
+        if executing is None:
+            return None
+        async with self._imprinting:
+            waiting = [run_id for run_id in await self._store.unfinished_runs() if run_id != executing]
+            if not waiting or self._executing != executing:
+                return None
+            run = await self._store.run(waiting[-1])
+            if run.status != "pending" or await self._store.has_run(runs.imprint_run_id(run.id)):
+                return None
+            items = await self._store.snapshot_items(run.snapshot_id)
+            icons = of_kind(items, "icon")
+            if runs.too_few_icons(len(icons), len({i.label for i in icons})):
+                return None
+            return run.id if await self._imprint(run, items, icons) else None
 
     async def _attempt(self, run: runs.Run) -> str:
-        items = await self._store.snapshot_items(run.snapshot_id)
-        icons = of_kind(items, "icon")
-        stop = runs.nothing_new(
-            run.snapshot_id, trained_labels(items), *await self._store.published_snapshot()
-        ) or runs.too_few_icons(len(icons), len({i.label for i in icons}))
+        stop = runs.superseded(run.id, await self._store.unfinished_runs())
+        if stop is None:
+            items = await self._store.snapshot_items(run.snapshot_id)
+            icons = of_kind(items, "icon")
+            stop = runs.nothing_new(
+                run.snapshot_id, trained_labels(items), *await self._store.published_snapshot()
+            ) or runs.too_few_icons(len(icons), len({i.label for i in icons}))
         if stop:
             await self._store.skip(run.id, stop.reason, self._clock())
+            log.info("run %s skipped: %s", run.id, stop.reason, extra={"run_id": str(run.id)})
             return stop.status
         screens = select_screens({i.key: i.label for i in of_kind(items, "screen")})
-        await self._imprint_release(run, items, icons)
+        async with self._imprinting:
+            await self._imprint(run, items, icons)
         await self._train_and_release(run, items, icons, screens)
         return "succeeded"
 
-    async def _imprint_release(
-        self, run: runs.Run, items: list[SnapshotItem], icons: list[SnapshotItem]
-    ) -> None:
+    async def _imprint(self, run: runs.Run, items: list[SnapshotItem], icons: list[SnapshotItem]) -> bool:
         """Before the full training, when the snapshot has classes the published icon model does not know: a
         quick release of that model with their head rows imprinted (``imprint.py``), gated on gold and handed on
-        like any release, as a run of its own."""
+        like any release, as a run of its own. Made once per run (the caller holds ``_imprinting``); whether it
+        was made now."""
+        run = replace(run, started_at=run.started_at or self._clock())  # imprinted ahead: not started yet
         published = await self._published_model("icon")
         new = runs.imprint_first({i.label for i in icons}, published.classes if published else None)
         imprint_id = runs.imprint_run_id(run.id)
         if published is None or not new or await self._store.has_run(imprint_id):
-            return
+            return False
         gold = await self._gold_set("icon", icons)
         data = await self._dataset("icon", [i for i in icons if i.key not in gold.keys])
         if not set(data.labels) - set(published.classes):
-            return  # every crop of the new classes is gold: nothing to imprint from
+            return False  # every crop of the new classes is gold: nothing to imprint from
         imprinted = await asyncio.to_thread(self._work.imprint, published, data)
         outcome = ModelOutcome(
             state=imprinted.state,
@@ -276,6 +309,7 @@ class TrainingRunner:
             gate.reason,
             extra={"run_id": str(run.id)},
         )
+        return True
 
     async def _train_and_release(
         self,
@@ -316,6 +350,8 @@ class TrainingRunner:
             ),
             icon_gold_gate,
         )
+        if stale := runs.newer_release_published(await self._store.newer_published_snapshot(run.snapshot_id)):
+            gate = replace(gate, publish=False, reason=f"{gate.reason}; {stale}")
         trained_at = format_trained_at(self._clock())
         files = await asyncio.to_thread(self._work.release_files, items, icon_data, icon, screen, trained_at)
         files |= kept_files
@@ -464,6 +500,11 @@ def _both(gate: GateDecision, gold: GoldDecision) -> GateDecision:
     return replace(gate, publish=gate.publish and gold.publish, reason=f"{gate.reason}; {gold.reason}")
 
 
+async def _stopped(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.wait([task])
+
+
 def _log_unsent(sent: concurrent.futures.Future[None]) -> None:
     if not sent.cancelled() and sent.exception() is not None:
         log.warning("progress event not sent: %r", sent.exception())
@@ -563,7 +604,8 @@ def _pixels_key(image: bytes) -> str | None:
 
 class ActiveTrainer:
     """Runs recorded runs while this process holds the active trainer's lock; a standby waits for it, and takes
-    over (resuming unfinished runs from their checkpoints) when the active trainer dies."""
+    over (resuming unfinished runs from their checkpoints) when the active trainer dies. Beside the training, a
+    second lane makes the imprint release of a run recorded meanwhile (``recorded`` is set when one is)."""
 
     def __init__(
         self,
@@ -572,16 +614,36 @@ class ActiveTrainer:
         wake: asyncio.Event,
         after_runs: Callable[[], None] = lambda: None,
         idle_seconds: float = 10.0,
+        recorded: asyncio.Event | None = None,
     ) -> None:
         self._store = store
         self._runner = runner
         self._wake = wake
         self._after_runs = after_runs
         self._idle_seconds = idle_seconds
+        self._recorded = recorded
         self.active = False
 
+    async def _imprint_lane(self, recorded: asyncio.Event) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(recorded.wait(), timeout=self._idle_seconds)
+            recorded.clear()
+            try:
+                if await self._runner.imprint_ahead() is not None:
+                    self._after_runs()
+            except RunTakenOver as taken:
+                log.warning("imprint ahead: %s", taken)
+            except Exception as error:  # the training lane goes on; the run's own attempt imprints it then
+                if is_outage(error):
+                    log.warning("imprint ahead interrupted by an outage (%r)", error)
+                else:
+                    log.exception("imprint ahead failed")
+
     async def run(self) -> None:
-        async with self._store.active_lock() as still_held:
+        async with self._store.active_lock() as still_held, contextlib.AsyncExitStack() as lanes:
+            if self._recorded is not None:
+                lanes.push_async_callback(_stopped, asyncio.create_task(self._imprint_lane(self._recorded)))
             self.active = True
             log.info("this trainer is the active one")
             try:

@@ -39,6 +39,12 @@ _N_USERS = text(
     "(SELECT item_key FROM snapshot_items WHERE snapshot_id = :s AND item_kind = 'icon')"
 )
 
+# the published release's snapshot, when voting made it after the given one
+_NEWER_SNAPSHOT = text(
+    "SELECT p.id FROM training_snapshots p JOIN training_snapshots mine ON mine.id = :mine "
+    "WHERE p.id = :published AND p.created_at > mine.created_at"
+)
+
 
 class RunTakenOver(RuntimeError):
     """Another trainer holds a newer attempt of the run: its result stands, not ours."""
@@ -62,6 +68,9 @@ class TrainerStore(Protocol):
     async def published_snapshot(self) -> tuple[uuid.UUID | None, Labels]: ...
 
     async def published_artifacts(self, paths: Collection[str]) -> dict[str, str]: ...
+
+    async def newer_published_snapshot(self, snapshot_id: uuid.UUID) -> uuid.UUID | None:
+        """The published release's snapshot, when voting made it after ``snapshot_id``."""
 
     async def checkpoint(self, run_id: uuid.UUID, kind: str) -> str | None: ...
 
@@ -253,6 +262,14 @@ class PostgresTrainerStore:
             if published is None:
                 return None, {}
             return published.snapshot_id, await snapshot_labels(connection, published.snapshot_id)
+
+    async def newer_published_snapshot(self, snapshot_id: uuid.UUID) -> uuid.UUID | None:
+        async with self._engine.connect() as connection:
+            published = await latest_published_version(connection)
+            if published is None:
+                return None
+            newer = {"published": published.snapshot_id, "mine": snapshot_id}
+            return await connection.scalar(_NEWER_SNAPSHOT, newer)
 
     async def published_artifacts(self, paths: Collection[str]) -> dict[str, str]:
         """{path: blob sha} of those of ``paths`` that the published release holds."""

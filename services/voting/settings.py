@@ -23,6 +23,13 @@ class VotingSettings(CommonSettings):
         ge=0,
         description="no new contribution for this long before a threshold snapshot (unless changes reach 10x the threshold)",
     )
+    new_class_snapshot_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="accepted icon labels the previous snapshot lacks are snapshotted at once (for the trainer's "
+        "imprint release), whatever the thresholds, the debounce and the previous snapshot's training, at most once "
+        "in this long; 0 turns it off",
+    )
     training_wait_hours: float = Field(
         3.0, gt=0, description="a snapshot no trainer took up within this long stops blocking the next one"
     )
@@ -165,6 +172,9 @@ class VotingSettings(CommonSettings):
             screen_threshold=self.screen_training_threshold,
             debounce=timedelta(seconds=self.training_debounce_seconds),
             training_wait=timedelta(hours=self.training_wait_hours),
+            new_class_spacing=timedelta(seconds=self.new_class_snapshot_seconds)
+            if self.new_class_snapshot_seconds
+            else None,
         )
 
     def trust_params(self) -> TrustParams:

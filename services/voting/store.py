@@ -344,9 +344,16 @@ WHERE t.install_id = c.install_id
 """
 # Changes since a snapshot: rows written after it (updated_at only moves when a decision changes) whose label
 # differs from the snapshot's.
+# and how many of the changed icons' labels the previous snapshot's icons did not have (its `icon_classes`, kept in
+# its details: no scan of its items; a snapshot made before they were kept has none, so nothing counts as new)
 _LABEL_CHANGES = """
-SELECT c.item_kind, count(*) FROM consensus c
+SELECT c.item_kind, count(*),
+       count(DISTINCT c.label) FILTER (
+           WHERE c.item_kind = 'icon' AND p.details ? 'icon_classes' AND NOT (p.details -> 'icon_classes') ? c.label
+       )
+FROM consensus c
 LEFT JOIN snapshot_items s ON s.snapshot_id = $1 AND s.item_kind = c.item_kind AND s.item_key = c.item_key
+LEFT JOIN training_snapshots p ON p.id = $1
 WHERE c.status = 'accepted' AND c.item_kind IN ('icon', 'screen') AND c.updated_at > $2
   AND s.label IS DISTINCT FROM c.label
 GROUP BY c.item_kind
@@ -358,7 +365,8 @@ ORDER BY item_kind, item_key
 """
 # A snapshot's icons, copied in the database (10⁶ accepted icons must not pass through the refresher's event
 # loop): every accepted icon with its first stored crop; its value, the confidence and whether a moderator settled
-# it. The snapshot row (with the item count) and its icons are one statement, so the count is of the rows copied.
+# it. The snapshot row (with the item count and its icons' labels, `icon_classes`) and its icons are one statement,
+# so the count is of the rows copied.
 _SNAPSHOT_ICONS = """
 WITH icons AS (
     SELECT c.item_key, c.label,
@@ -368,7 +376,9 @@ WITH icons AS (
     WHERE c.item_kind = 'icon' AND c.status = 'accepted'
 ), snapshot AS (
     INSERT INTO training_snapshots (id, parent_id, reason, item_count, new_label_count, details)
-    SELECT $1::uuid, $2::uuid, $3::text, $4::int + count(*), $5::int, $6::jsonb FROM icons
+    SELECT $1::uuid, $2::uuid, $3::text, $4::int + count(*), $5::int,
+           $6::jsonb || jsonb_build_object('icon_classes', coalesce(jsonb_agg(DISTINCT label), '[]'::jsonb))
+    FROM icons
 ), copied AS (
     INSERT INTO snapshot_items (snapshot_id, item_kind, item_key, label, value, image_sha256)
     SELECT $1::uuid, 'icon', item_key, label, value, image_sha256 FROM icons
@@ -940,7 +950,8 @@ class PostgresRefresh:
         snapshot = None if previous is None else previous.id
         rows = await (await self._raw()).fetch(_LABEL_CHANGES, snapshot, since)
         counts = {row[0]: row[1] for row in rows}
-        return LabelChanges(icons=counts.get("icon", 0), screens=counts.get("screen", 0))
+        new_classes = sum(row[2] for row in rows)
+        return LabelChanges(counts.get("icon", 0), counts.get("screen", 0), new_classes)
 
     async def accepted(self) -> Accepted:
         out = Accepted()

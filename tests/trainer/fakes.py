@@ -108,6 +108,13 @@ class FakeTrainerStore:
     async def published_snapshot(self) -> tuple[uuid.UUID | None, Labels]:
         return self.published
 
+    async def newer_published_snapshot(self, snapshot_id: uuid.UUID) -> uuid.UUID | None:
+        order = list(self.snapshots)  # in the order they were made
+        published = self.published[0]
+        if published in order and snapshot_id in order and order.index(published) > order.index(snapshot_id):
+            return published
+        return None
+
     async def published_artifacts(self, paths: Collection[str]) -> dict[str, str]:
         return {path: sha for path, sha in self.published_files.items() if path in paths}
 

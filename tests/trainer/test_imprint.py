@@ -1,12 +1,15 @@
 """Quick imprint releases: the imprinting itself on a real EfficientNet-B0 (seconds), and the run that releases
 it ahead of the full training (fakes, milliseconds)."""
 
+import asyncio
+import threading
 from dataclasses import replace
 
 import torch
 
 from services.trainer.domain.runs import imprint_first, imprint_run_id
 from services.trainer.evaluation import client_predictions
+from services.trainer.handlers import ActiveTrainer, RunLedger
 from services.trainer.imprint import imprint
 from services.trainer.training import (
     ICON_CONFIG,
@@ -16,6 +19,7 @@ from services.trainer.training import (
     network,
     recalibrate_batch_norm,
 )
+from shared.events import TrainingRequested
 from tests.trainer.test_runner import World
 from tools.simulator.workload import draw_icon
 
@@ -99,3 +103,55 @@ async def test_a_resumed_run_does_not_imprint_again_and_a_run_without_new_classe
     third = world.store.add_run(world.snapshot({"Mine": 6, "Phaser": 5}))
     await world.runner.execute(third)
     assert world.work.imprinted == [["Beam"]]
+
+
+async def test_a_run_recorded_while_another_trains_is_imprinted_at_once_and_the_older_release_is_held_back():
+    world = World()
+    first = world.store.add_run(world.snapshot({"Mine": 5, "Phaser": 5}))
+    await world.runner.execute(first)
+    world.publish(first)
+    started, finish = threading.Event(), threading.Event()
+    train = world.work.train
+
+    def slow_train(job):
+        started.set()
+        finish.wait(10)
+        return train(job)
+
+    world.work.train = slow_train
+    wake, recorded = asyncio.Event(), asyncio.Event()
+    ledger = RunLedger(world.store, wake, recorded)
+    active = ActiveTrainer(world.store, world.runner_with(), wake, idle_seconds=0.05, recorded=recorded)
+    training = world.store.add_run(world.snapshot({"Mine": 6, "Phaser": 5}))
+    task = asyncio.create_task(active.run())
+    try:
+        assert await asyncio.to_thread(started.wait, 10)
+        # voting snapshots a new class while that training runs; the request is recorded
+        newer = world.snapshot({"Mine": 6, "Phaser": 5, "Beam": 3})
+        await ledger.record(
+            TrainingRequested(snapshot_id=newer, reason="threshold", new_labels=3, total_labels=14)
+        )
+        newer_run = world.store.requests[next(iter(world.store.requests))]
+        async with asyncio.timeout(10):
+            while imprint_run_id(newer_run) not in world.store.runs:
+                await asyncio.sleep(0.01)
+        assert world.store.runs[training].status == "running"  # the training goes on meanwhile
+        quick = world.store.outbox[-1]
+        assert quick.run_id == imprint_run_id(newer_run) and quick.quality_gate_passed
+        world.publish(quick.run_id)  # the publisher releases it: clients know Beam
+        finish.set()
+        async with asyncio.timeout(10):
+            while world.store.runs[newer_run].status != "succeeded":
+                await asyncio.sleep(0.01)
+    finally:
+        finish.set()
+        task.cancel()
+        await asyncio.wait([task])
+    held, full = world.store.outbox[-2:]
+    # the older snapshot's model would take Beam from clients: trained, but not published
+    assert held.run_id == training and not held.quality_gate_passed
+    assert held.metrics["quality_gate"]["reason"].endswith(
+        f"the published release is of a newer snapshot ({newer})"
+    )
+    assert full.run_id == newer_run and full.quality_gate_passed
+    assert world.work.imprinted == [["Beam"]]  # once, ahead of the training

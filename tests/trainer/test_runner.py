@@ -239,10 +239,21 @@ async def test_a_run_that_raises_fails_with_the_error_and_the_next_one_runs():
     world = World()
     broken = world.store.add_run(world.snapshot(ICONS))
     world.blobs.data.pop(world.store.snapshots[world.store.runs[broken].snapshot_id][0].image_sha256)
-    fine = world.store.add_run(world.snapshot(ICONS))
-    assert await world.runner.run_unfinished() == 2
+    assert await world.runner.run_unfinished() == 1
     assert world.store.runs[broken].status == "failed" and "BlobNotFound" in world.store.errors[broken]
+    fine = world.store.add_run(world.snapshot(ICONS))
+    assert await world.runner.run_unfinished() == 1
     assert world.store.runs[fine].status == "succeeded"
+
+
+async def test_of_the_runs_waiting_only_the_newest_snapshot_is_trained():
+    world = World()
+    older = [world.store.add_run(world.snapshot(ICONS)) for _ in range(2)]
+    newest = world.store.add_run(world.snapshot({"Mine": 4, "Phaser": 3}))
+    assert await world.runner.run_unfinished() == 3
+    assert [world.store.runs[run].status for run in older] == ["skipped", "skipped"]
+    assert world.store.metrics[older[0]] == {"skipped": f"superseded by run {newest}, of a newer snapshot"}
+    assert world.store.runs[newest].status == "succeeded" and len(world.work.jobs) == 1
 
 
 async def test_an_outage_leaves_the_run_to_resume_later():
@@ -347,8 +358,6 @@ async def test_a_step_of_the_wall_clock_does_not_change_how_long_a_model_trains(
 async def test_a_run_another_trainer_took_over_is_neither_failed_nor_stripped_of_its_checkpoints():
     world = World()
     run_id = world.store.add_run(world.snapshot(ICONS))
-    fine = world.store.add_run(world.snapshot(ICONS))
-
     original = world.work.release_files
 
     def another_trainer_starts_then_this_attempt_breaks(*args):
@@ -359,17 +368,20 @@ async def test_a_run_another_trainer_took_over_is_neither_failed_nor_stripped_of
         raise ValueError("this attempt broke")
 
     world.work.release_files = another_trainer_starts_then_this_attempt_breaks
-    assert await world.runner_with().run_unfinished() == 2
+    runner = world.runner_with()
+    assert await runner.run_unfinished() == 1
     assert (world.store.runs[run_id].status, world.store.runs[run_id].attempts) == ("running", 2)
     assert run_id not in world.store.errors
     assert world.store.checkpoints[(run_id, "screen")] == "the other trainer's checkpoint"
+    world.store.runs[run_id] = replace(world.store.runs[run_id], status="succeeded")  # the other trainer's
+    fine = world.store.add_run(world.snapshot(ICONS))
+    assert await runner.run_unfinished() == 1
     assert world.store.runs[fine].status == "succeeded"
 
 
 async def test_a_run_taken_over_at_its_finish_is_left_to_the_other_trainer_and_the_next_one_runs():
     world = World()
     run_id = world.store.add_run(world.snapshot(ICONS))
-    fine = world.store.add_run(world.snapshot(ICONS))
     original = world.work.release_files
 
     def meanwhile_another_trainer_starts(*args):
@@ -378,8 +390,12 @@ async def test_a_run_taken_over_at_its_finish_is_left_to_the_other_trainer_and_t
         return original(*args)
 
     world.work.release_files = meanwhile_another_trainer_starts
-    assert await world.runner_with().run_unfinished() == 2
+    runner = world.runner_with()
+    assert await runner.run_unfinished() == 1
     assert world.store.runs[run_id].status == "running" and run_id not in world.store.errors
+    world.store.runs[run_id] = replace(world.store.runs[run_id], status="succeeded")  # the other trainer's
+    fine = world.store.add_run(world.snapshot(ICONS))
+    assert await runner.run_unfinished() == 1
     assert world.store.runs[fine].status == "succeeded"
 
 

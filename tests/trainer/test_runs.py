@@ -187,20 +187,7 @@ async def test_too_little_data_is_skipped_with_the_reason(runner, engine):
 async def test_a_snapshot_that_adds_nothing_over_the_published_model_is_skipped_without_training(
     runner, engine
 ):
-    published_snapshot = await make_snapshot(engine, classes=3, variants=2)
-    published_run = await add_run(engine, published_snapshot, request="published")
-    async with engine.begin() as connection:
-        await connection.execute(
-            text("UPDATE training_runs SET status = 'succeeded' WHERE id = :r"), {"r": published_run}
-        )
-        await connection.execute(
-            text(
-                "INSERT INTO model_versions (version, source_message_id, run_id, snapshot_id, trained_at, status, "
-                "n_classes, n_samples, n_users) VALUES ('v1', 'm1', :r, :s, '2026-01-01T00:00:00.000000+00:00Z', "
-                "'published', 3, 6, 2)"
-            ),
-            {"r": published_run, "s": published_snapshot},
-        )
+    await publish_run(engine, await make_snapshot(engine, classes=3, variants=2), classes=3, samples=6)
     same_again = await make_snapshot(engine, classes=3, variants=2)  # the same crops and labels
     run_id = await add_run(engine, same_again, request="again")
     assert await runner.execute(run_id) == "skipped"
@@ -299,4 +286,33 @@ async def test_an_imprint_release_is_a_finished_run_of_its_own_with_its_artifact
     with pytest.raises(RunTakenOver):  # an older attempt of the run releases nothing
         await store.finish_imprint(
             replace(parent, attempts=0), Release(files, metrics, event, gold), utc_now()
+        )
+
+
+async def test_the_store_tells_when_the_published_release_is_of_a_newer_snapshot(engine):
+    store = PostgresTrainerStore(engine)
+    older = await make_snapshot(engine, classes=2, variants=1)
+    assert await store.newer_published_snapshot(older) is None  # nothing published yet
+    newer = await make_snapshot(engine, classes=3, variants=1)
+    await publish_run(engine, newer, classes=3, samples=3)
+    assert await store.newer_published_snapshot(older) == newer
+    assert await store.newer_published_snapshot(newer) is None
+    latest = await make_snapshot(engine, classes=4, variants=1)
+    assert await store.newer_published_snapshot(latest) is None
+
+
+async def publish_run(engine, snapshot_id, *, classes: int, samples: int) -> None:
+    """A succeeded run of the snapshot whose release is the published version v1."""
+    run = await add_run(engine, snapshot_id, request="published")
+    async with engine.begin() as connection:
+        await connection.execute(
+            text("UPDATE training_runs SET status = 'succeeded' WHERE id = :r"), {"r": run}
+        )
+        await connection.execute(
+            text(
+                "INSERT INTO model_versions (version, source_message_id, run_id, snapshot_id, trained_at, status, "
+                "n_classes, n_samples, n_users) VALUES ('v1', 'm1', :r, :s, '2026-01-01T00:00:00.000000+00:00Z', "
+                "'published', :c, :n, 1)"
+            ),
+            {"r": run, "s": snapshot_id, "c": classes, "n": samples},
         )

@@ -331,7 +331,8 @@ class FakeRefresh:
         if previous is not None:
             [snapshot] = [s for s, _ in self._store.snapshots if s.id == previous.id]
             before = {(i.kind, i.key): i.label for i in snapshot.items}
-        counts = {"icon": 0, "screen": 0}
+        classes = {label for (kind, _), label in before.items() if kind == "icon"}
+        counts, new_classes = {"icon": 0, "screen": 0}, set()
         for ref, row in self._store.consensus.items():
             changed_after = previous is None or self._store.updated[ref] > previous.created_at
             if (
@@ -341,7 +342,9 @@ class FakeRefresh:
                 and before.get(ref) != row.label
             ):
                 counts[row.kind] += 1
-        return LabelChanges(icons=counts["icon"], screens=counts["screen"])
+                if row.kind == "icon" and previous is not None and row.label not in classes:
+                    new_classes.add(row.label)
+        return LabelChanges(counts["icon"], counts["screen"], len(new_classes))
 
     async def accepted(self) -> Accepted:
         out = Accepted()

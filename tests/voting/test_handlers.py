@@ -75,7 +75,8 @@ async def test_below_the_threshold_nothing_is_pending(store, clock):
 
 
 async def test_while_a_snapshot_waits_for_training_the_next_is_deferred(store, clock):
-    app = voting(store, clock, training_debounce_seconds=0)
+    # its new labels are new classes too; those are snapshotted at once unless turned off (test_snapshots.py)
+    app = voting(store, clock, training_debounce_seconds=0, new_class_snapshot_seconds=0)
     await app.service.handle(agreeing_votes(range(10)))
     first = (await app.refresher.refresh()).snapshot_id
     await app.service.handle(agreeing_votes(range(10, 25)))
@@ -90,7 +91,8 @@ async def test_while_a_snapshot_waits_for_training_the_next_is_deferred(store, c
 
 
 async def test_a_snapshot_nobody_took_up_stops_blocking_after_the_wait(store, clock):
-    app = voting(store, clock, training_debounce_seconds=0)
+    # new classes are snapshotted at once unless turned off; this is about the threshold path
+    app = voting(store, clock, training_debounce_seconds=0, new_class_snapshot_seconds=0)
     await app.service.handle(agreeing_votes(range(10)))
     assert (await app.refresher.refresh()).snapshot_id is not None
     await app.service.handle(agreeing_votes(range(10, 20)))

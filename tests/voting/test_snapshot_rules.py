@@ -1,5 +1,6 @@
 """When to snapshot, and why: the pure rules, with explicit times."""
 
+import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -27,10 +28,10 @@ def previous(runs=0, finished=0, age=timedelta(minutes=5)) -> PreviousSnapshot:
     return PreviousSnapshot(uuid.uuid4(), NOW - age, runs, finished)
 
 
-def decide(icons=0, screens=0, *, before=None, last_arrival=QUIET, forced=False):
+def decide(icons=0, screens=0, *, new_classes=0, before=None, last_arrival=QUIET, forced=False, rules=RULES):
     return decide_snapshot(
-        LabelChanges(icons, screens),
-        RULES,
+        LabelChanges(icons, screens, new_classes),
+        rules,
         now=NOW,
         previous=before,
         last_arrival=last_arrival,
@@ -96,6 +97,32 @@ def test_an_admin_request_snapshots_now_whatever_waits_or_arrives():
     assert (decision.make, decision.trigger) == (True, "admin")
 
 
+def test_new_classes_snapshot_at_once_below_the_threshold_while_busy_and_while_a_training_waits():
+    training = previous(runs=1, finished=0, age=timedelta(minutes=1))
+    decision = decide(icons=3, new_classes=1, before=training, last_arrival=NOW)
+    assert (decision.make, decision.trigger) == (True, "new_classes")
+    assert "1 new classes" in decision.reason
+
+
+def test_new_classes_wait_for_the_spacing_since_the_previous_snapshot_and_stay_due():
+    recent = previous(runs=1, finished=0, age=timedelta(seconds=59))
+    decision = decide(icons=3, new_classes=2, before=recent)
+    assert (decision.make, decision.still_due, decision.trigger) == (False, True, "new_classes")
+    assert "59 s old" in decision.reason
+
+
+def test_without_a_previous_snapshot_or_with_the_spacing_off_new_classes_follow_the_thresholds():
+    assert not decide(icons=3, new_classes=3).make  # no snapshot, so no published model to imprint into
+    off = dataclasses.replace(RULES, new_class_spacing=None)
+    assert not decide(icons=3, new_classes=3, before=previous(runs=1), rules=off).make
+    assert decide(icons=10, new_classes=3, before=previous(runs=1, finished=1), rules=off).make
+
+
+def test_the_threshold_trigger_wins_when_both_would_snapshot():
+    decision = decide(icons=10, new_classes=1, before=previous(runs=1, finished=1))
+    assert decision.trigger == "icon_threshold"
+
+
 def test_a_long_refresh_runs_at_most_a_quarter_of_the_time():
     assert refresh_pause(2.0, 0.1) == 2.0
     assert refresh_pause(2.0, 3.0) == 9.0
@@ -129,6 +156,7 @@ def test_a_snapshot_holds_every_kind_in_its_published_form_and_says_why():
         "trigger": "screen_threshold",
         "new_icon_labels": 1,
         "new_screen_images": 150,
+        "new_icon_classes": 0,
         "icon_threshold": 10,
         "screen_threshold": 20,
         "ocr_corrections": 1,

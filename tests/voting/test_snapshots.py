@@ -182,6 +182,41 @@ async def test_a_snapshot_nobody_trained_stops_blocking_after_the_wait_limit(vot
     assert (await voting.refresher.refresh()).snapshot_id is not None
 
 
+async def test_new_classes_are_snapshotted_within_the_spacing_while_the_previous_snapshot_trains(
+    voting_with, engine, clock
+):
+    voting = voting_with(new_class_snapshot_seconds=60)
+    await voting.service.handle(agreeing_votes(range(12)))
+    first = (await voting.refresher.refresh()).snapshot_id
+    assert first is not None
+    details = await scalar(engine, "SELECT details FROM training_snapshots WHERE id = :s", s=first)
+    assert sorted(details["icon_classes"]) == sorted(f"Item {i}" for i in range(12))
+    async with engine.begin() as connection:  # its training has started and is not over
+        await connection.execute(
+            insert(training_runs).values(
+                id=uuid.uuid4(), request_message_id="r", snapshot_id=first, status="running"
+            )
+        )
+    # a new crop of a class the snapshot has is no new class, and below the threshold nothing is due
+    await voting.service.handle([crop_vote(i, 150, "Item 3") for i in ("a", "b", "c")])
+    assert (await voting.refresher.refresh()).snapshot_id is None
+    # crops of a class it lacks: snapshotted once the spacing has passed, whatever the training and the threshold
+    await voting.service.handle(agreeing_votes(range(100, 103)))
+    assert (await voting.refresher.refresh()).snapshot_id is None  # the first one is only seconds old
+    clock.advance(seconds=60)
+    second = (await voting.refresher.refresh()).snapshot_id
+    assert second is not None
+    details = await scalar(engine, "SELECT details FROM training_snapshots WHERE id = :s", s=second)
+    assert (details["trigger"], details["new_icon_classes"]) == ("new_classes", 3)
+    assert await scalar(engine, "SELECT count(*) FROM outbox WHERE routing_key = 'training.requested'") == 2
+    clock.advance(seconds=60)
+    await voting.service.handle(agreeing_votes(range(103, 105), installs=("a", "b", "c", "d")))
+    assert (await voting.refresher.refresh()).snapshot_id is not None  # 2 more new classes
+    await voting.service.handle([crop_vote(i, 151, "Item 100") for i in ("a", "b", "c")])
+    clock.advance(seconds=60)
+    assert (await voting.refresher.refresh()).snapshot_id is None  # Item 100 is in the last snapshot
+
+
 async def test_a_snapshot_copies_every_accepted_icon_with_its_first_crop_and_counts_them(voting, engine):
     await voting.service.handle(agreeing_votes(range(12)) + [crop_vote("a", 50, "Lonely")])
     snapshot = (await voting.refresher.refresh()).snapshot_id

@@ -4,7 +4,7 @@ split between the two models. Plain values in (and ``now``), a decision and its 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -102,6 +102,23 @@ def imprint_first(snapshot_classes: Collection[str], published_classes: Collecti
     if published_classes is None:
         return []
     return sorted(set(snapshot_classes) - set(published_classes))
+
+
+def superseded(run_id: uuid.UUID, unfinished: Sequence[uuid.UUID]) -> Stop | None:
+    """A run with a newer one recorded after it (``unfinished``: in the order they were recorded) is not trained:
+    the newer snapshot holds everything this one does as it stands now, and the newer run's imprint release has
+    added its new classes already. Only the newest waiting snapshot is worth a full training."""
+    if run_id in unfinished and unfinished[-1] != run_id:
+        return Stop("skipped", f"superseded by run {unfinished[-1]}, of a newer snapshot")
+    return None
+
+
+def newer_release_published(published_snapshot_id: uuid.UUID | None) -> str | None:
+    """Why a run's release must not go out: the published release was made of a newer snapshot (an imprint release
+    of new classes, made while this run trained); publishing this one would take those classes from clients."""
+    if published_snapshot_id is None:
+        return None
+    return f"the published release is of a newer snapshot ({published_snapshot_id})"
 
 
 def imprint_run_id(run_id: uuid.UUID) -> uuid.UUID:

@@ -5,6 +5,10 @@ A snapshot is made when enough accepted labels are new or changed since the last
 unless the last one still waits for its training (at most one waits) or contributions are still arriving (the
 debounce), which ten times the threshold of changes overrides. An admin request snapshots at once. A snapshot
 that is due but deferred keeps the next refresh looking, even if no vote changes meanwhile.
+
+Classes the previous snapshot did not have are not held back by any of that: clients should recognise a new
+item within minutes, and the trainer adds them to the published model with an imprint release (seconds), even
+while it trains on an earlier snapshot. Such a snapshot is made at most once per ``new_class_spacing``.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any, Literal
 
 from services.voting.domain.derived import ocr_corrections
 
-Trigger = Literal["icon_threshold", "screen_threshold", "admin"]
+Trigger = Literal["icon_threshold", "screen_threshold", "new_classes", "admin"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,8 @@ class SnapshotRules:
     debounce: timedelta
     training_wait: timedelta
     pile_up_factor: int = 10
+    # the least time between a snapshot and the next one made for new classes alone; None: no such snapshots
+    new_class_spacing: timedelta | None = timedelta(seconds=60)
 
     @property
     def pile_up(self) -> int:
@@ -40,6 +46,8 @@ class LabelChanges:
 
     icons: int
     screens: int
+    # labels of accepted icons that no icon of the previous snapshot had (0 without a previous snapshot)
+    new_classes: int = 0
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,35 @@ def decide_snapshot(
 ) -> SnapshotDecision:
     if forced:
         return SnapshotDecision(True, False, "admin", "an admin asked for training")
+    decision = _threshold_decision(changes, rules, now=now, previous=previous, last_arrival=last_arrival)
+    if decision.make or not changes.new_classes or previous is None or rules.new_class_spacing is None:
+        return decision
+    # new classes: neither the thresholds, the debounce nor the previous snapshot's training hold them back
+    since = now - previous.created_at
+    if since >= rules.new_class_spacing:
+        return SnapshotDecision(
+            True,
+            False,
+            "new_classes",
+            f"{changes.new_classes} new classes: added by an imprint release without waiting for training",
+        )
+    return SnapshotDecision(
+        False,
+        True,
+        "new_classes",
+        f"{changes.new_classes} new classes, but the previous snapshot is {since.total_seconds():.0f} s old "
+        f"(at least {rules.new_class_spacing.total_seconds():.0f} s)",
+    )
+
+
+def _threshold_decision(
+    changes: LabelChanges,
+    rules: SnapshotRules,
+    *,
+    now: datetime,
+    previous: PreviousSnapshot | None,
+    last_arrival: datetime | None,
+) -> SnapshotDecision:
     trigger: Trigger
     if changes.icons >= rules.icon_threshold:
         trigger, counted = "icon_threshold", f"{changes.icons} new icon labels"
@@ -164,6 +201,7 @@ def compose_snapshot(
             "trigger": trigger,
             "new_icon_labels": changes.icons,
             "new_screen_images": changes.screens,
+            "new_icon_classes": changes.new_classes,
             "icon_threshold": rules.icon_threshold,
             "screen_threshold": rules.screen_threshold,
             "ocr_corrections": len(corrections),
