@@ -73,8 +73,9 @@ class BatchConsumer:
                         remaining = deadline - loop.time()
                         if remaining <= 0:
                             break
-                        try:
-                            batch.append(await asyncio.wait_for(arrived.get(), remaining))
+                        try:  # not wait_for: Python 3.11's can swallow the cancel that stops the consumer
+                            async with asyncio.timeout(remaining):
+                                batch.append(await arrived.get())
                         except TimeoutError:
                             break
                     else:

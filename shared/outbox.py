@@ -9,6 +9,7 @@ on ``message_id``, so that is harmless.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import timedelta
@@ -150,8 +151,8 @@ class OutboxRelay:
                 sent = 0
                 await asyncio.sleep(self.poll_seconds * 4)
             if sent < self.batch_size:
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), timeout=self.poll_seconds)
-                except TimeoutError:
-                    pass
+                with contextlib.suppress(TimeoutError):
+                    # not wait_for: Python 3.11's can swallow the cancel that stops the relay
+                    async with asyncio.timeout(self.poll_seconds):
+                        await self._wakeup.wait()
                 self._wakeup.clear()

@@ -4,7 +4,7 @@ crops, preprocessed with the client's own OpenCV steps (resizes, BGR, scaling), 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,17 +30,48 @@ def client_top1(
 ) -> list[tuple[int, float]]:
     """Top-1 class index and its softmax probability for ``images[indices]`` (uint8 N x 3 x H x W) fed as the
     client feeds them."""
-    if not indices:
-        return []
-    client_input = icon_input if kind == "icon" else screen_input_from_rgb
-    batch = np.stack([client_input(images[i].permute(1, 2, 0).numpy()) for i in indices])
     model.eval()
     top: list[tuple[int, float]] = []
-    for start in range(0, len(batch), BATCH):
-        probabilities = model(torch.from_numpy(batch[start : start + BATCH])).softmax(1)
-        confidence, index = probabilities.max(1)
+    for batch in _client_batches(kind, images, indices):
+        confidence, index = model(batch).softmax(1).max(1)
         top += zip(index.tolist(), confidence.tolist(), strict=True)
     return top
+
+
+def _client_batches(kind: str, images: torch.Tensor, indices: Sequence[int]) -> Iterator[torch.Tensor]:
+    if not indices:
+        return
+    client_input = icon_input if kind == "icon" else screen_input_from_rgb
+    batch = np.stack([client_input(images[i].permute(1, 2, 0).numpy()) for i in indices])
+    for start in range(0, len(batch), BATCH):
+        yield torch.from_numpy(batch[start : start + BATCH])
+
+
+@torch.no_grad()
+def predictions_of_two_heads(
+    kind: str,
+    model: nn.Module,
+    head: nn.Linear,
+    other_head: tuple[torch.Tensor, torch.Tensor],
+    images: torch.Tensor,
+    indices: Sequence[int],
+) -> tuple[list[int], list[int]]:
+    """Top-1 class indices of ``model`` and of the same network with ``other_head`` (weight, bias) in place of
+    its ``head``, from one pass of the backbone: two models that differ only in the head's rows (an imprint
+    release and the published model it was made from) cost one."""
+    seen: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda _module, inputs, _output: seen.append(inputs[0]))
+    model.eval()
+    mine: list[int] = []
+    theirs: list[int] = []
+    try:
+        for batch in _client_batches(kind, images, indices):
+            mine += model(batch).argmax(1).tolist()
+            weight, bias = other_head
+            theirs += (seen.pop() @ weight.T + bias).argmax(1).tolist()
+    finally:
+        hook.remove()
+    return mine, theirs
 
 
 def client_predictions(
@@ -97,7 +128,13 @@ def label_counts(
 ) -> dict[str, tuple[int, int]]:
     """{label: (correct, examples)} of ``model`` (over ``classes``) on ``images`` through the client path, judged
     by label, so models over different class lists are comparable on the same crops."""
-    predicted = client_predictions(kind, model, images, range(len(labels)))
+    return counts_by_label(client_predictions(kind, model, images, range(len(labels))), classes, labels)
+
+
+def counts_by_label(
+    predicted: Sequence[int], classes: Sequence[str], labels: Sequence[str]
+) -> dict[str, tuple[int, int]]:
+    """{label: (correct, examples)} of predicted class indices (over ``classes``) against ``labels``."""
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for index, label in zip(predicted, labels, strict=True):
         counts[label][0] += int(classes[index] == label)

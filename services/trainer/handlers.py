@@ -627,7 +627,8 @@ class ActiveTrainer:
     async def _imprint_lane(self, recorded: asyncio.Event) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(recorded.wait(), timeout=self._idle_seconds)
+                async with asyncio.timeout(self._idle_seconds):  # not wait_for: 3.11's can swallow a cancel
+                    await recorded.wait()
             recorded.clear()
             try:
                 if await self._runner.imprint_ahead() is not None:
@@ -651,7 +652,8 @@ class ActiveTrainer:
                     await still_held()  # if the lock's connection broke, stop being the active trainer
                     if not await self._runner.run_unfinished():
                         with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._wake.wait(), timeout=self._idle_seconds)
+                            async with asyncio.timeout(self._idle_seconds):
+                                await self._wake.wait()
                         self._wake.clear()
                     self._after_runs()
             finally:

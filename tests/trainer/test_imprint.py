@@ -8,7 +8,7 @@ from dataclasses import replace
 import torch
 
 from services.trainer.domain.runs import imprint_first, imprint_run_id
-from services.trainer.evaluation import client_predictions
+from services.trainer.evaluation import client_predictions, label_counts
 from services.trainer.handlers import ActiveTrainer, RunLedger
 from services.trainer.imprint import imprint
 from services.trainer.training import (
@@ -16,8 +16,10 @@ from services.trainer.training import (
     Dataset,
     PublishedModel,
     dataset,
+    gold_counts,
     network,
     recalibrate_batch_norm,
+    same_backbone,
 )
 from shared.events import TrainingRequested
 from tests.trainer.test_runner import World
@@ -61,6 +63,20 @@ def test_an_imprinted_class_is_recognised_and_the_published_models_other_answers
     # a new row can only take crops over, never move them between known classes; this untrained backbone
     # hardly tells Item 1 from Item 3 (cosine 0.89 of their mean embeddings), so up to two of six may go
     assert all(imprinted.classes[after[k]] == NEW for k in changed) and len(changed) <= 2
+
+    # the gold gate reads both heads off one backbone pass: the same counts as running both models
+    candidate = PublishedModel(imprinted.state, imprinted.classes)
+    current = PublishedModel(published.state, published.classes)
+    assert same_backbone("icon", candidate.state, current.state)
+    gold = subset(data, held)
+    assert gold_counts("icon", candidate, current, gold) == tuple(
+        label_counts("icon", network("icon", m.classes, m.state), m.classes, gold.images, gold.labels)
+        for m in (candidate, current)
+    )
+    retrained = dict(current.state) | {
+        "features.0.1.running_mean": current.state["features.0.1.running_mean"] + 1
+    }
+    assert not same_backbone("icon", candidate.state, retrained)  # a trained model: both run in full
 
 
 def test_an_imprint_comes_first_only_with_a_published_model_and_new_classes():
