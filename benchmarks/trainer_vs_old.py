@@ -43,9 +43,11 @@ from services.trainer import release  # noqa: E402
 from services.trainer.domain.budget import Deadline  # noqa: E402
 from services.trainer.domain.client_path import icon_crop_64, icon_input  # noqa: E402
 from services.trainer.domain.data import rendering_variants, variant_split  # noqa: E402
+from services.trainer.domain.gold import GoldRule, gold_gate  # noqa: E402
 from services.trainer.evaluation import client_predictions  # noqa: E402
 from services.trainer.imprint import VIEWS, imprint  # noqa: E402
 from services.trainer.models import ICON_HEAD, carry_over, icon_model  # noqa: E402
+from services.trainer.settings import TrainerSettings  # noqa: E402
 from services.trainer.training import (  # noqa: E402
     ICON_CONFIG,
     Dataset,
@@ -185,6 +187,8 @@ def run_case(args) -> dict:
         ICON_CONFIG = dataclasses.replace(ICON_CONFIG, phases=args.phases)
     if args.fine_tune_phases:
         ICON_CONFIG = dataclasses.replace(ICON_CONFIG, fine_tune_phases=args.fine_tune_phases)
+    if args.learning_rate:
+        ICON_CONFIG = dataclasses.replace(ICON_CONFIG, learning_rate=args.learning_rate)
     if args.case == "memory":
         train, _ = hard_dataset(range(3000), seed=args.seed)
         items = [item for _, item in train]
@@ -306,10 +310,11 @@ def imprint_case(args, harder: bool) -> dict:
     return {"case": "imprint", "recipe": "ours", "classes": args.classes, "imprints": results}
 
 
-def release_path_seconds(published, imprinted, data, gold_crops, gold_labels) -> dict[str, float]:
+def release_path_seconds(published, imprinted, data, gold_crops, gold_labels) -> dict[str, float | str]:
     """Seconds of what follows the imprinting on the way to a published release, in this process, on the wall
     clock: the trainer's gold gate (both models through the client path on ``gold_crops``: here every item's
-    held-out crop, more than a gold set of this data would hold), the release files (weights, ONNX export and
+    held-out crop, more than a gold set of this data would hold; its decision with the service's defaults under
+    "gate"), the release files (weights, ONNX export and
     its check, model card files), and the publisher writing them as one tagged commit (``LocalHub``; a Hugging
     Face Hub upload is not measured)."""
     gold = Dataset(
@@ -318,10 +323,18 @@ def release_path_seconds(published, imprinted, data, gold_crops, gold_labels) ->
         torch.from_numpy(np.stack(gold_crops)).permute(0, 3, 1, 2).contiguous(),
     )
     outcome = ModelOutcome(imprinted.state, imprinted.classes, 0.0, None, 0, [], 0.0, len(data.keys))
-    seconds = {}
+    seconds: dict[str, float | str] = {}
     started = time.monotonic()
-    gold_counts("icon", outcome, published, gold)
+    mine, theirs = gold_counts("icon", outcome, published, gold)
     seconds["gold_gate"] = time.monotonic() - started
+    fields = TrainerSettings.model_fields  # the service's defaults
+    rule = GoldRule(
+        margin=fields["quality_margin"].default,
+        class_margin=fields["gold_class_margin"].default,
+        min_class_examples=fields["gold_min_class_examples"].default,
+    )
+    decision = gold_gate(mine, theirs, rule)
+    seconds["gate"] = ("published: " if decision.publish else "refused: ") + decision.reason
     started = time.monotonic()
     files = release.release_files([], data, outcome, None, format_trained_at(utc_now()))
     seconds["release_files"] = time.monotonic() - started
@@ -386,6 +399,12 @@ def main() -> int:
         + phases_text(ICON_CONFIG.phases_for(True))
         + "; before it had its own, the from-scratch phases)",
     )
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        default=None,
+        help=f"ours, from scratch: the peak learning rate (the service's: {ICON_CONFIG.learning_rate})",
+    )
     args = parser.parse_args()
     if args.case:
         result = run_case(args)
@@ -423,6 +442,8 @@ def main() -> int:
         for option, phases in (("--phases", args.phases), ("--fine-tune-phases", args.fine_tune_phases)):
             if phases:
                 command += [option, phases_text(phases)]
+        if args.learning_rate:
+            command += ["--learning-rate", str(args.learning_rate)]
         output = (
             subprocess.run(command, capture_output=True, text=True, check=True)
             .stdout.strip()
