@@ -40,9 +40,16 @@ _N_USERS = text(
 )
 
 # the published release's snapshot, when voting made it after the given one
+# The newest snapshot, made after :mine, whose release is published or on its way: it passed its gates here
+# and the publisher has not handled it yet, or holds it pending (an imprint release the lane made meanwhile).
 _NEWER_SNAPSHOT = text(
-    "SELECT p.id FROM training_snapshots p JOIN training_snapshots mine ON mine.id = :mine "
-    "WHERE p.id = :published AND p.created_at > mine.created_at"
+    "SELECT s.id FROM training_snapshots s JOIN training_snapshots mine ON mine.id = :mine "
+    "WHERE s.created_at > mine.created_at AND (s.id = :published OR EXISTS ("
+    " SELECT 1 FROM training_runs r LEFT JOIN model_versions v ON v.run_id = r.id"
+    " WHERE r.snapshot_id = s.id AND r.status = 'succeeded'"
+    " AND (r.metrics->'quality_gate'->>'publish')::boolean"
+    " AND (v.run_id IS NULL OR v.status IN ('pending', 'published')))) "
+    "ORDER BY s.created_at DESC LIMIT 1"
 )
 
 
@@ -70,7 +77,7 @@ class TrainerStore(Protocol):
     async def published_artifacts(self, paths: Collection[str]) -> dict[str, str]: ...
 
     async def newer_published_snapshot(self, snapshot_id: uuid.UUID) -> uuid.UUID | None:
-        """The published release's snapshot, when voting made it after ``snapshot_id``."""
+        """A snapshot voting made after ``snapshot_id`` whose release is published or on its way."""
 
     async def checkpoint(self, run_id: uuid.UUID, kind: str) -> str | None: ...
 
@@ -149,7 +156,15 @@ class PostgresTrainerStore:
         )
 
     async def skip(self, run_id: uuid.UUID, reason: str, now: datetime) -> None:
-        await self._update(run_id, status="skipped", finished_at=now, metrics={"skipped": reason})
+        """The run ends without training; checkpoints of an earlier attempt (a resumed run superseded by a newer
+        snapshot's) go with it."""
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                training_runs.update()
+                .where(training_runs.c.id == run_id)
+                .values(status="skipped", finished_at=now, metrics={"skipped": reason})
+            )
+            await _drop_checkpoints(connection, run_id)
 
     async def fail(self, run: Run, error: str, now: datetime) -> None:
         """The run failed, and its checkpoints go, only if ``run`` is still its latest attempt (raises
@@ -256,19 +271,21 @@ class PostgresTrainerStore:
             return [SnapshotItem(*row) for row in rows]
 
     async def published_snapshot(self) -> tuple[uuid.UUID | None, Labels]:
-        """The snapshot the published model was trained on, and its icon and screen labels."""
+        """The snapshot the published model was trained on, and its icon and screen labels; (None, {}) while
+        the published release is an imprint release (its snapshot was not trained on: a run of the same labels,
+        superseding that snapshot's own run, must still train)."""
         async with self._engine.connect() as connection:
             published = await latest_published_version(connection)
-            if published is None:
+            if published is None or (published.metrics or {}).get("release") == "imprint":
                 return None, {}
             return published.snapshot_id, await snapshot_labels(connection, published.snapshot_id)
 
     async def newer_published_snapshot(self, snapshot_id: uuid.UUID) -> uuid.UUID | None:
+        """A snapshot newer than ``snapshot_id`` whose release is published, or passed its gates and is on its
+        way to the publisher (which may not have handled it yet)."""
         async with self._engine.connect() as connection:
             published = await latest_published_version(connection)
-            if published is None:
-                return None
-            newer = {"published": published.snapshot_id, "mine": snapshot_id}
+            newer = {"published": published.snapshot_id if published else None, "mine": snapshot_id}
             return await connection.scalar(_NEWER_SNAPSHOT, newer)
 
     async def published_artifacts(self, paths: Collection[str]) -> dict[str, str]:

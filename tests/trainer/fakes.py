@@ -52,6 +52,7 @@ class FakeTrainerStore:
     errors: dict[uuid.UUID, str] = field(default_factory=dict)
     snapshots: dict[uuid.UUID, list[SnapshotItem]] = field(default_factory=dict)
     published: tuple[uuid.UUID | None, Labels] = (None, {})
+    published_run: uuid.UUID | None = None
     published_files: dict[str, str] = field(default_factory=dict)
     checkpoints: dict[tuple[uuid.UUID, str], str] = field(default_factory=dict)
     checkpoint_epochs: list[tuple[uuid.UUID, str, int]] = field(default_factory=list)
@@ -80,6 +81,7 @@ class FakeTrainerStore:
         self.runs[run_id] = with_attempt(self.runs[run_id], attempt)
 
     async def skip(self, run_id: uuid.UUID, reason: str, now: datetime) -> None:
+        self._drop_checkpoints(run_id)
         self._end(run_id, "skipped", now)
         self.metrics[run_id] = {"skipped": reason}
 
@@ -106,14 +108,20 @@ class FakeTrainerStore:
         return list(self.snapshots[snapshot_id])
 
     async def published_snapshot(self) -> tuple[uuid.UUID | None, Labels]:
-        return self.published
+        imprint = self.metrics.get(self.published_run, {}).get("release") == "imprint"
+        return (None, {}) if imprint else self.published  # as the Postgres store: see its docstring
 
     async def newer_published_snapshot(self, snapshot_id: uuid.UUID) -> uuid.UUID | None:
         order = list(self.snapshots)  # in the order they were made
-        published = self.published[0]
-        if published in order and snapshot_id in order and order.index(published) > order.index(snapshot_id):
-            return published
-        return None
+        released = {self.published[0]} | {  # published, or passed its gates and on its way to the publisher
+            self.runs[event.run_id].snapshot_id for event in self.outbox if event.quality_gate_passed
+        }
+        newer = [
+            s
+            for s in released
+            if s in order and snapshot_id in order and order.index(s) > order.index(snapshot_id)
+        ]
+        return max(newer, key=order.index) if newer else None
 
     async def published_artifacts(self, paths: Collection[str]) -> dict[str, str]:
         return {path: sha for path, sha in self.published_files.items() if path in paths}

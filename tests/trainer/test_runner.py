@@ -74,6 +74,7 @@ class World:
         """The run's release becomes the published one."""
         snapshot_id = self.store.runs[run_id].snapshot_id
         self.store.published = (snapshot_id, self.labels(snapshot_id))
+        self.store.published_run = run_id
         self.store.published_files = self.store.artifacts[run_id]
 
 

@@ -299,6 +299,28 @@ async def test_the_store_tells_when_the_published_release_is_of_a_newer_snapshot
     assert await store.newer_published_snapshot(newer) is None
     latest = await make_snapshot(engine, classes=4, variants=1)
     assert await store.newer_published_snapshot(latest) is None
+    # a release that passed its gates and is on its way: the publisher has not handled it yet
+    on_its_way = await make_snapshot(engine, classes=5, variants=1)
+    run = await add_run(engine, on_its_way, request="on its way")
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "UPDATE training_runs SET status = 'succeeded', "
+                'metrics = \'{"quality_gate": {"publish": true}}\' WHERE id = :r'
+            ),
+            {"r": run},
+        )
+    assert await store.newer_published_snapshot(latest) == on_its_way
+    async with engine.begin() as connection:  # the publisher refused it
+        await connection.execute(
+            text(
+                "INSERT INTO model_versions (version, source_message_id, run_id, snapshot_id, trained_at, status, "
+                "n_classes, n_samples, n_users) VALUES ('v2', 'm2', :r, :s, '2026-01-02T00:00:00.000000+00:00Z', "
+                "'rejected', 5, 5, 1)"
+            ),
+            {"r": run, "s": on_its_way},
+        )
+    assert await store.newer_published_snapshot(latest) is None
 
 
 async def publish_run(engine, snapshot_id, *, classes: int, samples: int) -> None:
@@ -316,3 +338,24 @@ async def publish_run(engine, snapshot_id, *, classes: int, samples: int) -> Non
             ),
             {"r": run, "s": snapshot_id, "c": classes, "n": samples},
         )
+
+
+async def test_a_skipped_run_leaves_no_checkpoint_behind(engine):
+    # a resumed run that a newer snapshot supersedes is skipped: the checkpoint of its earlier attempt goes
+    store = PostgresTrainerStore(engine)
+    run = await add_run(engine, await make_snapshot(engine, classes=2, variants=1), request="resumed")
+    await store.save_checkpoint(run, "icon", 3, b"weights of an earlier attempt")
+    sha = await store.checkpoint(run, "icon")
+    await store.skip(run, "superseded by a newer run", utc_now())
+    assert await store.checkpoint(run, "icon") is None
+    assert sha is not None and not await blob_exists(engine, sha)
+
+
+async def test_a_published_imprint_release_is_not_a_trained_snapshot(engine):
+    store = PostgresTrainerStore(engine)
+    snapshot = await make_snapshot(engine, classes=2, variants=1)
+    await publish_run(engine, snapshot, classes=2, samples=2)
+    assert (await store.published_snapshot())[0] == snapshot
+    async with engine.begin() as connection:
+        await connection.execute(text("""UPDATE model_versions SET metrics = '{"release": "imprint"}'"""))
+    assert await store.published_snapshot() == (None, {})
