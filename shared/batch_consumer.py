@@ -73,7 +73,7 @@ class BatchConsumer:
                         remaining = deadline - loop.time()
                         if remaining <= 0:
                             break
-                        try:  # not wait_for: Python 3.11's can swallow the cancel that stops the consumer
+                        try:  # not wait_for: see shared/waits.py
                             async with asyncio.timeout(remaining):
                                 batch.append(await arrived.get())
                         except TimeoutError:

@@ -9,7 +9,6 @@ on ``message_id``, so that is harmless.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import timedelta
@@ -33,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from shared.broker import EventPublisher
 from shared.db import metadata
 from shared.events import Event
+from shared.waits import woken
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +151,5 @@ class OutboxRelay:
                 sent = 0
                 await asyncio.sleep(self.poll_seconds * 4)
             if sent < self.batch_size:
-                with contextlib.suppress(TimeoutError):
-                    # not wait_for: Python 3.11's can swallow the cancel that stops the relay
-                    async with asyncio.timeout(self.poll_seconds):
-                        await self._wakeup.wait()
+                await woken(self._wakeup, self.poll_seconds)
                 self._wakeup.clear()

@@ -62,12 +62,12 @@ def predictions_of_two_heads(
     seen: list[torch.Tensor] = []
     hook = head.register_forward_hook(lambda _module, inputs, _output: seen.append(inputs[0]))
     model.eval()
+    weight, bias = other_head
     mine: list[int] = []
     theirs: list[int] = []
     try:
         for batch in _client_batches(kind, images, indices):
             mine += model(batch).argmax(1).tolist()
-            weight, bias = other_head
             theirs += (seen.pop() @ weight.T + bias).argmax(1).tolist()
     finally:
         hook.remove()

@@ -75,6 +75,7 @@ from shared.events import (
 )
 from shared.imagekeys import keys_of_png
 from shared.reads import FINISHED_RUN_STATUSES
+from shared.waits import woken
 
 log = logging.getLogger(__name__)
 EPOCHS = Counter("warp_trainer_epochs_total", "Training epochs completed", ["model"])
@@ -350,7 +351,7 @@ class TrainingRunner:
             ),
             icon_gold_gate,
         )
-        if stale := runs.newer_release_published(await self._store.newer_published_snapshot(run.snapshot_id)):
+        if stale := runs.newer_release_out(await self._store.newer_released_snapshot(run.snapshot_id)):
             gate = replace(gate, publish=False, reason=f"{gate.reason}; {stale}")
         trained_at = format_trained_at(self._clock())
         files = await asyncio.to_thread(self._work.release_files, items, icon_data, icon, screen, trained_at)
@@ -626,9 +627,7 @@ class ActiveTrainer:
 
     async def _imprint_lane(self, recorded: asyncio.Event) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._idle_seconds):  # not wait_for: 3.11's can swallow a cancel
-                    await recorded.wait()
+            await woken(recorded, self._idle_seconds)
             recorded.clear()
             try:
                 if await self._runner.imprint_ahead() is not None:
@@ -651,9 +650,7 @@ class ActiveTrainer:
                 while True:
                     await still_held()  # if the lock's connection broke, stop being the active trainer
                     if not await self._runner.run_unfinished():
-                        with contextlib.suppress(TimeoutError):
-                            async with asyncio.timeout(self._idle_seconds):
-                                await self._wake.wait()
+                        await woken(self._wake, self._idle_seconds)
                         self._wake.clear()
                     self._after_runs()
             finally:

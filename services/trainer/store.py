@@ -39,7 +39,6 @@ _N_USERS = text(
     "(SELECT item_key FROM snapshot_items WHERE snapshot_id = :s AND item_kind = 'icon')"
 )
 
-# the published release's snapshot, when voting made it after the given one
 # The newest snapshot, made after :mine, whose release is published or on its way: it passed its gates here
 # and the publisher has not handled it yet, or holds it pending (an imprint release the lane made meanwhile).
 _NEWER_SNAPSHOT = text(
@@ -76,7 +75,7 @@ class TrainerStore(Protocol):
 
     async def published_artifacts(self, paths: Collection[str]) -> dict[str, str]: ...
 
-    async def newer_published_snapshot(self, snapshot_id: uuid.UUID) -> uuid.UUID | None:
+    async def newer_released_snapshot(self, snapshot_id: uuid.UUID) -> uuid.UUID | None:
         """A snapshot voting made after ``snapshot_id`` whose release is published or on its way."""
 
     async def checkpoint(self, run_id: uuid.UUID, kind: str) -> str | None: ...
@@ -280,7 +279,7 @@ class PostgresTrainerStore:
                 return None, {}
             return published.snapshot_id, await snapshot_labels(connection, published.snapshot_id)
 
-    async def newer_published_snapshot(self, snapshot_id: uuid.UUID) -> uuid.UUID | None:
+    async def newer_released_snapshot(self, snapshot_id: uuid.UUID) -> uuid.UUID | None:
         """A snapshot newer than ``snapshot_id`` whose release is published, or passed its gates and is on its
         way to the publisher (which may not have handled it yet)."""
         async with self._engine.connect() as connection:

@@ -111,7 +111,7 @@ class FakeTrainerStore:
         imprint = self.metrics.get(self.published_run, {}).get("release") == "imprint"
         return (None, {}) if imprint else self.published  # as the Postgres store: see its docstring
 
-    async def newer_published_snapshot(self, snapshot_id: uuid.UUID) -> uuid.UUID | None:
+    async def newer_released_snapshot(self, snapshot_id: uuid.UUID) -> uuid.UUID | None:
         order = list(self.snapshots)  # in the order they were made
         released = {self.published[0]} | {  # published, or passed its gates and on its way to the publisher
             self.runs[event.run_id].snapshot_id for event in self.outbox if event.quality_gate_passed

@@ -292,13 +292,13 @@ async def test_an_imprint_release_is_a_finished_run_of_its_own_with_its_artifact
 async def test_the_store_tells_when_the_published_release_is_of_a_newer_snapshot(engine):
     store = PostgresTrainerStore(engine)
     older = await make_snapshot(engine, classes=2, variants=1)
-    assert await store.newer_published_snapshot(older) is None  # nothing published yet
+    assert await store.newer_released_snapshot(older) is None  # nothing published yet
     newer = await make_snapshot(engine, classes=3, variants=1)
     await publish_run(engine, newer, classes=3, samples=3)
-    assert await store.newer_published_snapshot(older) == newer
-    assert await store.newer_published_snapshot(newer) is None
+    assert await store.newer_released_snapshot(older) == newer
+    assert await store.newer_released_snapshot(newer) is None
     latest = await make_snapshot(engine, classes=4, variants=1)
-    assert await store.newer_published_snapshot(latest) is None
+    assert await store.newer_released_snapshot(latest) is None
     # a release that passed its gates and is on its way: the publisher has not handled it yet
     on_its_way = await make_snapshot(engine, classes=5, variants=1)
     run = await add_run(engine, on_its_way, request="on its way")
@@ -310,7 +310,7 @@ async def test_the_store_tells_when_the_published_release_is_of_a_newer_snapshot
             ),
             {"r": run},
         )
-    assert await store.newer_published_snapshot(latest) == on_its_way
+    assert await store.newer_released_snapshot(latest) == on_its_way
     async with engine.begin() as connection:  # the publisher refused it
         await connection.execute(
             text(
@@ -320,7 +320,7 @@ async def test_the_store_tells_when_the_published_release_is_of_a_newer_snapshot
             ),
             {"r": run, "s": on_its_way},
         )
-    assert await store.newer_published_snapshot(latest) is None
+    assert await store.newer_released_snapshot(latest) is None
 
 
 async def publish_run(engine, snapshot_id, *, classes: int, samples: int) -> None:

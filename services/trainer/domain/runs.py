@@ -113,12 +113,13 @@ def superseded(run_id: uuid.UUID, unfinished: Sequence[uuid.UUID]) -> Stop | Non
     return None
 
 
-def newer_release_published(published_snapshot_id: uuid.UUID | None) -> str | None:
-    """Why a run's release must not go out: the published release was made of a newer snapshot (an imprint release
-    of new classes, made while this run trained); publishing this one would take those classes from clients."""
-    if published_snapshot_id is None:
+def newer_release_out(newer_snapshot_id: uuid.UUID | None) -> str | None:
+    """Why a run's release must not go out: a release of a newer snapshot is published or on its way (an imprint
+    release of new classes, made while this run trained); publishing this one would take those classes from
+    clients."""
+    if newer_snapshot_id is None:
         return None
-    return f"the published release is of a newer snapshot ({published_snapshot_id})"
+    return f"a release of a newer snapshot is published or on its way ({newer_snapshot_id})"
 
 
 def imprint_run_id(run_id: uuid.UUID) -> uuid.UUID:
