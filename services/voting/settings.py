@@ -1,3 +1,4 @@
+from dataclasses import replace
 from datetime import timedelta
 from typing import Literal
 
@@ -72,9 +73,20 @@ class VotingSettings(CommonSettings):
         0.5, ge=0, description="a vote that confirms the client model's guess weighs 1 + this"
     )
     model_dissent: float = Field(
-        0.15,
+        0.0,
         ge=0,
         description="a vote against the client model's guess adds this times its weight to the guess",
+    )
+    model_override: float = Field(
+        0.5,
+        ge=0,
+        description="a trusted install's vote against the client model's guess (a deliberate correction) weighs "
+        "1 + this",
+    )
+    confirm_shared: bool = Field(
+        True,
+        description="votes confirming the client model's guess share one confirmation (the client model is one "
+        "voice, however many installs run it) instead of each weighing 1 + model_confirm",
     )
     family_factor: float = Field(
         0.5, ge=0, description="share of a near-copy family's voice scores an icon item gets"
@@ -115,8 +127,12 @@ class VotingSettings(CommonSettings):
         "the item's voters gave, when it agrees at model_agree_confidence or more",
     )
     model_agree_confidence: float = Field(
-        0.8, ge=0, le=1, description="the published model's confidence from which its agreement counts"
+        0.8,
+        ge=0,
+        le=1,
+        description="the published model's confidence from which its agreement counts (knowledge, screens)",
     )
+    icon_model_agree_confidence: float = Field(0.6, ge=0, le=1, description="the same for icon crops")
     model_contradict_confidence: float = Field(
         0.6,
         ge=0,
@@ -158,6 +174,13 @@ class VotingSettings(CommonSettings):
     refresh_max_items: int = Field(
         5_000, ge=100, description="items one refresh decides at most (the rest wait for the next)"
     )
+    ocr_lone_text_tolerance: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="OCR: a lone correction is withheld when a known text is more like the raw text than it by more "
+        "than this (difflib similarity, 0..1; 1: off)",
+    )
     anchor_min_contributors: int = Field(
         3, ge=1, description="layout anchor grids a (build type, aspect) group needs before it is published"
     )
@@ -191,6 +214,8 @@ class VotingSettings(CommonSettings):
         common = dict(
             model_confirm=self.model_confirm,
             model_dissent=self.model_dissent,
+            model_override=self.model_override,
+            confirm_shared=self.confirm_shared,
             family_factor=self.family_factor,
             family_cap=self.family_cap,
             new_label_origins=self.new_label_origins,
@@ -206,7 +231,8 @@ class VotingSettings(CommonSettings):
             look_alike_second_voice=self.look_alike_second_voice,
             look_alike_model_voice=self.look_alike_model_voice,
             fresh_need_model=self.fresh_need_model,
-            **common,
+            **(common | {"model_agree_confidence": self.icon_model_agree_confidence}),
         )
         single = EvidenceParams(accept_score=self.single_voter_accept_score, **common)
-        return {"icon": icon, "knowledge": single, "ocr": single, "screen": single}
+        ocr = replace(single, lone_text_tolerance=self.ocr_lone_text_tolerance)
+        return {"icon": icon, "knowledge": single, "ocr": ocr, "screen": single}

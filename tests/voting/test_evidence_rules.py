@@ -324,3 +324,50 @@ def test_the_model_s_agreement_is_the_second_voice_on_a_look_alike_crop_unless_t
         prediction=agree,
     )
     assert voiced.accepted and voiced.label == "Phaser"
+
+
+def test_a_trusted_correction_of_the_client_model_outweighs_installs_clicking_its_guess_through():
+    params = EvidenceParams(model_dissent=0.0, model_override=0.5, confirm_shared=True)
+    # three installs confirmed the client model's guess (the look-alike twin); two trusted ones corrected it
+    clicked = [vote(i, "Torpedo", 0.9, guess="Torpedo") for i in "abc"]
+    corrected = [vote(i, "Phaser", 0.9, guess="Torpedo") for i in "de"]
+    decision = decide_item(clicked + corrected, known=KNOWN, params=params)
+    assert not decision.accepted and decision.reason == "contested"
+    assert decision.evidence["scores"] == {"Phaser": 2.7, "Torpedo": 3.15}  # 2 x 0.9 x 1.5; 3 x 0.9 + 0.45
+    # counted per vote, the same client model's one guess would have settled the twin's name
+    per_vote = decide_item(
+        clicked + corrected, known=KNOWN, params=EvidenceParams(confirm_shared=False, model_override=0.0)
+    )
+    assert per_vote.accepted and per_vote.label == "Torpedo"
+    # the correction bonus is earned: fresh installs (a swarm forging guesses to look like correctors) get none
+    fresh = decide_item([vote(i, "Mine", guess="Phaser") for i in "xy"], known=KNOWN, params=params)
+    assert fresh.evidence["scores"] == {"Mine": 0.7}
+    # one trusted correction alone: strong, yet one voice (it still needs the model or a second voice)
+    lone = decide_item([vote("d", "Phaser", 0.9, guess="Torpedo")], known=KNOWN, params=params)
+    assert lone.evidence["scores"] == {"Phaser": 1.35}
+
+
+def test_a_lone_ocr_correction_unlike_the_text_ocr_read_needs_a_second_voice():
+    params = EvidenceParams(accept_score=0.6, lone_text_tolerance=0.2)
+    known = {"Cruiser", "Battleship", "Carrier", "VIII", "VI"}
+    near = decide_item([vote("a", "Cruiser", 0.9)], known=known, params=params, read_text="CrUiser")
+    assert near.accepted
+    far = decide_item([vote("a", "Battleship", 0.9)], known=known, params=params, read_text="CrUiser")
+    assert (
+        not far.accepted
+        and "far from the text OCR read" in far.reason
+        and "'Cruiser' is nearer" in far.reason
+    )
+    # two voices of distinct origins settle it: the rule is about one voice
+    two = decide_item(
+        [vote("a", "Battleship", 0.9), vote("b", "Battleship", 0.9)],
+        known=known,
+        params=params,
+        read_text="CrUiser",
+    )
+    assert two.accepted and two.label == "Battleship"
+    # garbled short texts: the nearest known text is close too
+    tier = decide_item([vote("a", "VIII", 0.9)], known=known, params=params, read_text="V11I")
+    assert tier.accepted
+    off = EvidenceParams(accept_score=0.6, lone_text_tolerance=1.0)
+    assert decide_item([vote("a", "Battleship", 0.9)], known=known, params=off, read_text="CrUiser").accepted

@@ -22,9 +22,15 @@ share one voice per item: a voice's support for a label is its strongest install
 a cohort (installs that pushed the same labels onto the same settled items) share one voice too.
 
 **Evidence beyond voters.**
-- The client's model guess: a vote that confirms what the client model said weighs ``1 + model_confirm``
-  times; a vote against it adds ``model_dissent`` times the voter's weight to the model's label. A guess counts
-  only if it is a label the model can know (a known label): a client model cannot guess a label nobody has.
+- The client's model guess: the client model is one voice however many installs run it, so the votes that
+  confirm its guess share one confirmation (``model_confirm`` times the strongest confirmer's weight;
+  ``confirm_shared`` off: each weighs ``1 + model_confirm``). A trusted install's vote against the guess is a
+  deliberate correction and weighs ``1 + model_override`` (a fresh install's gets nothing: a troll forges the
+  guess it overrides); ``model_dissent`` times a dissenting vote's weight goes to the model's label. A guess
+  counts only if it is a label the model can know (a known label): a client model cannot guess a label nobody
+  has.
+- OCR (``lone_text_tolerance``): a lone correction much less like the raw text than a known text is waits for a
+  second voice (OCR garbles a few characters; a slip or a troll's name is unlike the text read).
 - The visual family (icons): votes on near-duplicate crops add ``family_factor`` of their voices' support,
   capped at ``family_cap``, to a label the item's own voters gave: a near-copy meets the original's votes, but
   a family never decides alone nor contests (different items can look alike: shared frames, rarity colours).
@@ -58,6 +64,7 @@ decision (gold) settles the item whatever the votes say. Everything else is with
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections import defaultdict
 from collections.abc import Collection, Sequence
@@ -105,7 +112,9 @@ def install_weight(counts: TrustCounts, params: TrustParams, *, banned: bool = F
 class EvidenceParams:
     accept_score: float = 1.0
     model_confirm: float = 0.5
-    model_dissent: float = 0.15
+    model_dissent: float = 0.0
+    model_override: float = 0.5
+    confirm_shared: bool = True
     family_factor: float = 0.5
     family_cap: float = 0.6
     new_label_origins: int = 3
@@ -118,6 +127,9 @@ class EvidenceParams:
     model_contradict_confidence: float = 0.6
     model_contradict_origins: int = 2
     model_unsure_confidence: float = 0.5
+    # OCR: a lone voice's correction must be about as close to the text OCR read as the nearest known text is
+    # (None: off)
+    lone_text_tolerance: float | None = None
 
 
 @dataclass(frozen=True)
@@ -170,8 +182,9 @@ def _voice_scores(
     """({label: voter score}, {label: model score}, model evidence) with one voice per origin or cohort."""
     by_voice: dict[tuple[str, str], float] = {}
     model_by_voice: dict[tuple[str, str], float] = {}
+    shared_confirm: dict[str, float] = {}  # label -> the client model's one voice for it
     confirmed = dissented = 0
-    confirm, dissent = 1 + params.model_confirm, params.model_dissent
+    dissent = params.model_dissent
     for vote in votes:
         weight = vote.weight
         if weight <= 0:
@@ -180,17 +193,25 @@ def _voice_scores(
         score = weight
         if guess is not None and guess in known:
             if guess == label:
-                score *= confirm
+                if params.confirm_shared:
+                    shared_confirm[label] = max(shared_confirm.get(label, 0.0), weight * params.model_confirm)
+                else:
+                    score *= 1 + params.model_confirm
                 confirmed += 1
             else:
-                slot = (vote.voice, guess)
-                model_by_voice[slot] = max(model_by_voice.get(slot, 0.0), weight * dissent)
+                if weight >= params.trusted_weight:  # a trusted install looked and corrected the client model
+                    score *= 1 + params.model_override
+                if dissent > 0:
+                    slot = (vote.voice, guess)
+                    model_by_voice[slot] = max(model_by_voice.get(slot, 0.0), weight * dissent)
                 dissented += 1
         slot = (vote.voice, label)
         if score > by_voice.get(slot, 0.0):
             by_voice[slot] = score
     scores: dict[str, float] = defaultdict(float)
     for (_, label), score in by_voice.items():
+        scores[label] += score
+    for label, score in shared_confirm.items():
         scores[label] += score
     model: dict[str, float] = defaultdict(float)
     for (_, label), score in model_by_voice.items():
@@ -209,6 +230,7 @@ def decide_item(
     cold_start: bool = False,
     prediction: ModelPrediction | None = None,
     model_version: str | None = None,
+    read_text: str | None = None,
 ) -> ItemDecision:
     """The decision on one item from its votes (already weighed), its visual family's votes, gold and the
     published model's ``prediction`` (``model_version``: the version published now, None when the kind has no
@@ -216,7 +238,8 @@ def decide_item(
 
     At a ``cold_start`` (no published model and no moderator has given the kind a label yet) nobody can have
     earned trust, so a new label needs ``new_label_origins`` distinct origins of any weight; the first release
-    or moderator decision ends it."""
+    or moderator decision ends it. ``read_text``: an OCR item's raw text (what OCR read), which a lone
+    correction must resemble about as well as the nearest known text does."""
     voters, model, model_evidence = _voice_scores(votes, known, params)
     family_raw: dict[str, float] = {}
     if family:
@@ -369,7 +392,33 @@ def decide_item(
             f"{usable.confidence:.2f}): needs a second"
         )
         return withheld(best, confidence, support, reason)
+    if support == 1 and read_text is not None and params.lone_text_tolerance is not None:
+        nearest = nearer_text(read_text, best, known, params.lone_text_tolerance)
+        if nearest is not None:
+            # OCR garbles a few characters: a lone correction to a text unlike what OCR read, while a known
+            # text is much more like it, is a slip or a troll's name
+            reason = (
+                f"one voice, and the correction is far from the text OCR read ({read_text!r}; {nearest!r} is "
+                f"nearer): needs a second"
+            )
+            return withheld(best, confidence, support, reason)
     if lone_look_alike and not (model_voice and agrees):
         reason = f"one voice on a crop that looks like another item ({look_alikes[0]}): needs a second"
         return withheld(best, confidence, support, reason)
     return ItemDecision(best, True, confidence, support, "accepted", establishes, evidence, wants_prediction)
+
+
+def text_similarity(a: str, b: str) -> float:
+    """0..1, case-insensitive (difflib's ratio: twice the matched characters over both lengths)."""
+    return difflib.SequenceMatcher(None, a.casefold(), b.casefold()).ratio()
+
+
+def nearer_text(read: str, label: str, known: Collection[str], tolerance: float) -> str | None:
+    """A known text more like ``read`` than ``label`` is by more than ``tolerance``, or None."""
+    floor = text_similarity(read, label) + tolerance + 1e-9
+    if floor > 1:
+        return None
+    others = [text for text in known if text != label]
+    by_folded = {text.casefold(): text for text in others}
+    nearest = difflib.get_close_matches(read.casefold(), list(by_folded), n=1, cutoff=floor)
+    return by_folded[nearest[0]] if nearest else None

@@ -47,7 +47,7 @@ def ballot_of(event: Contribution) -> Ballot:
             guess = event.model_guess or None
             return Ballot("icon", pixels, event.label, value, event.crop_sha256, event.png, guess, phash)
         case OcrCorrectionContributed():
-            key = f"{event.slot}{KEY_SEPARATOR}{event.raw_text}"
+            key = f"{event.slot}{KEY_SEPARATOR}{event.raw_text}"  # read back by ocr_read_text
             # the raw text is what the client's OCR read: a correction equal to it confirms it
             guess = event.raw_text or None
             return Ballot("ocr", key, event.corrected_text, None, event.crop_sha256, event.png, guess)
@@ -101,3 +101,8 @@ def batch_of(events: Sequence[Contribution]) -> BallotBatch:
         images={b.image_sha256: b.image for _, b in ballots if b.image_sha256 and b.image is not None},
         phashes={b.item_key: b.phash for _, b in ballots if b.item_kind == "icon" and b.phash},
     )
+
+
+def ocr_read_text(key: str) -> str:
+    """The raw text OCR read, from an OCR item's key (slot, separator, raw text)."""
+    return key.partition(KEY_SEPARATOR)[2]

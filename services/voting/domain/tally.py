@@ -20,6 +20,7 @@ from services.voting.domain.evidence import (
     decide_item,
     install_weight,
 )
+from services.voting.domain.items import ocr_read_text
 
 ESTIMATED_KINDS = ("icon", "knowledge", "screen", "ocr")
 ITEM_KINDS = (*ESTIMATED_KINDS, "anchor")
@@ -207,6 +208,7 @@ def decide(
             gold=inputs.gold.get(ref),
             prediction=inputs.predictions.get(ref),
             model_version=inputs.model_versions.get(MODEL_OF_KIND.get(kind, "")),
+            read_text=ocr_read_text(key) if kind == "ocr" else None,
         )
     return out
 
