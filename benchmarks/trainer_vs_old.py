@@ -457,7 +457,7 @@ def main() -> int:
         if row["case"] == "imprint":
             for one in row["imprints"]:
                 print(
-                    f"| imprint of {one['new_classes']} new items ({one['views']} views), {one['imprint_seconds']:.0f} s (then gate, files, publish: {sum(one['release_seconds'].values()):.0f} s) | ours | {row['classes']} | - | new {100 * one['new_top1']:.1f} %, others {100 * one['old_top1_before']:.1f} -> {100 * one['old_top1_after']:.1f} % ({one['old_items_down']} down) | {row['peak_rss_mb']:.0f} MB |"
+                    f"| imprint of {one['new_classes']} new items ({one['views']} views), {one['imprint_seconds']:.0f} s (then gate, files, publish: {sum(v for v in one['release_seconds'].values() if isinstance(v, float)):.0f} s) | ours | {row['classes']} | - | new {100 * one['new_top1']:.1f} %, others {100 * one['old_top1_before']:.1f} -> {100 * one['old_top1_after']:.1f} % ({one['old_items_down']} down) | {row['peak_rss_mb']:.0f} MB |"
                 )
         elif row["case"] == "continual":
             for run in row["runs"]:
