@@ -168,13 +168,17 @@ CLOCK = time.monotonic
 def parse_phases(text: str) -> tuple[Phase, ...]:
     phases = []
     for part in text.split(","):
-        size, share, batch = part.split(":")
-        phases.append(Phase(int(size), float(share), int(batch)))
+        size, share, batch, *scale = part.split(":")
+        phases.append(Phase(int(size), float(share), int(batch), learning_rate_scale=float(*scale or [1.0])))
     return tuple(phases)
 
 
 def phases_text(phases: tuple[Phase, ...]) -> str:
-    return ",".join(f"{p.size}:{p.share}:{p.batch_size}" for p in phases)
+    return ",".join(
+        f"{p.size}:{p.share}:{p.batch_size}"
+        + (f":{p.learning_rate_scale}" if p.learning_rate_scale != 1 else "")
+        for p in phases
+    )
 
 
 def run_case(args) -> dict:
@@ -387,7 +391,7 @@ def main() -> int:
         "--phases",
         type=parse_phases,
         default=None,
-        help="ours: another recipe's phases, SIZE:SHARE:BATCH,... (the service's: "
+        help="ours: another recipe's phases, SIZE:SHARE:BATCH[:LEARNING_RATE_SCALE],... (the service's: "
         + phases_text(ICON_CONFIG.phases)
         + "; the previous one: 64:0.8:32,224:1:16)",
     )

@@ -26,11 +26,8 @@ from services.trainer.training import Dataset, PublishedModel, augment, network
 MAX_OTHER_CROPS = 256  # crops of known classes the new rows are fitted against
 FIT_STEPS = 300
 VIEWS = 0  # augmented copies of each crop
-# The weight of known crops in a new row's fit. On a strong base model (98.3 % held-out on its 180 items; 20 new
-# items from 3 crops each; services/trainer/README.md, "Imprint releases"): 0.75 took 20 old items' held-out crops
-# (98.3 -> 87.2 %) and the gold gate refused the release; 0.95: new items 85 %, old 95.0 %; 0.97: 80 %, 96.1 %
-# (the gate passes); 0.98: 55 %, 96.7 %; 0.99: 40 %, unchanged. Those are without centring; centred (CENTRED):
-# 0.97 and 0.95: new 85 %, old 97.8 % (one item down); 0.9: 90 %, 93.3 %; 0.75: 95 %, 88.3 %.
+# The weight of known crops in a new row's fit, and whether rows are centred: measured on a strong base model in
+# services/trainer/README.md, "Imprint releases" (0.75 uncentred took 20 old items' crops; 0.97 centred one).
 PROTECT_KNOWN = 0.97
 CENTRED = True
 BATCH = 32
@@ -90,6 +87,8 @@ def imprint(published: PublishedModel, data: Dataset, seed: int = 0, views: int 
     crops = {}
     with torch.no_grad():
         unit = F.normalize(features, dim=1)
+        # the mean of every crop at hand, the new classes' too: where a snapshot knows few classes (the first
+        # releases) the known crops' mean is one class's, not the part all crops share
         common = unit.mean(0) if CENTRED else torch.zeros_like(unit[0])
         for label in new_classes:
             mine = torch.tensor([lab == label for lab in labels])

@@ -70,7 +70,10 @@ class VotingSettings(CommonSettings):
         3.0, ge=1, description="a vote judged against a moderator's decision counts this many times"
     )
     model_confirm: float = Field(
-        0.5, ge=0, description="a vote that confirms the client model's guess weighs 1 + this"
+        0.5,
+        ge=0,
+        description="the votes confirming the client model's guess add this times the strongest one's weight "
+        "(confirm_shared; otherwise each weighs 1 + this)",
     )
     model_dissent: float = Field(
         0.0,
@@ -80,8 +83,8 @@ class VotingSettings(CommonSettings):
     model_override: float = Field(
         0.5,
         ge=0,
-        description="a trusted install's vote against the client model's guess (a deliberate correction) weighs "
-        "1 + this",
+        description="trusted installs' votes against the client model's guess (deliberate corrections) add this "
+        "times the strongest one's weight to their label, once per label",
     )
     confirm_shared: bool = Field(
         True,

@@ -333,7 +333,8 @@ def test_a_trusted_correction_of_the_client_model_outweighs_installs_clicking_it
     corrected = [vote(i, "Phaser", 0.9, guess="Torpedo") for i in "de"]
     decision = decide_item(clicked + corrected, known=KNOWN, params=params)
     assert not decision.accepted and decision.reason == "contested"
-    assert decision.evidence["scores"] == {"Phaser": 2.7, "Torpedo": 3.15}  # 2 x 0.9 x 1.5; 3 x 0.9 + 0.45
+    # each side's bonus counts once: 2 x 0.9 + 0.45 against 3 x 0.9 + 0.45
+    assert decision.evidence["scores"] == {"Torpedo": 3.15, "Phaser": 2.25}
     # counted per vote, the same client model's one guess would have settled the twin's name
     per_vote = decide_item(
         clicked + corrected, known=KNOWN, params=EvidenceParams(confirm_shared=False, model_override=0.0)
@@ -342,9 +343,16 @@ def test_a_trusted_correction_of_the_client_model_outweighs_installs_clicking_it
     # the correction bonus is earned: fresh installs (a swarm forging guesses to look like correctors) get none
     fresh = decide_item([vote(i, "Mine", guess="Phaser") for i in "xy"], known=KNOWN, params=params)
     assert fresh.evidence["scores"] == {"Mine": 0.7}
-    # one trusted correction alone: strong, yet one voice (it still needs the model or a second voice)
-    lone = decide_item([vote("d", "Phaser", 0.9, guess="Torpedo")], known=KNOWN, params=params)
-    assert lone.evidence["scores"] == {"Phaser": 1.35}
+    # installs behind one origin correct with one voice, and one bonus
+    household = [vote(i, "Phaser", 0.9, voice="origin:home", guess="Torpedo") for i in "fgh"]
+    assert decide_item(household, known=KNOWN, params=params).evidence["scores"] == {"Phaser": 1.35}
+    # one trusted correction alone is accepted while no published model says otherwise ...
+    lone = [vote("d", "Phaser", 0.9, guess="Torpedo")]
+    assert decide_item(lone, known=KNOWN, params=params).accepted
+    # ... and withheld when the published model (not trained on the item) backs the guess it overrode
+    against = ModelPrediction("Torpedo", 0.7, "v1", trained_on=False)
+    held = decide_item(lone, known=KNOWN, params=params, prediction=against, model_version="v1")
+    assert not held.accepted and held.reason.startswith("the published model says Torpedo")
 
 
 def test_a_lone_ocr_correction_unlike_the_text_ocr_read_needs_a_second_voice():
@@ -371,3 +379,32 @@ def test_a_lone_ocr_correction_unlike_the_text_ocr_read_needs_a_second_voice():
     assert tier.accepted
     off = EvidenceParams(accept_score=0.6, lone_text_tolerance=1.0)
     assert decide_item([vote("a", "Battleship", 0.9)], known=known, params=off, read_text="CrUiser").accepted
+
+
+def test_the_refresh_gives_ocr_items_their_raw_text_and_each_kind_its_settings():
+    from services.voting.domain.tally import DecisionInputs, InstallTrust, decide
+    from services.voting.settings import VotingSettings
+
+    params = VotingSettings().evidence_params()
+    assert params["ocr"].lone_text_tolerance == 0.2
+    assert {
+        kind: params[kind].lone_text_tolerance for kind in ("icon", "knowledge", "screen")
+    } == dict.fromkeys(("icon", "knowledge", "screen"))
+    assert params["icon"].model_agree_confidence == 0.6
+    assert params["screen"].model_agree_confidence == params["knowledge"].model_agree_confidence == 0.8
+
+    def lone(raw: str, corrected: str):
+        ref = ("ocr", f"Ship Type\x1f{raw}")
+        inputs = DecisionInputs(
+            {ref: [StoredVote(*ref, "a", corrected, None, "net1")]},
+            {},
+            {"a": InstallTrust("a", 0.9)},
+            {},
+            {"ocr": {"Cruiser": "accepted", "Battleship": "accepted"}},
+            anchor_min_contributors=3,
+        )
+        return decide([ref], inputs, params, TRUST)[ref]
+
+    assert lone("CrUiser", "Cruiser").accepted
+    slip = lone("CrUiser", "Battleship")
+    assert not slip.accepted and "'Cruiser' is nearer" in slip.reason

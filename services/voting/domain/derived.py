@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from services.voting.domain.items import KEY_SEPARATOR
+from services.voting.domain.items import KEY_SEPARATOR, ocr_read_text
 
 ANCHOR_FIELDS = ("x0_rel", "y_rel", "w_rel", "h_rel", "step_rel")
 
@@ -16,7 +16,7 @@ def ocr_corrections(accepted: Mapping[str, str]) -> dict[str, str]:
     """{raw OCR text: corrected name} for accepted OCR items whose winning correction differs from the raw text."""
     corrections = {}
     for key, corrected in accepted.items():
-        raw = key.split(KEY_SEPARATOR, 1)[1]
+        raw = ocr_read_text(key)
         if corrected != raw:
             corrections[raw] = corrected
     return corrections

@@ -25,8 +25,8 @@ a cohort (installs that pushed the same labels onto the same settled items) shar
 - The client's model guess: the client model is one voice however many installs run it, so the votes that
   confirm its guess share one confirmation (``model_confirm`` times the strongest confirmer's weight;
   ``confirm_shared`` off: each weighs ``1 + model_confirm``). A trusted install's vote against the guess is a
-  deliberate correction and weighs ``1 + model_override`` (a fresh install's gets nothing: a troll forges the
-  guess it overrides); ``model_dissent`` times a dissenting vote's weight goes to the model's label. A guess
+  deliberate correction: the strongest such vote per label adds ``model_override`` times its weight (once, like
+  the confirmation; a fresh install's adds nothing: a troll forges the guess it overrides); ``model_dissent`` times a dissenting vote's weight goes to the model's label. A guess
   counts only if it is a label the model can know (a known label): a client model cannot guess a label nobody
   has.
 - OCR (``lone_text_tolerance``): a lone correction much less like the raw text than a known text is waits for a
@@ -183,6 +183,9 @@ def _voice_scores(
     by_voice: dict[tuple[str, str], float] = {}
     model_by_voice: dict[tuple[str, str], float] = {}
     shared_confirm: dict[str, float] = {}  # label -> the client model's one voice for it
+    shared_override: dict[
+        str, float
+    ] = {}  # label -> the strongest trusted correction of a client guess to it
     confirmed = dissented = 0
     dissent = params.model_dissent
     for vote in votes:
@@ -200,7 +203,11 @@ def _voice_scores(
                 confirmed += 1
             else:
                 if weight >= params.trusted_weight:  # a trusted install looked and corrected the client model
-                    score *= 1 + params.model_override
+                    # once per label, like the confirmation: the guess it overrides is the client's word, so a
+                    # pair of farmed installs forging guesses gains one bonus, not one each
+                    shared_override[label] = max(
+                        shared_override.get(label, 0.0), weight * params.model_override
+                    )
                 if dissent > 0:
                     slot = (vote.voice, guess)
                     model_by_voice[slot] = max(model_by_voice.get(slot, 0.0), weight * dissent)
@@ -211,8 +218,9 @@ def _voice_scores(
     scores: dict[str, float] = defaultdict(float)
     for (_, label), score in by_voice.items():
         scores[label] += score
-    for label, score in shared_confirm.items():
-        scores[label] += score
+    for bonus in (shared_confirm, shared_override):
+        for label, score in bonus.items():
+            scores[label] += score
     model: dict[str, float] = defaultdict(float)
     for (_, label), score in model_by_voice.items():
         model[label] += score
@@ -408,17 +416,23 @@ def decide_item(
     return ItemDecision(best, True, confidence, support, "accepted", establishes, evidence, wants_prediction)
 
 
-def text_similarity(a: str, b: str) -> float:
-    """0..1, case-insensitive (difflib's ratio: twice the matched characters over both lengths)."""
-    return difflib.SequenceMatcher(None, a.casefold(), b.casefold()).ratio()
-
-
 def nearer_text(read: str, label: str, known: Collection[str], tolerance: float) -> str | None:
-    """A known text more like ``read`` than ``label`` is by more than ``tolerance``, or None."""
-    floor = text_similarity(read, label) + tolerance + 1e-9
+    """A known text more like ``read`` than ``label`` is by more than ``tolerance``, or None. Similarity is
+    difflib's ratio (twice the matched characters over both lengths), case-insensitive, always measured as
+    (candidate, read), since the ratio can depend on the order; the cheap upper bounds skip most candidates."""
+    matcher = difflib.SequenceMatcher(None)
+    matcher.set_seq2(read.casefold())  # difflib caches what it learns about the second sequence
+    matcher.set_seq1(label.casefold())
+    floor = matcher.ratio() + tolerance + 1e-9
     if floor > 1:
         return None
-    others = [text for text in known if text != label]
-    by_folded = {text.casefold(): text for text in others}
-    nearest = difflib.get_close_matches(read.casefold(), list(by_folded), n=1, cutoff=floor)
-    return by_folded[nearest[0]] if nearest else None
+    best, best_text = floor, None
+    for text in known:
+        if text == label:
+            continue
+        matcher.set_seq1(text.casefold())
+        if matcher.real_quick_ratio() >= best and matcher.quick_ratio() >= best:
+            ratio = matcher.ratio()
+            if ratio >= best:
+                best, best_text = ratio, text
+    return best_text

@@ -31,6 +31,11 @@ class Ballot:
     phash: str | None = None  # icon crops: the perceptual hash (visual families)
 
 
+def ocr_read_text(key: str) -> str:
+    """The raw text OCR read, from an OCR item's key (slot, separator, raw text)."""
+    return key.partition(KEY_SEPARATOR)[2]
+
+
 def anchor_group(build_type: str, aspect: float | None) -> str:
     return f"{build_type}{KEY_SEPARATOR}{'none' if aspect is None else f'{aspect:.2f}'}"
 
@@ -101,8 +106,3 @@ def batch_of(events: Sequence[Contribution]) -> BallotBatch:
         images={b.image_sha256: b.image for _, b in ballots if b.image_sha256 and b.image is not None},
         phashes={b.item_key: b.phash for _, b in ballots if b.item_kind == "icon" and b.phash},
     )
-
-
-def ocr_read_text(key: str) -> str:
-    """The raw text OCR read, from an OCR item's key (slot, separator, raw text)."""
-    return key.partition(KEY_SEPARATOR)[2]
