@@ -336,8 +336,9 @@ def release_path_seconds(published, imprinted, data, gold_crops, gold_labels) ->
         margin=fields["quality_margin"].default,
         class_margin=fields["gold_class_margin"].default,
         min_class_examples=fields["gold_min_class_examples"].default,
+        known_margin=fields["gold_known_margin"].default,
     )
-    decision = gold_gate(mine, theirs, rule)
+    decision = gold_gate(mine, theirs, rule, published.classes)
     seconds["gate"] = ("published: " if decision.publish else "refused: ") + decision.reason
     started = time.monotonic()
     files = release.release_files([], data, outcome, None, format_trained_at(utc_now()))

@@ -418,8 +418,9 @@ class TrainingRunner:
             margin=self._settings.quality_margin,
             class_margin=self._settings.gold_class_margin,
             min_class_examples=self._settings.gold_min_class_examples,
+            known_margin=self._settings.gold_known_margin,
         )
-        return gold_gate(mine, theirs, rule)
+        return gold_gate(mine, theirs, rule, published.classes if published else None)
 
     async def _train(self, run: runs.Run, kind: str, data: Dataset, deadline: Deadline) -> ModelOutcome:
         """One model of the run in a worker thread, unless a checkpoint says it was trained already."""

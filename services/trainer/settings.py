@@ -21,6 +21,13 @@ class TrainerSettings(CommonSettings):
         le=1,
         description="gold-set accuracy one class may lose against the published model and still be published",
     )
+    gold_known_margin: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="gold-set accuracy the candidate may lose on the classes the published model knows too (a "
+        "release that adds classes must not pay for them with the old ones)",
+    )
     gold_min_class_examples: int = Field(
         3, ge=1, description="gold crops a class needs before the per-class rule judges it"
     )

@@ -99,6 +99,24 @@ def test_the_gold_gate_refuses_one_class_falling_past_its_margin_even_when_overa
     assert gold_gate(after, before, GoldRule(class_margin=0.7, min_class_examples=3)).publish
 
 
+def test_new_classes_right_on_gold_cannot_hide_what_the_old_classes_lost():
+    # one gold crop per class (too few for the per-class rule): the candidate adds New1 and New2 and gets them
+    # right, which the published model could not, while two of the eight old classes' crops go wrong
+    old = [f"Old{i}" for i in range(8)]
+    before = {label: (1, 1) for label in old} | {"New1": (0, 1), "New2": (0, 1)}
+    after = {label: (0 if label in ("Old0", "Old1") else 1, 1) for label in old} | {
+        "New1": (1, 1),
+        "New2": (1, 1),
+    }
+    assert gold_gate(after, before, GoldRule()).publish  # overall 0.8 against 0.8: the new crops hide it
+    decision = gold_gate(after, before, GoldRule(known_margin=0.02), known=old)
+    assert not decision.publish
+    assert "on the 8 classes the published model knows 0.750 vs 1.000" in decision.reason
+    assert gold_gate(after, before, GoldRule(known_margin=0.3), known=old).publish
+    one_lost = {label: (0 if label == "Old0" else 1, 1) for label in old} | {"New1": (1, 1)}
+    assert not gold_gate(one_lost, before, GoldRule(known_margin=0.1), known=old).publish  # 1 of 8: 0.125
+
+
 def test_gold_of_a_class_neither_model_knows_is_not_judged():
     gold = [
         GoldItem("icon", k, label, k, EVIDENCE) for k, label in (("a", "Mine"), ("b", "Beam"), ("c", "Old"))

@@ -124,6 +124,9 @@ class GoldRule:
     margin: float = 0.0  # overall accuracy the candidate may lose
     class_margin: float = 0.2  # accuracy one class may lose
     min_class_examples: int = 3  # classes with fewer gold examples are judged overall only
+    known_margin: float = (
+        0.02  # accuracy the candidate may lose on the gold crops of classes both models know
+    )
 
 
 @dataclass(frozen=True)
@@ -151,10 +154,18 @@ def overall(counts: ClassCounts) -> float | None:
     return sum(c for c, _ in counts.values()) / examples if examples else None
 
 
-def gold_gate(candidate: ClassCounts, published: ClassCounts | None, rule: GoldRule) -> GoldDecision:
+def gold_gate(
+    candidate: ClassCounts,
+    published: ClassCounts | None,
+    rule: GoldRule,
+    known: Collection[str] | None = None,
+) -> GoldDecision:
     """Candidate against published model on the same gold crops: refused when its overall accuracy falls by more
-    than ``rule.margin``, or any class with at least ``rule.min_class_examples`` gold crops falls by more than
-    ``rule.class_margin``. Without a published model or gold crops there is nothing to compare: passed."""
+    than ``rule.margin``, when on the crops of the classes both know (``known``: the published model's classes)
+    it falls by more than ``rule.known_margin`` (a release that adds classes gains their crops, which the
+    published model cannot get right, and could hide what the old classes lost, a few crops each), or any class
+    with at least ``rule.min_class_examples`` gold crops falls by more than ``rule.class_margin``. Without a
+    published model or gold crops there is nothing to compare: passed."""
     examples = sum(n for _, n in candidate.values())
     mine = overall(candidate)
     if published is None or not examples:
@@ -174,6 +185,24 @@ def gold_gate(candidate: ClassCounts, published: ClassCounts | None, rule: GoldR
         return GoldDecision(
             False, f"gold set: {scores}, below by more than {rule.margin}", mine, theirs, examples, fallen
         )
+    if known is not None:
+        shared = set(known) & set(candidate)
+        mine_known = overall({label: candidate[label] for label in shared})
+        theirs_known = overall({label: published[label] for label in shared if label in published})
+        if (
+            mine_known is not None
+            and theirs_known is not None
+            and mine_known + rule.known_margin < theirs_known
+        ):
+            return GoldDecision(
+                False,
+                f"gold set: {scores}; on the {len(shared)} classes the published model knows "
+                f"{mine_known:.3f} vs {theirs_known:.3f}, below by more than {rule.known_margin}",
+                mine,
+                theirs,
+                examples,
+                fallen,
+            )
     if fallen:
         worst = ", ".join(f"{label} {was:.2f} -> {now:.2f}" for label, (was, now) in list(fallen.items())[:5])
         return GoldDecision(
