@@ -45,7 +45,7 @@ from services.trainer.domain.client_path import icon_crop_64, icon_input  # noqa
 from services.trainer.domain.data import rendering_variants, variant_split  # noqa: E402
 from services.trainer.domain.gold import GoldRule, gold_gate  # noqa: E402
 from services.trainer.evaluation import client_predictions  # noqa: E402
-from services.trainer.imprint import VIEWS, imprint  # noqa: E402
+from services.trainer.imprint import PROTECT_KNOWN, VIEWS, imprint  # noqa: E402
 from services.trainer.models import ICON_HEAD, carry_over, icon_model  # noqa: E402
 from services.trainer.settings import TrainerSettings  # noqa: E402
 from services.trainer.training import (  # noqa: E402
@@ -290,15 +290,20 @@ def imprint_case(args, harder: bool) -> dict:
     held_images = torch.from_numpy(np.stack(held_crops)).permute(0, 3, 1, 2).contiguous()
     before = answers(model, published.classes, old)
     results = []
-    for views in args.imprint_views:  # the same base model, imprinted each way
+    ways = [(views, protect) for views in args.imprint_views for protect in args.imprint_protect]
+    for views, protect in ways:  # the same base model, imprinted each way
         started = time.monotonic()
-        imprinted = imprint(published, data, views=views)
+        imprinted = imprint(
+            published, data, views=views, protect_known=protect, centred=not args.imprint_uncentred
+        )
         seconds = time.monotonic() - started
         after = network("icon", imprinted.classes, imprinted.state)
         old_after = answers(after, imprinted.classes, old)
         results.append(
             {
                 "views": views,
+                "protect_known": protect,
+                "centred": not args.imprint_uncentred,
                 "new_classes": len(imprinted.new_classes),
                 "imprint_seconds": seconds,
                 "release_seconds": release_path_seconds(published, imprinted, data, held_crops, held_labels),
@@ -382,6 +387,19 @@ def main() -> int:
         f"service's: {VIEWS})",
     )
     parser.add_argument(
+        "--imprint-protect",
+        type=float,
+        nargs="+",
+        default=[PROTECT_KNOWN],
+        help=f"imprint: the weight of known crops in a new row's fit, one imprint per value (the service's: "
+        f"{PROTECT_KNOWN})",
+    )
+    parser.add_argument(
+        "--imprint-uncentred",
+        action="store_true",
+        help="imprint: rows along the class's mean embedding, not centred on the mean of all crops at hand",
+    )
+    parser.add_argument(
         "--first-run",
         default=None,
         help="continual: a file for the first run's model (from scratch, the same whatever the fine-tuning "
@@ -442,6 +460,9 @@ def main() -> int:
             str(args.threads),
         ]
         command += ["--clock", args.clock, "--imprint-views", *[str(v) for v in args.imprint_views]]
+        command += ["--imprint-protect", *[str(v) for v in args.imprint_protect]]
+        if args.imprint_uncentred:
+            command.append("--imprint-uncentred")
         if args.first_run:
             command += ["--first-run", args.first_run]
         for option, phases in (("--phases", args.phases), ("--fine-tune-phases", args.fine_tune_phases)):
@@ -462,7 +483,7 @@ def main() -> int:
         if row["case"] == "imprint":
             for one in row["imprints"]:
                 print(
-                    f"| imprint of {one['new_classes']} new items ({one['views']} views), {one['imprint_seconds']:.0f} s (then gate, files, publish: {sum(v for v in one['release_seconds'].values() if isinstance(v, float)):.0f} s) | ours | {row['classes']} | - | new {100 * one['new_top1']:.1f} %, others {100 * one['old_top1_before']:.1f} -> {100 * one['old_top1_after']:.1f} % ({one['old_items_down']} down) | {row['peak_rss_mb']:.0f} MB |"
+                    f"| imprint of {one['new_classes']} new items ({one['views']} views, known crops {one['protect_known']}{'' if one['centred'] else ', uncentred'}), {one['imprint_seconds']:.0f} s (then gate, files, publish: {sum(v for v in one['release_seconds'].values() if isinstance(v, float)):.0f} s) | ours | {row['classes']} | - | new {100 * one['new_top1']:.1f} %, others {100 * one['old_top1_before']:.1f} -> {100 * one['old_top1_after']:.1f} % ({one['old_items_down']} down) | {row['peak_rss_mb']:.0f} MB |"
                 )
         elif row["case"] == "continual":
             for run in row["runs"]:

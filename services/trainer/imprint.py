@@ -27,7 +27,8 @@ MAX_OTHER_CROPS = 256  # crops of known classes the new rows are fitted against
 FIT_STEPS = 300
 VIEWS = 0  # augmented copies of each crop
 # The weight of known crops in a new row's fit, and whether rows are centred: measured on a strong base model in
-# services/trainer/README.md, "Imprint releases" (0.75 uncentred took 20 old items' crops; 0.97 centred one).
+# services/trainer/README.md, "Imprint releases" (0.75 uncentred took 20 old items' crops; 0.97 centred one;
+# benchmarks/trainer_vs_old.py --imprint-protect ... [--imprint-uncentred] tries others).
 PROTECT_KNOWN = 0.97
 CENTRED = True
 BATCH = 32
@@ -64,10 +65,17 @@ def augmented_views(images: torch.Tensor, indices: Sequence[int], views: int, se
     return augment(crops, generator).mul(255).round().to(torch.uint8)
 
 
-def imprint(published: PublishedModel, data: Dataset, seed: int = 0, views: int = VIEWS) -> Imprinted:
+def imprint(
+    published: PublishedModel,
+    data: Dataset,
+    seed: int = 0,
+    views: int = VIEWS,
+    protect_known: float = PROTECT_KNOWN,
+    centred: bool = CENTRED,
+) -> Imprinted:
     """The published icon model with a row for every class of ``data`` it does not know (blocking). Each crop
     counts with ``views`` augmented copies of it, the known classes' crops too (the new rows are fitted not to
-    take their degraded crops)."""
+    take their degraded crops); ``protect_known`` and ``centred``: see ``_fit_row`` and the module's text."""
     new_classes = sorted(set(data.labels) - set(published.classes))
     classes = sorted(set(published.classes) | set(new_classes))
     model = network("icon", classes)
@@ -89,11 +97,11 @@ def imprint(published: PublishedModel, data: Dataset, seed: int = 0, views: int 
         unit = F.normalize(features, dim=1)
         # the mean of every crop at hand, the new classes' too: where a snapshot knows few classes (the first
         # releases) the known crops' mean is one class's, not the part all crops share
-        common = unit.mean(0) if CENTRED else torch.zeros_like(unit[0])
+        common = unit.mean(0) if centred else torch.zeros_like(unit[0])
         for label in new_classes:
             mine = torch.tensor([lab == label for lab in labels])
             direction = F.normalize(unit[mine].mean(0) - common, dim=0)
-            length, bias = _fit_row(features @ direction, best_known, mine)
+            length, bias = _fit_row(features @ direction, best_known, mine, protect_known)
             head.weight[classes.index(label)] = length * direction
             head.bias[classes.index(label)] = bias
             crops[label] = int(mine.sum()) // (1 + views)
@@ -102,18 +110,18 @@ def imprint(published: PublishedModel, data: Dataset, seed: int = 0, views: int 
 
 
 def _fit_row(
-    projection: torch.Tensor, competitor: torch.Tensor, positive: torch.Tensor
+    projection: torch.Tensor, competitor: torch.Tensor, positive: torch.Tensor, protect_known: float
 ) -> tuple[float, float]:
     """Length and bias of a row along a fixed direction: its logit ``length * projection + bias`` should beat
     ``competitor`` (the best known row's logit) on the positive crops and lose to it on the others; a logistic
-    fit in which the others weigh ``PROTECT_KNOWN`` of the total (a known class answered wrongly costs more than
+    fit in which the others weigh ``protect_known`` of the total (a known class answered wrongly costs more than
     a new one not recognised yet: the full training follows)."""
     scale = float(projection.std().clamp(min=1e-6))
     z = (projection - projection.mean()) / scale
     weight = torch.where(
         positive,
-        (1 - PROTECT_KNOWN) / positive.sum().clamp(min=1),
-        PROTECT_KNOWN / (~positive).sum().clamp(min=1),
+        (1 - protect_known) / positive.sum().clamp(min=1),
+        protect_known / (~positive).sum().clamp(min=1),
     )
     a = torch.zeros((), requires_grad=True)
     b = torch.zeros((), requires_grad=True)

@@ -124,9 +124,8 @@ class GoldRule:
     margin: float = 0.0  # overall accuracy the candidate may lose
     class_margin: float = 0.2  # accuracy one class may lose
     min_class_examples: int = 3  # classes with fewer gold examples are judged overall only
-    known_margin: float = (
-        0.02  # accuracy the candidate may lose on the gold crops of classes both models know
-    )
+    # accuracy the candidate may lose on the gold crops of the classes both models know
+    known_margin: float = 0.02
 
 
 @dataclass(frozen=True)

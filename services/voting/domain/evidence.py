@@ -26,9 +26,9 @@ a cohort (installs that pushed the same labels onto the same settled items) shar
   confirm its guess share one confirmation (``model_confirm`` times the strongest confirmer's weight;
   ``confirm_shared`` off: each weighs ``1 + model_confirm``). A trusted install's vote against the guess is a
   deliberate correction: the strongest such vote per label adds ``model_override`` times its weight (once, like
-  the confirmation; a fresh install's adds nothing: a troll forges the guess it overrides); ``model_dissent`` times a dissenting vote's weight goes to the model's label. A guess
-  counts only if it is a label the model can know (a known label): a client model cannot guess a label nobody
-  has.
+  the confirmation; a fresh install's adds nothing: a troll forges the guess it overrides); ``model_dissent``
+  times a dissenting vote's weight goes to the model's label. A guess counts only if it is a label the model can
+  know (a known label): a client model cannot guess a label nobody has.
 - OCR (``lone_text_tolerance``): a lone correction much less like the raw text than a known text is waits for a
   second voice (OCR garbles a few characters; a slip or a troll's name is unlike the text read).
 - The visual family (icons): votes on near-duplicate crops add ``family_factor`` of their voices' support,
@@ -183,9 +183,8 @@ def _voice_scores(
     by_voice: dict[tuple[str, str], float] = {}
     model_by_voice: dict[tuple[str, str], float] = {}
     shared_confirm: dict[str, float] = {}  # label -> the client model's one voice for it
-    shared_override: dict[
-        str, float
-    ] = {}  # label -> the strongest trusted correction of a client guess to it
+    # label -> the strongest trusted correction of a client guess to it
+    shared_override: dict[str, float] = {}
     confirmed = dissented = 0
     dissent = params.model_dissent
     for vote in votes:
