@@ -388,7 +388,8 @@ SELECT count(*) FROM icons
 # The published model's predictions: a row per item voting asked about; the answer fills it in and queues the
 # item. Kept per item (the latest answer), so a refresh reads one row per item it decides.
 _PREDICTIONS_OF = """
-SELECT p.item_kind, p.item_key, p.label, p.confidence, p.model_version, p.trained_on
+SELECT p.item_kind, p.item_key, p.label, p.confidence, p.model_version, p.trained_on,
+       p.independent_label, p.independent_confidence, p.independent_version
 FROM model_predictions p JOIN unnest($1::text[], $2::text[]) AS r(kind, key)
   ON p.item_kind = r.kind AND p.item_key = r.key
 WHERE p.model_version IS NOT NULL
@@ -422,11 +423,20 @@ SELECT item_kind, item_key, image_sha256 FROM due ORDER BY 1, 2
 _STORE_PREDICTIONS = f"""
 WITH written AS (
     INSERT INTO model_predictions AS p
-        (item_kind, item_key, model_version, label, confidence, trained_on, predicted_at)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::bool[], $7::timestamptz[])
+        (item_kind, item_key, model_version, label, confidence, trained_on, predicted_at,
+         independent_version, independent_label, independent_confidence)
+    SELECT kind, key, version, label, confidence, trained_on, at,
+           CASE WHEN independent THEN version END, CASE WHEN independent THEN label END,
+           CASE WHEN independent THEN confidence END
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::bool[], $7::timestamptz[])
+        AS a(kind, key, version, label, confidence, trained_on, at)
+    CROSS JOIN LATERAL (SELECT NOT a.trained_on AND a.label IS NOT NULL AS independent) i
     ON CONFLICT (item_kind, item_key) DO UPDATE
     SET model_version = excluded.model_version, label = excluded.label, confidence = excluded.confidence,
-        trained_on = excluded.trained_on, predicted_at = excluded.predicted_at
+        trained_on = excluded.trained_on, predicted_at = excluded.predicted_at,
+        independent_version = coalesce(excluded.independent_version, p.independent_version),
+        independent_label = coalesce(excluded.independent_label, p.independent_label),
+        independent_confidence = coalesce(excluded.independent_confidence, p.independent_confidence)
     WHERE p.predicted_at IS NULL OR p.predicted_at <= excluded.predicted_at
     RETURNING p.item_kind, p.item_key
 ), queued AS (
@@ -699,7 +709,8 @@ SELECT label, moderator, note, decided_at FROM moderator_decisions
 WHERE item_kind = $1 AND item_key = $2 ORDER BY decided_at, id
 """
 _EXPLAIN_PREDICTION = """
-SELECT model_version, label, confidence, trained_on, predicted_at, requested_version, requested_at
+SELECT model_version, label, confidence, trained_on, predicted_at, requested_version, requested_at,
+       independent_version, independent_label, independent_confidence
 FROM model_predictions WHERE item_kind = $1 AND item_key = $2
 """
 _EXPLAIN_FAMILY = """
@@ -1004,7 +1015,14 @@ class PostgresRefresh:
             return {}
         rows = await (await self._raw()).fetch(_PREDICTIONS_OF, *_unzip(refs))
         return {
-            (row[0], row[1]): ModelPrediction(row[2], row[3] or 0.0, row[4], bool(row[5])) for row in rows
+            (row[0], row[1]): ModelPrediction(
+                row[2],
+                row[3] or 0.0,
+                row[4],
+                bool(row[5]),
+                None if row[8] is None else ModelPrediction(row[6], row[7] or 0.0, row[8], False),
+            )
+            for row in rows
         }
 
     async def request_predictions(

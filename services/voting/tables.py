@@ -198,7 +198,7 @@ consensus = Table(
 )
 
 # The published model's prediction on an item (the trainer's ``model.predicted``), and voting's request for it:
-# a row exists once voting asked; the prediction fills it in. Evidence only when the model did not train on it.
+# a row exists once voting asked; the prediction fills it in. Evidence only from a model that did not train on it.
 model_predictions = Table(
     "model_predictions",
     metadata,
@@ -211,6 +211,10 @@ model_predictions = Table(
     Column("confidence", Float),
     Column("trained_on", Boolean),
     Column("predicted_at", DateTime(timezone=True)),
+    # the latest prediction from a version that had not trained on the item: its evidence once one has
+    Column("independent_version", String(64)),
+    Column("independent_label", Text),
+    Column("independent_confidence", Float),
     CheckConstraint("item_kind IN ('icon', 'knowledge', 'screen')", name="predicted_kind"),
     CheckConstraint("confidence IS NULL OR (confidence >= 0 AND confidence <= 1)", name="confidence_range"),
 )

@@ -199,6 +199,26 @@ def test_one_fresh_vote_the_published_model_agrees_with_settles_a_known_label():
     assert not alone.accepted and alone.label is None
 
 
+def test_once_a_release_trained_on_the_item_the_version_before_it_still_vouches():
+    honest = [vote("a", "Phaser", guess="Phaser")]
+    before = predicted("Phaser", 0.9, version="v2")
+    trained = ModelPrediction("Phaser", 0.99, VERSION, True, independent=before)
+    decision = decide_item(honest, known=KNOWN, params=PARAMS, model_version=VERSION, prediction=trained)
+    assert decision.accepted and decision.evidence["published_model"]["independent"]["version"] == "v2"
+    # an unsure or trained-on earlier answer is no vouch; the newest answer still contradicts
+    for earlier in (
+        predicted("Phaser", 0.5, version="v2"),
+        predicted("Phaser", version="v2", trained_on=True),
+    ):
+        latest = ModelPrediction("Phaser", 0.99, VERSION, True, independent=earlier)
+        assert not decide_item(
+            honest, known=KNOWN, params=PARAMS, model_version=VERSION, prediction=latest
+        ).accepted
+    against = ModelPrediction("Torpedo", 0.9, VERSION, True, independent=before)
+    contradicted = decide_item(honest, known=KNOWN, params=PARAMS, model_version=VERSION, prediction=against)
+    assert not contradicted.accepted and contradicted.reason.startswith("the published model says Torpedo")
+
+
 def test_a_new_label_stays_held_back_whatever_the_model_says():
     planted = [vote(i, "Planted", guess="Planted") for i in "ab"]
     decision = decide_item(

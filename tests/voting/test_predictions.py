@@ -110,6 +110,42 @@ async def test_a_model_that_trained_on_the_item_does_not_vouch_for_it(voting, en
     assert (await decided(engine, 1)).status == "withheld"
 
 
+async def test_the_model_that_judged_the_item_before_training_on_it_keeps_vouching(voting, engine):
+    await publish(engine, "v1", 1)
+    await voting.service.handle([vote("a", 1, "Item 1", model_guess="Item 1")])
+    await voting.refresher.refresh()
+    await voting.service.handle([answer("v1", 1, "Item 1", 0.97)])
+    await voting.refresher.refresh()
+    assert (await decided(engine, 1)).status == "accepted"
+    # v2 trained on the accepted item: its agreement is no evidence, v1's still is
+    await publish(engine, "v2", 2)
+    await voting.service.handle([answer("v2", 1, "Item 1", 0.99, trained_on=True)])
+    await voting.refresher.refresh()
+    assert (await decided(engine, 1)).status == "accepted"
+    async with engine.connect() as connection:
+        kept = (
+            await connection.execute(
+                text(
+                    "SELECT model_version, trained_on, independent_version, independent_label, "
+                    "independent_confidence FROM model_predictions WHERE item_key = :k"
+                ),
+                {"k": key(1)},
+            )
+        ).one()
+    assert tuple(kept) == ("v2", True, "v1", "Item 1", 0.97)
+    # a later version that trained on it and learned another label still contradicts
+    await publish(engine, "v3", 3)
+    await voting.service.handle([answer("v3", 1, "Item 4", 0.9, trained_on=True)])
+    await voting.refresher.refresh()
+    row = await decided(engine, 1)
+    assert (row.status, row.reason[:36]) == ("withheld", "the published model says Item 4 (0.9")
+    assert row.evidence["published_model"]["independent"] == {
+        "label": "Item 1",
+        "confidence": 0.97,
+        "version": "v1",
+    }
+
+
 async def test_a_swarm_with_forged_guesses_waits_for_the_model_and_its_contradiction_holds(voting, engine):
     await publish(engine, "v1", 1)
     swarm = [vote(f"sybil{n}", 3, "Item 9", model_guess="Item 9") for n in range(5)]

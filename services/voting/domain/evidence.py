@@ -39,7 +39,9 @@ a cohort (installs that pushed the same labels onto the same settled items) shar
 
 **The published model's prediction** (icons, knowledge crops, screenshots): computed by the trainer on the
 server, so no client can forge it, and counted only from a model version that did not train on the item (a
-label never vouches for itself). It is asked for only where it can matter: items whose leading label fewer
+label never vouches for itself). Once a release has trained on the item, the latest prediction of a version
+that had not is what counts for agreement (kept beside the newest), so an accepted lone vote does not lose its
+second voice by being trained on. It is asked for only where it can matter: items whose leading label fewer
 than ``model_contradict_origins`` trusted installs back.
 - It agrees (same known label, confidence >= ``model_agree_confidence``) and the item's own voters gave that
   label: it adds ``model_support``, so one fresh install's vote (with the client model's confirmation) is enough
@@ -140,9 +142,19 @@ class ModelPrediction:
     confidence: float
     version: str
     trained_on: bool  # the version's training snapshot held the item: no evidence for its label
+    # the latest prediction on the item from a version that had not trained on it (None: none yet)
+    independent: ModelPrediction | None = None
 
     def usable(self) -> bool:
         return not self.trained_on and self.label is not None
+
+    def evidence(self) -> ModelPrediction | None:
+        """The prediction that counts as evidence for a label: this one if its version never saw the item, else
+        the latest one that did not; once a release has trained on an accepted item, the model that judged it
+        before keeps vouching, while the new one can still contradict (``decide``)."""
+        if self.usable():
+            return self
+        return self.independent if self.independent is not None and self.independent.usable() else None
 
 
 @dataclass(frozen=True)
@@ -281,7 +293,7 @@ def decide_item(
     }
     for label in held_back:
         del totals[label]
-    usable = prediction if prediction is not None and prediction.usable() else None
+    usable = prediction.evidence() if prediction is not None else None
     agrees = (
         usable is not None
         and usable.label in voters
@@ -332,6 +344,12 @@ def decide_item(
             "trained_on": prediction.trained_on,
             "agrees": agrees,
         }
+        if usable is not None and usable is not prediction:
+            evidence["published_model"]["independent"] = {
+                "label": usable.label,
+                "confidence": round(usable.confidence, 4),
+                "version": usable.version,
+            }
 
     def withheld(label: str | None, confidence: float, support: int, reason: str) -> ItemDecision:
         return ItemDecision(label, False, confidence, support, reason, False, evidence, wants_prediction)
