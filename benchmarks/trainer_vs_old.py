@@ -193,6 +193,10 @@ def run_case(args) -> dict:
         ICON_CONFIG = dataclasses.replace(ICON_CONFIG, fine_tune_phases=args.fine_tune_phases)
     if args.learning_rate:
         ICON_CONFIG = dataclasses.replace(ICON_CONFIG, learning_rate=args.learning_rate)
+    if args.distil is not None:
+        ICON_CONFIG = dataclasses.replace(
+            ICON_CONFIG, distil_weight=args.distil[0], distil_temperature=args.distil[1]
+        )
     if args.case == "memory":
         train, _ = hard_dataset(range(3000), seed=args.seed)
         items = [item for _, item in train]
@@ -428,6 +432,15 @@ def main() -> int:
         default=None,
         help=f"ours, from scratch: the peak learning rate (the service's: {ICON_CONFIG.learning_rate})",
     )
+    parser.add_argument(
+        "--distil",
+        type=float,
+        nargs=2,
+        metavar=("WEIGHT", "TEMPERATURE"),
+        default=None,
+        help=f"ours: distillation from the best model so far into the phases at other sizes (the service's: "
+        f"{ICON_CONFIG.distil_weight} {ICON_CONFIG.distil_temperature}; 0: off)",
+    )
     args = parser.parse_args()
     if args.case:
         result = run_case(args)
@@ -470,6 +483,8 @@ def main() -> int:
                 command += [option, phases_text(phases)]
         if args.learning_rate:
             command += ["--learning-rate", str(args.learning_rate)]
+        if args.distil is not None:
+            command += ["--distil", *[str(v) for v in args.distil]]
         output = (
             subprocess.run(command, capture_output=True, text=True, check=True)
             .stdout.strip()

@@ -9,7 +9,7 @@ from services.trainer.domain.budget import Deadline, quality_gate
 from services.trainer.domain.data import select_screens, stratified_split
 from services.trainer.evaluation import score
 from services.trainer.models import ICON_HEAD, carry_over, icon_model, load_initial_weights
-from services.trainer.training import Dataset, Phase, TrainConfig, evaluate, fit
+from services.trainer.training import Dataset, Phase, TrainConfig, distillation_loss, evaluate, fit
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -155,6 +155,47 @@ def test_a_run_fine_tuning_a_published_model_trains_at_its_own_phases():
         return [(r.phase, r.size) for r in result.history]
 
     assert sizes(False) == [(0, 16), (1, 32)] and sizes(True) == [(0, 32), (0, 32)]
+
+
+def test_distillation_loss_is_zero_when_the_student_says_what_the_teacher_says():
+    teacher = torch.tensor([[4.0, 1.0, -2.0], [0.0, 3.0, 0.5]])
+    assert float(distillation_loss(teacher.clone(), teacher, 2.0)) == pytest.approx(0.0, abs=1e-6)
+    near, far = teacher + torch.tensor([0.5, 0.0, 0.0]), teacher.flip(1)
+    assert 0 < float(distillation_loss(near, teacher, 2.0)) < float(distillation_loss(far, teacher, 2.0))
+    # scaled by the temperature's square: softer targets do not shrink the gradient to nothing
+    assert float(distillation_loss(far, teacher, 4.0)) > 0.5 * float(distillation_loss(far, teacher, 1.0))
+
+
+def test_the_best_model_of_a_smaller_size_teaches_the_next_phase():
+    def run(distil_weight: float) -> tuple[list[tuple[int, int, float]], list[dict]]:
+        clock = EpochsOfThreeSeconds()
+        bundles: list[dict] = []
+        config = TrainConfig(
+            phases=(Phase(16, 0.5, 8), Phase(32, 1.0, 8)), min_epoch_images=16, distil_weight=distil_weight
+        )
+        torch.manual_seed(0)  # the same initial weights in both runs
+        result = fit(
+            tiny_model(4),
+            random_crops(24),
+            torch.arange(24) % 4,
+            list(range(16)),
+            list(range(16, 24)),
+            config,
+            Deadline(6.0, clock=clock),
+            on_epoch=clock.on_epoch,
+            on_checkpoint=bundles.append,
+            checkpoint_seconds=0.0,
+        )
+        return [(r.phase, r.size, r.train_loss) for r in result.history], bundles
+
+    plain, plain_bundles = run(0.0)
+    taught, bundles = run(1.0)
+    assert [r[:2] for r in taught] == [r[:2] for r in plain] == [(0, 16), (1, 32)]
+    assert taught[0] == plain[0]  # the first phase has no teacher
+    assert taught[1][2] != plain[1][2]  # the second learns from the first phase's best as well as the labels
+    assert bundles[0]["teacher"] is None and plain_bundles[1]["teacher"] is None
+    teacher = bundles[1]["teacher"]  # carried in the checkpoint, so a resumed phase keeps its teacher
+    assert teacher["size"] == 16 and set(teacher["state"]) == set(tiny_model(4).state_dict())
 
 
 def test_the_best_state_is_kept_not_the_last():
