@@ -317,33 +317,32 @@ def test_the_model_s_agreement_is_the_second_voice_on_a_look_alike_crop_unless_t
     lone = [vote("t", "Phaser", 0.9, guess="Phaser")]
     family = [vote("x", "Mine", 0.9), vote("y", "Mine", 0.9)]
     agree = predicted("Phaser", 0.9)
-    strict = decide_item(
-        lone,
-        known=KNOWN,
-        params=EvidenceParams(look_alike_model_voice=False),
-        family=family,
-        family_items=1,
-        model_version=VERSION,
-        prediction=agree,
-    )
+
+    def on_look_alike(votes, params=PARAMS, prediction=agree):  # PARAMS: the default, lenient
+        return decide_item(
+            votes,
+            known=KNOWN,
+            params=params,
+            family=family,
+            family_items=1,
+            model_version=VERSION,
+            prediction=prediction,
+        )
+
+    strict = on_look_alike(lone, EvidenceParams(look_alike_model_voice=False))
     assert not strict.accepted and strict.reason.startswith(
         "one voice on a crop that looks like another item"
     )
-    lenient = PARAMS  # the default
-    asks = decide_item(
-        lone, known=KNOWN, params=lenient, family=family, family_items=1, model_version=VERSION
-    )
+    asks = on_look_alike(lone, prediction=None)
     assert not asks.accepted and asks.wants_prediction  # a trusted voter's look-alike crop is asked about too
-    voiced = decide_item(
-        lone,
-        known=KNOWN,
-        params=lenient,
-        family=family,
-        family_items=1,
-        model_version=VERSION,
-        prediction=agree,
-    )
+    voiced = on_look_alike(lone)
     assert voiced.accepted and voiced.label == "Phaser"
+    # not for an untrusted install: naming the look-alike twin, which the model half-believes, with a forged
+    # client guess is how a farmed or fresh install would plant it
+    planted = on_look_alike([vote("f", "Phaser", guess="Phaser")])
+    assert not planted.accepted and planted.reason.startswith(
+        "one voice on a crop that looks like another item"
+    )
 
 
 def test_a_trusted_correction_of_the_client_model_outweighs_installs_clicking_its_guess_through():

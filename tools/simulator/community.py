@@ -18,7 +18,9 @@ What it draws (all seeded; times are a fraction ``t`` of a 30-day window):
   of another client build: other compress level, RGBA, an extra chunk; new ``crop_sha256``, same
   ``pixels_sha256``): each install's client build encodes its crops one way.
 - **Attacks**: spammers (random labels on every kind); a **farming group** that votes correctly on settled
-  items, then flips every base crop of a few settled, less popular items; **fresh-install swarms** of 2, 5 and
+  items, then flips every base crop of a few settled, less popular items, and labels near-copies of known items
+  nobody labelled with their look-alike twin's name, each member alone on its own, every client guess of both
+  forged to the wrong label; **fresh-install swarms** of 2, 5 and
   10 installs, from one origin and from as many, each planting its own ``Sybil Planted Label <k>`` on
   re-encodings of settled crops, or on crops nobody labelled (near-copies of settled crops, and base crops no
   one had voted on yet); their clients' model guess is honest, except a share forged to the planted label; an
@@ -103,6 +105,10 @@ class CommunitySpec:
     group_size: int = 5
     group_clean_votes: int = 30
     farmed_items: int = 4
+    farming_forges_guesses: bool = (
+        True  # the farming group's flips carry client guesses forged to their label
+    )
+    farmed_new_crops: int = 3  # per member: near-copies nobody labelled, labelled alone with a forged guess
     swarm_crops: int = 5  # crops each of the 12 swarms plants on
     forged_guess_share: float = 0.2  # swarm votes whose client forged model_guess to the planted label
     ocr_attackers: int = 3
@@ -629,6 +635,7 @@ class _Builder:
 
     def farming_group(self) -> None:
         spec, rng = self.spec, self.rng
+        forged = (lambda wrong: wrong) if spec.farming_forges_guesses else (lambda wrong: None)
         settled_early = self.settled_crops(0.35, 3)
         early = sorted(settled_early, key=lambda i: -self.popularity[i])
         popular = early[: max(spec.group_clean_votes, len(early) // 2)]
@@ -647,9 +654,31 @@ class _Builder:
             wrong = self.names[self.twin.get(item, self._other(item, rng))]
             for crop in self.variants[item]:
                 for install in group:
-                    sha = self.icon_vote(float(rng.uniform(0.9, 0.92)), install, crop, 0, wrong, guess=None)
+                    sha = self.icon_vote(
+                        float(rng.uniform(0.9, 0.92)), install, crop, 0, wrong, guess=forged(wrong)
+                    )
                     if sha:
                         self.attacked[ICON][sha] = "farming"
+
+    def farmed_new_crops(self) -> None:
+        """The farming group, trusted by now, labels near-copies of known items nobody labelled with their
+        look-alike twin's name (another item's where there is none), each member alone on its own crops and
+        every client guess forged to that name: single trusted votes, the model guess confirming them."""
+        spec, group = self.spec, [i for i, role in self.roles.items() if role == "farming"]
+        if not spec.farmed_new_crops:
+            return
+        rng = np.random.default_rng(
+            (spec.seed, 1701)
+        )  # its own draws: the rest of the workload stays the same
+        known = [i for i in range(spec.items) if i not in self.new_items and i not in self.farmed]
+        for install in group:
+            for item in rng.choice(known, spec.farmed_new_crops, replace=False):
+                item = int(item)
+                crop = self.near_copy_of(item)
+                label = self.names[self.twin.get(item, self._other(item, rng))]
+                sha = self.icon_vote(float(rng.uniform(0.92, 0.97)), install, crop, 0, label, guess=label)
+                if sha:
+                    self.attacked[ICON][sha] = "farming"
 
     def swarms(self) -> None:
         spec, rng = self.spec, self.rng
@@ -771,6 +800,7 @@ class _Builder:
         self.ocr_attack()
         self.screen_troll()
         moderations = self.moderator()
+        self.farmed_new_crops()
         ambiguous = {phash for phash, items in self.phash_items.items() if len(items) > 1}
         ordered = [
             event

@@ -427,7 +427,10 @@ def decide_item(
                 f"nearer): needs a second"
             )
             return withheld(best, confidence, support, reason)
-    if lone_look_alike and not (model_voice and agrees):
+    if lone_look_alike and not (model_voice and agrees and backers > 0):
+        # the model's agreement is the second voice of a trusted install only: on a look-alike pair the model
+        # half-believes the twin's name, and an untrusted install (a farmed one with a forged client guess) naming
+        # the twin is exactly what would plant it
         reason = f"one voice on a crop that looks like another item ({look_alikes[0]}): needs a second"
         return withheld(best, confidence, support, reason)
     return ItemDecision(best, True, confidence, support, "accepted", establishes, evidence, wants_prediction)
