@@ -311,8 +311,9 @@ WITH written AS (
     SET label = excluded.label, value = excluded.value, status = excluded.status, support = excluded.support,
         confidence = excluded.confidence, reason = excluded.reason, evidence = excluded.evidence,
         settled_seq = excluded.settled_seq, updated_at = now()
-    WHERE (c.label, c.value, c.status, c.support, c.reason, c.settled_seq) IS DISTINCT FROM
-          (excluded.label, excluded.value, excluded.status, excluded.support, excluded.reason, excluded.settled_seq)
+    WHERE (c.label, c.value, c.status, c.support, c.reason, c.settled_seq, c.evidence -> 'published_model')
+          IS DISTINCT FROM (excluded.label, excluded.value, excluded.status, excluded.support, excluded.reason,
+                            excluded.settled_seq, excluded.evidence -> 'published_model')
     RETURNING 1
 )
 SELECT count(*) FROM written
@@ -342,7 +343,8 @@ _WRITE_COHORTS = """
 UPDATE install_trust t SET cohort = c.cohort FROM unnest($1::text[], $2::text[]) AS c(install_id, cohort)
 WHERE t.install_id = c.install_id
 """
-# Changes since a snapshot: rows written after it (updated_at only moves when a decision changes) whose label
+# Changes since a snapshot: rows written after it (updated_at only moves when a decision, or the published model's
+# prediction in its evidence, changes) whose label
 # differs from the snapshot's.
 # and how many of the changed icons' labels the previous snapshot's icons did not have (its `icon_classes`, kept in
 # its details: no scan of its items; a snapshot made before they were kept has none, so nothing counts as new)

@@ -121,7 +121,17 @@ async def test_the_model_that_judged_the_item_before_training_on_it_keeps_vouchi
     await publish(engine, "v2", 2)
     await voting.service.handle([answer("v2", 1, "Item 1", 0.99, trained_on=True)])
     await voting.refresher.refresh()
-    assert (await decided(engine, 1)).status == "accepted"
+    row = await decided(engine, 1)
+    assert row.status == "accepted"
+    # the decision stayed, its evidence did not: the stored explanation names both predictions
+    assert row.evidence["published_model"] == {
+        "label": "Item 1",
+        "confidence": 0.99,
+        "version": "v2",
+        "trained_on": True,
+        "agrees": True,
+        "independent": {"label": "Item 1", "confidence": 0.97, "version": "v1"},
+    }
     async with engine.connect() as connection:
         kept = (
             await connection.execute(
