@@ -411,6 +411,28 @@ def test_the_refresh_gives_ocr_items_their_raw_text_and_each_kind_its_settings()
     } == dict.fromkeys(("icon", "knowledge", "screen"))
     assert params["icon"].model_agree_confidence == 0.6
     assert params["screen"].model_agree_confidence == params["knowledge"].model_agree_confidence == 0.8
+    # knowledge entries are used as they are: a lone voice needs a surer model there than elsewhere
+    assert params["knowledge"].model_unsure_confidence == 0.65
+    assert params["icon"].model_unsure_confidence == params["screen"].model_unsure_confidence == 0.5
+    same = VotingSettings(knowledge_model_unsure_confidence=None).evidence_params()
+    assert same["knowledge"] == same["screen"]
+    trusted = InstallTrust("a", 0.9)
+    for model_confidence, accepted in ((0.6, False), (0.7, True)):
+        ref = ("knowledge", "0123456789abcdef")
+        inputs = DecisionInputs(
+            {ref: [StoredVote(*ref, "a", "Phaser", None, "net1", "Phaser")]},
+            {},
+            {"a": trusted},
+            {},
+            {"icon": {"Phaser": "published"}},
+            anchor_min_contributors=3,
+            predictions={ref: ModelPrediction("Phaser", model_confidence, "v1", trained_on=False)},
+            model_versions={"icon": "v1"},
+        )
+        decision = decide([ref], inputs, params, TRUST)[ref]
+        assert decision.accepted is accepted, (model_confidence, decision.reason)
+        if not accepted:
+            assert decision.reason.startswith("one voice, and the published model is unsure of this crop")
 
     def lone(raw: str, corrected: str):
         ref = ("ocr", f"Ship Type\x1f{raw}")
