@@ -11,6 +11,9 @@ from pydantic import ValidationError
 
 from services.trainer.models import ICON_HEAD, choose_device, icon_model, load_imagenet_weights
 from services.trainer.settings import TrainerSettings
+from shared.torchvision_compat import import_torchvision
+
+tv = import_torchvision()
 
 
 def test_auto_trains_on_a_gpu_when_torch_sees_one_and_on_the_cpu_otherwise():
@@ -53,3 +56,16 @@ def test_imagenet_weights_are_loaded_with_the_first_convolution_made_for_bgr_inp
     assert torch.allclose(model.features[0][0].weight, first[:, [2, 1, 0]] / bgr_std)
     assert torch.equal(model.features[1][0].block[0][0].weight, imagenet["features.1.0.block.0.0.weight"])
     assert model.classifier[1].weight.shape == (4, 1280)  # the head stays the model's own
+
+
+def test_the_icon_model_trains_without_stochastic_depth_and_clients_load_it_as_they_build_it():
+    model = icon_model(5)
+    depths = [m.p for m in model.modules() if type(m).__name__ == "StochasticDepth"]
+    assert depths and set(depths) == {0.0}
+    client = tv.models.efficientnet_b0(weights=None, num_classes=5)  # WIRE_CONTRACT §4: how clients build it
+    client.load_state_dict(model.state_dict())  # strict: the same keys and shapes
+    client.eval()
+    model.eval()
+    crop = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(client(crop), model(crop), atol=1e-5)
