@@ -150,12 +150,12 @@ class VotingSettings(CommonSettings):
         description="a lone voice is withheld while the published model (not trained on the item) is less sure "
         "than this of any label: an ambiguous crop needs a second voice (0: off)",
     )
-    knowledge_model_unsure_confidence: float | None = Field(
+    knowledge_model_unsure_confidence: float = Field(
         0.65,
         ge=0,
         le=1,
-        description="the same for knowledge entries (unset: model_unsure_confidence): clients use an entry as "
-        "it is, with no training to average a wrong one out",
+        description="the same for knowledge entries: clients use an entry as it is, with no training to average "
+        "a wrong one out",
     )
     model_contradict_origins: int = Field(
         2,
@@ -245,7 +245,5 @@ class VotingSettings(CommonSettings):
         )
         single = EvidenceParams(accept_score=self.single_voter_accept_score, **common)
         ocr = replace(single, lone_text_tolerance=self.ocr_lone_text_tolerance)
-        knowledge = single
-        if self.knowledge_model_unsure_confidence is not None:
-            knowledge = replace(single, model_unsure_confidence=self.knowledge_model_unsure_confidence)
+        knowledge = replace(single, model_unsure_confidence=self.knowledge_model_unsure_confidence)
         return {"icon": icon, "knowledge": knowledge, "ocr": ocr, "screen": single}

@@ -414,7 +414,7 @@ def test_the_refresh_gives_ocr_items_their_raw_text_and_each_kind_its_settings()
     # knowledge entries are used as they are: a lone voice needs a surer model there than elsewhere
     assert params["knowledge"].model_unsure_confidence == 0.65
     assert params["icon"].model_unsure_confidence == params["screen"].model_unsure_confidence == 0.5
-    same = VotingSettings(knowledge_model_unsure_confidence=None).evidence_params()
+    same = VotingSettings(knowledge_model_unsure_confidence=0.5).evidence_params()
     assert same["knowledge"] == same["screen"]
     trusted = InstallTrust("a", 0.9)
     for model_confidence, accepted in ((0.6, False), (0.7, True)):
