@@ -5,11 +5,20 @@ import pytest
 import torch
 from torch import nn
 
+from services.trainer import training
 from services.trainer.domain.budget import Deadline, quality_gate
 from services.trainer.domain.data import select_screens, stratified_split
 from services.trainer.evaluation import score
 from services.trainer.models import ICON_HEAD, carry_over, icon_model, load_initial_weights
-from services.trainer.training import Dataset, Phase, TrainConfig, distillation_loss, evaluate, fit
+from services.trainer.training import (
+    Dataset,
+    Phase,
+    TrainConfig,
+    TrainResult,
+    distillation_loss,
+    evaluate,
+    fit,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -226,6 +235,64 @@ def test_the_best_state_is_kept_not_the_last():
     kept.load_state_dict(result.best_state)
     first = result.history[0].val_accuracy
     assert evaluate(kept, images[16:], labels[16:], 32, config)[0] == result.best_accuracy == first
+
+
+class ComputeClock:
+    """The deadline's clock, moved by the model's work: 1 s per training batch, 3 s per batch of BatchNorm
+    recalibration or validation (the model in evaluation mode)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def hook(self, module, inputs, output) -> None:
+        self.now += 1.0 if module.training else 3.0
+
+
+def fit_on_compute_clock(clock: ComputeClock, seconds: float, **config) -> TrainResult:
+    """One phase at 32 px: an epoch is two batches of 8 (16 crops, at a quarter of 64 px's cost: 4 count as 16),
+    2 s; a validation 6 s (one batch to recalibrate, one to validate)."""
+    model = tiny_model(4)
+    model.register_forward_hook(clock.hook)
+    return fit(
+        model,
+        random_crops(24),
+        torch.arange(24) % 4,
+        list(range(16)),
+        list(range(16, 24)),
+        TrainConfig(phases=(Phase(32, 1.0, 8),), min_epoch_images=4, **config),
+        Deadline(seconds, clock=clock),
+    )
+
+
+def test_validation_is_skipped_until_the_training_since_is_worth_it_and_the_last_epoch_is_validated_in_time():
+    clock = ComputeClock()
+    result = fit_on_compute_clock(clock, 40.0, evaluation_share=0.5)
+    validated = [r.epoch for r in result.history if r.val_accuracy is not None]
+    # the first (its cost unknown), then once 12 s of training make 6 s worth it, then the last: training
+    # stopped 6 s before the deadline so that its validation ends by it
+    assert validated == [1, 7, 11] and result.epochs == 11 and clock.now == 40.0
+    assert result.best_accuracy == max(r.val_accuracy for r in result.history if r.val_accuracy is not None)
+    # the same run validating after every epoch: fewer epochs in the same time
+    result = fit_on_compute_clock(ComputeClock(), 40.0, evaluation_share=100.0)
+    assert all(r.val_accuracy is not None for r in result.history) and result.epochs == 5
+
+
+def test_patience_counts_epochs_whether_validated_or_not(monkeypatch):
+    clock = ComputeClock()
+
+    def never_better(*args, **kwargs) -> tuple[float, float]:
+        clock.now += 3.0  # as long as a batch of validation
+        return 0.5, 1.0
+
+    monkeypatch.setattr(training, "evaluate", never_better)
+    # a validation (6 s) is worth three epochs' training (2 s each) at a share of 1: every third is validated
+    result = fit_on_compute_clock(clock, 1000.0, evaluation_share=1.0, patience=5, patience_images=0)
+    # no better after epoch 1: 3 epochs without at epoch 4, 6 at epoch 7, where patience (5) has run out
+    assert [r.epoch for r in result.history if r.val_accuracy is not None] == [1, 4, 7]
+    assert result.epochs == 7 and clock.now < 100
 
 
 def test_a_deadline_already_past_trains_nothing():
