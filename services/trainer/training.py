@@ -53,6 +53,13 @@ class Phase:
     # a size is inversely proportional to its cost)
     mixed: tuple[int, ...] = ()
     learning_rate_scale: float = 1.0  # of the run's learning rate
+    # From scratch, the phase trains on at least this many crops (in 64 px crops' worth of compute) before it
+    # hands over, whatever its share, but never past ``longest`` of the time left: a network from scratch only
+    # takes off after thousands of crops, and on a slow machine the share ends first (measured: 64 px validation
+    # 1 % when a 30 % share ended after about 5,500 crops, 31-33.5 % at 50 %; services/trainer/README.md,
+    # "A first phase long enough to take off"). A run fine-tuning a published model keeps the share.
+    at_least_images: int = 0
+    longest: float = 1.0
 
     @property
     def train_sizes(self) -> tuple[int, ...]:
@@ -78,7 +85,13 @@ class TrainConfig:
     # 6 minutes); at 200 items and 10 minutes, side by side, 30 % / 30 % / the rest gave 90.5 / 90.5 % against
     # 81.5 / 80.0 % for 40/35 (seeds 1 / 2), its val_acc 1 and 3 points under the best against 8 and 3: the 64 px
     # phase plateaus before 40 % and the 224 px phase gains an epoch (services/trainer/README.md)
-    phases: tuple[Phase, ...] = (Phase(64, 0.3, 32), Phase(128, 0.3, 32), Phase(224, 1.0, 16))
+    # From scratch the 64 px phase trains at least 12,000 crops (up to half the time): on a machine training 31
+    # images/s, 30 % ended before the network took off (held-out 4.5 / 2.0 / 3.5 % against 12.5 / 14.0 / 26.5 %)
+    phases: tuple[Phase, ...] = (
+        Phase(64, 0.3, 32, at_least_images=12_000, longest=0.5),
+        Phase(128, 0.3, 32),
+        Phase(224, 1.0, 16),
+    )
     # a run that fine-tunes the published model: its phases (None: ``phases``). The published model already
     # works at the client's size; going back to 64 px would unlearn it there (services/trainer/README.md,
     # "Learning at the client's scale", continual runs)
@@ -375,9 +388,19 @@ def fit(
     last_checkpoint = clock()
     fit_started = clock() - (history[-1].elapsed if history else 0.0)
     phases = config.phases_for(fine_tuning)
+
+    def time_up(phase_deadline: Deadline, size: int) -> bool:
+        # the phase's last validation runs within its time: training stops as long before its end as one
+        # validation at this size took (not known before the first: none kept back then)
+        return min(phase_deadline.remaining, deadline.remaining) <= validation_cost.get(size, 0.0)
+
     for phase_index in range(state["phase"], len(phases)):
         phase = phases[phase_index]
         phase_deadline = deadline.share(phase.share)
+        share = phase_deadline.remaining
+        longest = (
+            deadline.share(phase.longest).remaining if phase.at_least_images and not fine_tuning else 0.0
+        )
         min_images = config.min_epoch_images / phase.cost  # as costly at any input size
         passes = max(1, math.ceil(min_images / max(len(train_idx), 1)))
         steps_per_epoch = max(1, math.ceil(passes * len(train_idx) / phase.batch_size))
@@ -415,25 +438,20 @@ def fit(
             and teacher_record["size"] != phase.size
             else None
         )
-
-        # the phase's last validation runs within its time: training stops as long before its end as one
-        # validation at this size took (not known before the first: none kept back then)
-        def time_up(phase_deadline: Deadline = phase_deadline, size: int = phase.size) -> bool:
-            return min(phase_deadline.remaining, deadline.remaining) <= validation_cost.get(size, 0.0)
-
         # time-based cosine schedule with warm-up: the phase's end is known, its epoch count is not
         reserve = validation_cost.get(phase.size, 0.0)
         phase_started, phase_length = clock(), max(phase_deadline.remaining - reserve, 1e-3)
         stale, images_since_best, trained_since_validation, unvalidated = 0, 0, 0.0, 0
+        phase_images = 0.0  # trained in the phase, in 64 px crops' worth of compute
         epoch = start_epoch
-        while epoch < config.max_epochs and not time_up():
+        while epoch < config.max_epochs and not time_up(phase_deadline, phase.size):
             model.train()
             order = torch.cat(
                 [train_tensor[torch.randperm(len(train_tensor), generator=generator)] for _ in range(passes)]
             )
             losses, seen, epoch_started, finished = [], 0, clock(), True
             for step in range(steps_per_epoch):
-                if time_up():
+                if time_up(phase_deadline, phase.size):
                     finished = False
                     break
                 progress = min(1.0, (clock() - phase_started) / phase_length)
@@ -468,7 +486,16 @@ def fit(
             epoch += 1
             epochs_total += 1
             images_since_best += seen * phase.cost  # in 64 px images' worth of compute
+            phase_images += seen * phase.cost
             trained_since_validation += clock() - epoch_started
+            if longest and phase_images < phase.at_least_images:
+                # the time the phase's crops take at the speed so far and its last validation, between its share
+                # and its longest
+                spent, reserve = clock() - phase_started, validation_cost.get(phase.size, 0.0)
+                needed = spent * phase.at_least_images / max(phase_images, 1.0) + reserve
+                wanted = min(longest, max(share, needed))
+                phase_deadline = Deadline(wanted - spent, clock)
+                phase_length = max(wanted - reserve, 1e-3)
             unvalidated += 1
             cost = validation_cost.get(phase.size)
             val = None
@@ -476,7 +503,7 @@ def fit(
                 cost is None
                 or not finished
                 or epoch >= config.max_epochs
-                or time_up()
+                or time_up(phase_deadline, phase.size)
                 or cost <= config.evaluation_share * trained_since_validation
             ):
                 validated = clock()

@@ -295,6 +295,35 @@ def test_patience_counts_epochs_whether_validated_or_not(monkeypatch):
     assert result.epochs == 7 and clock.now < 100
 
 
+def test_from_scratch_a_first_phase_trains_its_crops_beyond_its_share_up_to_its_longest():
+    def first_phase(at_least_images: int, fine_tuning: bool = False) -> tuple[int, float]:
+        """The first phase's epochs and when it ended."""
+        clock, model, ends = ComputeClock(), tiny_model(4), {}
+        model.register_forward_hook(clock.hook)
+        # an epoch: two batches of 8 at 32 px, 2 s, 4 crops' worth of 64 px compute
+        first = Phase(32, 0.25, 8, at_least_images=at_least_images, longest=0.5)
+        result = fit(
+            model,
+            random_crops(24),
+            torch.arange(24) % 4,
+            list(range(16)),
+            list(range(16, 24)),
+            TrainConfig(phases=(first, Phase(16, 1.0, 8)), min_epoch_images=4),
+            Deadline(100.0, clock=clock),
+            fine_tuning=fine_tuning,
+            on_epoch=lambda report: ends.__setitem__(report.phase, clock.now),
+        )
+        return sum(r.phase == 0 for r in result.history), ends[0]
+
+    within_share = first_phase(0)
+    assert within_share[1] <= 25.0  # its share: a quarter of 100 s
+    assert first_phase(4) == within_share  # its crops trained within the share
+    epochs, ended = first_phase(60)  # 60 crops are 15 epochs (30 s of training): past the share
+    assert epochs >= 15 > within_share[0] and 25.0 < ended < 50.0
+    assert first_phase(1000)[1] == 50.0  # never past its longest, half the time
+    assert first_phase(1000, fine_tuning=True) == within_share  # a published model has taken off already
+
+
 def test_a_deadline_already_past_trains_nothing():
     images = torch.zeros(8, 3, 32, 32, dtype=torch.uint8)
     result = fit(
