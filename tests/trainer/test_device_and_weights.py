@@ -9,7 +9,13 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from services.trainer.models import ICON_HEAD, choose_device, icon_model, load_imagenet_weights
+from services.trainer.models import (
+    ICON_HEAD,
+    DepthwiseConv2d,
+    choose_device,
+    icon_model,
+    load_imagenet_weights,
+)
 from services.trainer.settings import TrainerSettings
 from shared.torchvision_compat import import_torchvision
 
@@ -69,3 +75,23 @@ def test_the_icon_model_trains_without_stochastic_depth_and_clients_load_it_as_t
     crop = torch.rand(2, 3, 224, 224)
     with torch.no_grad():
         assert torch.allclose(client(crop), model(crop), atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_depthwise_layers_whose_kernel_is_larger_than_their_map_train_to_the_same_gradients(size):
+    model = icon_model(6)
+    plain = tv.models.efficientnet_b0(weights=None, num_classes=6, stochastic_depth_prob=0.0)
+    plain.load_state_dict(model.state_dict())
+    swapped = [m for m in model.modules() if isinstance(m, DepthwiseConv2d)]
+    assert len(swapped) == 16 and all(isinstance(m, torch.nn.Conv2d) for m in swapped)
+    crops = torch.rand(4, 3, size, size).contiguous(memory_format=torch.channels_last)
+    gradients = []
+    for network in (model, plain):
+        network.to(memory_format=torch.channels_last).train()
+        torch.manual_seed(0)  # the same dropout
+        network(crops).logsumexp(1).sum().backward()
+        gradients.append({name: p.grad for name, p in network.named_parameters()})
+    for name, expected in gradients[1].items():
+        assert torch.allclose(
+            gradients[0][name], expected, rtol=1e-4, atol=1e-6 * float(expected.abs().max())
+        ), name
