@@ -168,15 +168,26 @@ CLOCK = time.monotonic
 def parse_phases(text: str) -> tuple[Phase, ...]:
     phases = []
     for part in text.split(","):
-        size, share, batch, *scale = part.split(":")
-        phases.append(Phase(int(size), float(share), int(batch), learning_rate_scale=float(*scale or [1.0])))
+        size, share, batch, *rest = part.split(":")
+        scale, at_least, longest = (rest + ["1", "0", "1"][len(rest) :])[:3]
+        phases.append(
+            Phase(
+                int(size),
+                float(share),
+                int(batch),
+                learning_rate_scale=float(scale),
+                at_least_images=int(at_least),
+                longest=float(longest),
+            )
+        )
     return tuple(phases)
 
 
 def phases_text(phases: tuple[Phase, ...]) -> str:
     return ",".join(
         f"{p.size}:{p.share}:{p.batch_size}"
-        + (f":{p.learning_rate_scale}" if p.learning_rate_scale != 1 else "")
+        + (f":{p.learning_rate_scale}" if p.learning_rate_scale != 1 or p.at_least_images else "")
+        + (f":{p.at_least_images}:{p.longest}" if p.at_least_images else "")
         for p in phases
     )
 
@@ -414,7 +425,7 @@ def main() -> int:
         "--phases",
         type=parse_phases,
         default=None,
-        help="ours: another recipe's phases, SIZE:SHARE:BATCH[:LEARNING_RATE_SCALE],... (the service's: "
+        help="ours: another recipe's phases, SIZE:SHARE:BATCH[:LEARNING_RATE_SCALE[:AT_LEAST_IMAGES:LONGEST]],... (the service's: "
         + phases_text(ICON_CONFIG.phases)
         + "; the previous one: 64:0.8:32,224:1:16)",
     )

@@ -143,7 +143,22 @@ class TrainConfig:
 # distil_weight 1.0 (temperature 2), same hour, seeds 1 / 2 / 3: held-out 92.0 / 83.5 / 83.0 % against 88.5 / 87.0 %
 # without it on seeds 2 and 3, val_acc 0.5 / 9 / 8.5 points under the best validation against 0 / 5; weight 3: seed
 # 1 76.0 %. Not adopted (services/trainer/README.md, "Distillation across sizes").
-ICON_CONFIG = TrainConfig(learning_rate=2e-3)
+# From scratch the phases after the first train at half the learning rate: each starts a fresh AdamW, whose
+# first steps move every weight by about the learning rate whatever its gradient, and at the full rate that
+# undid what 64 px had learnt (best validation to the published model's: 29-35 points lost at the hand-overs,
+# 9-9.5 at half; held-out 48.0 / 58.0 / 58.0 % over seeds 1-3 against 23.5 / 29.0 / 48.5 %, 10 CPU-minutes, one
+# thread; a quarter: 64.0 / 26.5 %, a second phase at a quarter cannot catch up a first one that took off late;
+# carrying the optimiser's state across phases: 42.5 / 30.5 %; services/trainer/README.md, "Half the learning rate
+# after the hand-over"). Fine-tuning runs keep their phases at their own, lower learning rate.
+ICON_CONFIG = TrainConfig(
+    learning_rate=2e-3,
+    phases=(
+        Phase(64, 0.3, 32, at_least_images=12_000, longest=0.5),
+        Phase(128, 0.3, 32, learning_rate_scale=0.5),
+        Phase(224, 1.0, 16, learning_rate_scale=0.5),
+    ),
+    fine_tune_phases=TrainConfig().phases,
+)
 SCREEN_CONFIG = TrainConfig(
     phases=(Phase(224, 1.0, 16),), normalise=(IMAGENET_MEAN.tolist(), IMAGENET_STD.tolist()), icons=False
 )
