@@ -30,9 +30,7 @@ def icon_model(n_classes: int) -> nn.Module:
 
 
 def screen_model(n_classes: int) -> nn.Module:
-    return _quick_depthwise(
-        _quick_batch_norm(tv.models.mobilenet_v3_small(weights=None, num_classes=n_classes))
-    )
+    return _quick_batch_norm(tv.models.mobilenet_v3_small(weights=None, num_classes=n_classes))
 
 
 def _quick_batch_norm(model: nn.Module) -> nn.Module:
@@ -52,9 +50,11 @@ class _DepthwiseConv(torch.autograd.Function):
     oneDNN computes the weight gradient of a depthwise convolution whose kernel is larger than its map (most
     of the kernel on padding) 10-100x slower than the forward pass (measured on one thread, batch 32: 1152
     channels at 2x2, 5x5 kernel: 33-40 ms against 0.3 ms; 3x3 on a 4x4 map is fast), and at 64 px eight of
-    EfficientNet-B0's sixteen depthwise layers are such: a third of a training step went there. The gradient of channel c is the correlation of its input with its output gradient summed over
-    the batch: a depthwise convolution of the (channel x sample) planes with the output gradients as kernels
-    (dilated by the stride), which oneDNN runs fast (3 ms). Forward and input gradient stay oneDNN's.
+    EfficientNet-B0's sixteen depthwise layers are such: a third of a training step went there. The gradient of
+    channel c is the correlation of its input with its output gradient summed over the batch: a depthwise
+    convolution of the (channel x sample) planes with the output gradients as kernels (dilated by the stride),
+    which oneDNN runs in 1.3-9 ms. Forward and input gradient stay oneDNN's. The screen model trains at 224 px,
+    where no depthwise kernel is larger than its map, and keeps plain convolutions.
     """
 
     @staticmethod
